@@ -1,0 +1,3 @@
+//! Synthetic SmallThinker models at the real shapes (tiny, 4b-a0.6b, 21b-a3b) and prompt sets.
+//!
+//! Filled by the `[datasets]` issue; empty for now.

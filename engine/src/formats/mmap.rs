@@ -1,0 +1,138 @@
+//! Read-only byte sources: a memory-mapped file or an owned buffer, shared cheaply.
+//!
+//! Contract of a mapped [`Blob`]: the file is mapped read-only and private. The engine never writes
+//! through the map. If another process truncates the file while it is mapped, touching the lost
+//! pages raises SIGBUS; code that must survive that (the expert store) reads with positioned reads
+//! into owned buffers instead of touching the map. Everything else checks offsets against
+//! [`Blob::len`], which is fixed at open time.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+enum Inner {
+    Map { map: Mmap, path: PathBuf },
+    Owned(Vec<u8>),
+}
+
+/// An immutable, cheaply clonable byte buffer: a memory map of a file or an owned vector.
+#[derive(Clone)]
+pub struct Blob(Arc<Inner>);
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0 {
+            Inner::Map { path, map } => write!(f, "Blob(map {} , {} B)", path.display(), map.len()),
+            Inner::Owned(v) => write!(f, "Blob(owned, {} B)", v.len()),
+        }
+    }
+}
+
+impl Blob {
+    /// Maps `path` read-only.
+    pub fn open(path: &Path) -> Result<Blob> {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(io(std::io::Error::other("not a regular file")));
+        }
+        if meta.len() == 0 {
+            // A zero-length map is an error on some platforms; an empty owned buffer behaves the
+            // same for every reader.
+            return Ok(Blob::from_vec(Vec::new()));
+        }
+        // SAFETY: the map is read-only and private; see the module contract for truncation.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        Ok(Blob(Arc::new(Inner::Map {
+            map,
+            path: path.to_path_buf(),
+        })))
+    }
+
+    /// Wraps an owned buffer (tests, generated data).
+    pub fn from_vec(v: Vec<u8>) -> Blob {
+        Blob(Arc::new(Inner::Owned(v)))
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &*self.0 {
+            Inner::Map { map, .. } => map,
+            Inner::Owned(v) => v,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The mapped file's path, if this is a map.
+    pub fn path(&self) -> Option<&Path> {
+        match &*self.0 {
+            Inner::Map { path, .. } => Some(path),
+            Inner::Owned(_) => None,
+        }
+    }
+
+    /// Tells the kernel the pages of `start..start + len` will not be needed soon, so they leave
+    /// this process's resident set (a later touch reads them again from the page cache or disk).
+    /// Rounds inward to whole pages. A no-op for owned buffers.
+    pub fn release_pages(&self, start: usize, len: usize) {
+        if let Inner::Map { map, .. } = &*self.0 {
+            let page = page_size();
+            let begin = start.div_ceil(page) * page;
+            let end = (start.saturating_add(len)).min(map.len()) / page * page;
+            if end > begin {
+                // SAFETY: the range lies inside the map (clamped above) and the map is read-only
+                // and private, so dropping its pages loses no data.
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, begin, end - begin)
+                };
+            }
+        }
+    }
+}
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as usize } else { 4096 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_a_file_and_reports_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.bin");
+        std::fs::write(&p, b"hello").unwrap();
+        let b = Blob::open(&p).unwrap();
+        assert_eq!(b.as_bytes(), b"hello");
+        assert_eq!(b.path(), Some(p.as_path()));
+        b.release_pages(0, 5);
+        assert_eq!(b.as_bytes(), b"hello");
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error_naming_the_path() {
+        let err = Blob::open(Path::new("/nonexistent/model.gguf")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
+    }
+}

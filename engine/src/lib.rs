@@ -1,0 +1,22 @@
+//! SmallThinker inference engine.
+//!
+//! Loads SmallThinker mixture-of-experts models from GGUF (as llama.cpp writes them) or from a
+//! Hugging Face directory (`config.json` + `model.safetensors`), and runs them on the CPU.
+//!
+//! Module map:
+//! - [`formats`]: memory-mapped GGUF reader and streaming writer, safetensors, `config.json`.
+//! - [`quant`]: ggml tensor types, block layouts, row quantisation and dequantisation.
+//! - [`kernels`]: dot products and other hot loops; scalar reference plus SIMD variants chosen at
+//!   run time.
+//! - [`model`]: hyperparameters, weights, the forward pass, KV cache.
+//! - [`sampler`]: greedy / temperature / top-k / top-p / min-p / repetition penalty.
+//!
+//! The engine emits `tracing` spans (see `docs/spans.md`) and never installs a subscriber.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod formats;
+pub mod kernels;
+pub mod quant;
+
+pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! SVG charts and one self-contained HTML report from benchmark result records.
+//!
+//! Filled by the `[bench-report]` issue; empty for now.
