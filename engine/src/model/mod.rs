@@ -1,0 +1,102 @@
+//! The SmallThinker model: configuration, weights and the forward pass.
+
+pub mod attention;
+pub mod config;
+pub mod forward;
+pub mod linear;
+pub mod load_hf;
+pub mod ops;
+pub mod weights;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use config::{Gating, LayerKind, LayoutSource, ModelConfig};
+pub use forward::{Logits, Observer, Phase, Probe, Session, SessionConfig};
+pub use linear::ComputeMode;
+pub use weights::{ExpertWeights, LayerWeights, Matrix, Weights};
+
+use crate::error::{Error, Result};
+
+/// Options that shape how a model runs.
+#[derive(Clone, Debug)]
+pub struct ModelOptions {
+    /// Exact (reference) or fast arithmetic.
+    pub mode: ComputeMode,
+    /// Compute threads (0: all cores).
+    pub threads: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            mode: ComputeMode::Fast,
+            threads: 0,
+        }
+    }
+}
+
+/// A loaded model, ready to run sessions.
+pub struct Model {
+    /// Hyperparameters and layout.
+    pub config: ModelConfig,
+    /// The weights.
+    pub weights: Weights,
+    pub(crate) rope: ops::Rope,
+    pub(crate) mode: ComputeMode,
+    pub(crate) pool: Arc<rayon::ThreadPool>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Builds a model from parts (used by the loaders and by tests).
+    pub fn from_parts(config: ModelConfig, weights: Weights, opts: &ModelOptions) -> Result<Model> {
+        config.validate()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .thread_name(|i| format!("compute-{i}"))
+            .build()
+            .map_err(|e| Error::Model(format!("cannot start compute threads: {e}")))?;
+        Ok(Model {
+            rope: ops::Rope::new(config.head_dim, config.rope_theta),
+            config,
+            weights,
+            mode: opts.mode,
+            pool: Arc::new(pool),
+        })
+    }
+
+    /// Loads a `.gguf` file or a Hugging Face directory (`config.json` + safetensors).
+    pub fn load(path: &Path, opts: &ModelOptions) -> Result<Model> {
+        let (config, weights) = if path.is_dir() {
+            load_hf::load_hf_dir(path)?
+        } else {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "GGUF loading is not wired yet",
+                ),
+            });
+        };
+        Model::from_parts(config, weights, opts)
+    }
+
+    /// The compute mode.
+    pub fn mode(&self) -> ComputeMode {
+        self.mode
+    }
+
+    /// Number of compute threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}

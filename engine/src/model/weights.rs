@@ -1,0 +1,214 @@
+//! Weight tensors as zero-copy views into a memory map (or owned buffers), organised per layer.
+//!
+//! Every matrix is row-major `[rows × cols]` in the PyTorch sense (`out × in`): row `r` is the
+//! `row_bytes` bytes at `r · row_bytes`. GGUF's ggml order lists `cols` first (`ne0`), so a ggml
+//! tensor `[ne0, ne1]` is a matrix with `rows = ne1`, `cols = ne0`.
+
+use crate::error::{Error, Result};
+use crate::formats::mmap::Blob;
+use crate::quant::GgmlType;
+
+/// A byte range of a [`Blob`].
+#[derive(Clone, Debug)]
+pub struct TensorBytes {
+    blob: Blob,
+    start: usize,
+    len: usize,
+}
+
+impl TensorBytes {
+    /// A view of `start..start + len` of `blob`; errors if the range is out of bounds.
+    pub fn new(blob: Blob, start: usize, len: usize) -> Result<TensorBytes> {
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= blob.len())
+            .ok_or_else(|| {
+                Error::Model(format!(
+                    "tensor range {start}+{len} exceeds a buffer of {} bytes",
+                    blob.len()
+                ))
+            })?;
+        let _ = end;
+        Ok(TensorBytes { blob, start, len })
+    }
+
+    /// Wraps an owned buffer.
+    pub fn owned(v: Vec<u8>) -> TensorBytes {
+        let len = v.len();
+        TensorBytes {
+            blob: Blob::from_vec(v),
+            start: 0,
+            len,
+        }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.blob.as_bytes()[self.start..self.start + self.len]
+    }
+
+    /// The underlying blob and the range's start (for positioned reads and page release).
+    pub fn location(&self) -> (&Blob, usize) {
+        (&self.blob, self.start)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A sub-range of this view.
+    pub fn slice(&self, start: usize, len: usize) -> Result<TensorBytes> {
+        if start.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(Error::Model(format!(
+                "sub-range {start}+{len} exceeds a tensor of {} bytes",
+                self.len
+            )));
+        }
+        Ok(TensorBytes {
+            blob: self.blob.clone(),
+            start: self.start + start,
+            len,
+        })
+    }
+}
+
+/// A weight matrix `[rows × cols]` of one ggml type.
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    /// Tensor name (for errors and `inspect`).
+    pub name: String,
+    /// Element type.
+    pub ty: GgmlType,
+    /// Output dimension.
+    pub rows: usize,
+    /// Input dimension (contiguous).
+    pub cols: usize,
+    /// The data, `rows · row_bytes` bytes.
+    pub data: TensorBytes,
+}
+
+impl Matrix {
+    /// Builds a matrix, checking that `cols` fits the type's blocks and the byte length matches.
+    pub fn new(
+        name: impl Into<String>,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: TensorBytes,
+    ) -> Result<Matrix> {
+        let name = name.into();
+        let row_bytes = ty.row_bytes(cols as u64).ok_or_else(|| Error::BadLength {
+            ty,
+            what: format!("tensor '{name}': row of {cols} elements is not a whole number of blocks"),
+        })?;
+        let want = (row_bytes as u128) * (rows as u128);
+        if want != data.len() as u128 {
+            return Err(Error::BadLength {
+                ty,
+                what: format!(
+                    "tensor '{name}': {rows}x{cols} needs {want} bytes, found {}",
+                    data.len()
+                ),
+            });
+        }
+        Ok(Matrix {
+            name,
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.data.len().checked_div(self.rows).unwrap_or(0)
+    }
+
+    /// Row `r`'s bytes.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data.as_slice()[r * rb..(r + 1) * rb]
+    }
+
+    /// All bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
+    /// Rows `r0..r0 + n` as a matrix of their own (shares the bytes).
+    pub fn rows_view(&self, r0: usize, n: usize, name: impl Into<String>) -> Result<Matrix> {
+        let rb = self.row_bytes();
+        Matrix::new(name, self.ty, n, self.cols, self.data.slice(r0 * rb, n * rb)?)
+    }
+}
+
+/// One expert's three matrices.
+#[derive(Clone, Debug)]
+pub struct ExpertWeights {
+    /// Gate `[F × H]`.
+    pub gate: Matrix,
+    /// Up `[F × H]`.
+    pub up: Matrix,
+    /// Down: `[H × F]`, or `[F × H]` when [`ExpertWeights::down_transposed`].
+    pub down: Matrix,
+    /// Down stored neuron-major (PowerInfer's `--transpose-down`): row f is neuron f's output column.
+    pub down_transposed: bool,
+}
+
+/// Weights of one decoder layer.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    /// Attention RMSNorm gain `[H]`.
+    pub attn_norm: Vec<f32>,
+    /// Query projection `[n_h·d × H]`.
+    pub wq: Matrix,
+    /// Key projection `[n_kv·d × H]`.
+    pub wk: Matrix,
+    /// Value projection `[n_kv·d × H]`.
+    pub wv: Matrix,
+    /// Output projection `[H × n_h·d]`.
+    pub wo: Matrix,
+    /// FFN RMSNorm gain `[H]`.
+    pub ffn_norm: Vec<f32>,
+    /// Router `[E × H]`.
+    pub router: Matrix,
+    /// The layer's experts, indexed by expert id.
+    pub experts: Vec<ExpertWeights>,
+}
+
+/// All weights of a model.
+#[derive(Clone, Debug)]
+pub struct Weights {
+    /// Token embedding `[V × H]`.
+    pub embed: Matrix,
+    /// Final RMSNorm gain `[H]`.
+    pub output_norm: Vec<f32>,
+    /// LM head `[V × H]` (the embedding itself when tied).
+    pub lm_head: Matrix,
+    /// Decoder layers.
+    pub layers: Vec<LayerWeights>,
+}
+
+/// Reads a 1-D gain vector of any float type as f32.
+pub fn vector_f32(name: &str, ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; n];
+    let want = ty.row_bytes(n as u64).ok_or_else(|| Error::BadLength {
+        ty,
+        what: format!("tensor '{name}': {n} elements"),
+    })?;
+    if want as usize != bytes.len() {
+        return Err(Error::BadLength {
+            ty,
+            what: format!("tensor '{name}': {n} elements need {want} bytes, found {}", bytes.len()),
+        });
+    }
+    crate::quant::dequantize_row(ty, bytes, &mut out)?;
+    Ok(out)
+}
