@@ -318,8 +318,14 @@ mod tests {
             context_length: 100_000,
             sliding_window: window,
             layers: vec![
-                LayerKind { rope: false, sliding: false },
-                LayerKind { rope: true, sliding: true },
+                LayerKind {
+                    rope: false,
+                    sliding: false,
+                },
+                LayerKind {
+                    rope: true,
+                    sliding: true,
+                },
             ],
             layout_source: LayoutSource::Explicit,
             gating: Gating::Sigmoid,
@@ -341,7 +347,11 @@ mod tests {
     #[test]
     fn sliding_layer_memory_stays_bounded_while_global_grows() {
         let m = cfg(300);
-        let kc = KvCacheConfig { max_positions: 5000, max_batch: 8, dtype: KvType::F32 };
+        let kc = KvCacheConfig {
+            max_positions: 5000,
+            max_batch: 8,
+            dtype: KvType::F32,
+        };
         let mut c = KvCache::new(&m, kc).unwrap();
         for p in 0..3000 {
             let k = [p as f32; 4];
@@ -353,7 +363,10 @@ mod tests {
         }
         // Ring: 300 + 8 - 1 slots rounded to 2 pages.
         assert_eq!(c.layer_bytes(1), 2 * 2 * PAGE * 4 * 4);
-        assert_eq!(c.layer_bytes(0), 2 * 3000usize.div_ceil(PAGE) * PAGE * 4 * 4);
+        assert_eq!(
+            c.layer_bytes(0),
+            2 * 3000usize.div_ceil(PAGE) * PAGE * 4 * 4
+        );
         // The window of the last query holds exactly the last 300 positions, in order.
         let (lo, hi) = c.visible_range(1, 2999);
         assert_eq!((lo, hi), (2700, 2999));
@@ -367,11 +380,25 @@ mod tests {
     #[test]
     fn context_limit_and_batch_limit_are_errors() {
         let m = cfg(4);
-        let kc = KvCacheConfig { max_positions: 10, max_batch: 4, dtype: KvType::F16 };
+        let kc = KvCacheConfig {
+            max_positions: 10,
+            max_batch: 4,
+            dtype: KvType::F16,
+        };
         let mut c = KvCache::new(&m, kc).unwrap();
-        assert!(c.check_room(5).unwrap_err().to_string().contains("max batch"));
+        assert!(
+            c.check_room(5)
+                .unwrap_err()
+                .to_string()
+                .contains("max batch")
+        );
         c.advance(8);
-        assert!(c.check_room(3).unwrap_err().to_string().contains("context full"));
+        assert!(
+            c.check_room(3)
+                .unwrap_err()
+                .to_string()
+                .contains("context full")
+        );
         c.check_room(2).unwrap();
     }
 }

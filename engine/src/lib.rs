@@ -17,6 +17,11 @@
 pub mod error;
 pub mod formats;
 pub mod kernels;
+pub mod kv_cache;
+pub mod model;
+pub mod moe;
 pub mod quant;
+pub mod sampler;
 
 pub use error::{Error, Result};
+pub use model::{Model, ModelOptions};

@@ -21,16 +21,17 @@ pub fn attend(
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
     debug_assert_eq!(q.len(), n_tokens * n_heads * head_dim);
-    out.par_chunks_mut(head_dim)
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+    out.par_chunks_mut(head_dim).enumerate().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, (i, o)| {
             let (t, h) = (i / n_heads, i % n_heads);
             let g = h / group;
             let qh = &q[i * head_dim..(i + 1) * head_dim];
             let pos = pos0 + t;
             let (lo, hi) = kv.visible_range(layer, pos);
             attend_one(kv, layer, g, qh, lo, hi, scale, scores, o);
-        });
+        },
+    );
 }
 
 /// One query head against positions `lo..=hi` of kv head `g`.

@@ -115,14 +115,17 @@ impl ModelConfig {
                 return bad(format!("{what} = {v} is implausibly large"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} attention heads do not divide into {} kv heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return bad(format!("head dim {} is odd (RoPE pairs halves)", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head dim {} is odd (RoPE pairs halves)",
+                self.head_dim
+            ));
         }
         if self.n_experts_used > self.n_experts {
             return bad(format!(
@@ -355,8 +358,20 @@ mod tests {
     #[test]
     fn reads_layout_arrays_and_gating() {
         let c = ModelConfig::from_hf_str(TINY).unwrap();
-        assert_eq!(c.layers[0], LayerKind { rope: false, sliding: false });
-        assert_eq!(c.layers[3], LayerKind { rope: true, sliding: true });
+        assert_eq!(
+            c.layers[0],
+            LayerKind {
+                rope: false,
+                sliding: false
+            }
+        );
+        assert_eq!(
+            c.layers[3],
+            LayerKind {
+                rope: true,
+                sliding: true
+            }
+        );
         assert_eq!(c.gating, Gating::Sigmoid);
         assert_eq!(c.sliding_window, 8);
         assert_eq!(c.eos_token_ids, vec![509, 511]);
@@ -366,8 +381,12 @@ mod tests {
 
     #[test]
     fn missing_keys_take_the_released_class_defaults() {
-        let c = ModelConfig::from_hf_str(r#"{"architectures":["SmallThinkerForCausalLM"]}"#).unwrap();
-        assert_eq!((c.n_layers, c.hidden, c.n_experts, c.n_experts_used), (32, 1536, 32, 4));
+        let c =
+            ModelConfig::from_hf_str(r#"{"architectures":["SmallThinkerForCausalLM"]}"#).unwrap();
+        assert_eq!(
+            (c.n_layers, c.hidden, c.n_experts, c.n_experts_used),
+            (32, 1536, 32, 4)
+        );
         assert_eq!(c.rope_theta, 1e6);
         assert!(c.layers.iter().all(|l| l.rope && !l.sliding));
         assert!(c.tied_embeddings);
@@ -376,7 +395,10 @@ mod tests {
     #[test]
     fn rejects_inconsistent_configs_with_a_reason() {
         let cases = [
-            (r#"{"architectures":["LlamaForCausalLM"]}"#, "not a SmallThinker"),
+            (
+                r#"{"architectures":["LlamaForCausalLM"]}"#,
+                "not a SmallThinker",
+            ),
             (
                 r#"{"architectures":["SmallThinkerForCausalLM"],"num_hidden_layers":2,"rope_layout":[1]}"#,
                 "must have num_hidden_layers",
@@ -389,7 +411,10 @@ mod tests {
                 r#"{"architectures":["SmallThinkerForCausalLM"],"moe_num_active_primary_experts":40}"#,
                 "exceeds",
             ),
-            (r#"{"architectures":["SmallThinkerForCausalLM"],"hidden_size":0}"#, "is 0"),
+            (
+                r#"{"architectures":["SmallThinkerForCausalLM"],"hidden_size":0}"#,
+                "is 0",
+            ),
         ];
         for (text, want) in cases {
             let e = ModelConfig::from_hf_str(text).unwrap_err().to_string();

@@ -55,7 +55,11 @@ impl StIndex {
                     Dtype::F32 => GgmlType::F32,
                     Dtype::F16 => GgmlType::F16,
                     Dtype::BF16 => GgmlType::BF16,
-                    other => return Err(err(format!("tensor '{name}': dtype {other:?} is not supported"))),
+                    other => {
+                        return Err(err(format!(
+                            "tensor '{name}': dtype {other:?} is not supported"
+                        )));
+                    }
                 };
                 let start = view.data().as_ptr() as usize - base;
                 let bytes = TensorBytes::new(blob.clone(), start, view.data().len())?;

@@ -34,7 +34,14 @@ impl Rope {
 
     /// Rotates every head of `x` (`n_heads · head_dim`) in place for absolute position `pos`:
     /// element i pairs with i + d/2 (NeoX / rotate-half).
-    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+    pub fn apply(
+        &self,
+        x: &mut [f32],
+        head_dim: usize,
+        pos: usize,
+        cos: &mut [f32],
+        sin: &mut [f32],
+    ) {
         let half = head_dim / 2;
         for i in 0..half {
             // φ is the f32 product as in the reference; cos/sin evaluated in f64 and rounded.

@@ -105,7 +105,9 @@ impl Matrix {
         let name = name.into();
         let row_bytes = ty.row_bytes(cols as u64).ok_or_else(|| Error::BadLength {
             ty,
-            what: format!("tensor '{name}': row of {cols} elements is not a whole number of blocks"),
+            what: format!(
+                "tensor '{name}': row of {cols} elements is not a whole number of blocks"
+            ),
         })?;
         let want = (row_bytes as u128) * (rows as u128);
         if want != data.len() as u128 {
@@ -145,7 +147,13 @@ impl Matrix {
     /// Rows `r0..r0 + n` as a matrix of their own (shares the bytes).
     pub fn rows_view(&self, r0: usize, n: usize, name: impl Into<String>) -> Result<Matrix> {
         let rb = self.row_bytes();
-        Matrix::new(name, self.ty, n, self.cols, self.data.slice(r0 * rb, n * rb)?)
+        Matrix::new(
+            name,
+            self.ty,
+            n,
+            self.cols,
+            self.data.slice(r0 * rb, n * rb)?,
+        )
     }
 }
 
@@ -206,7 +214,10 @@ pub fn vector_f32(name: &str, ty: GgmlType, bytes: &[u8], n: usize) -> Result<Ve
     if want as usize != bytes.len() {
         return Err(Error::BadLength {
             ty,
-            what: format!("tensor '{name}': {n} elements need {want} bytes, found {}", bytes.len()),
+            what: format!(
+                "tensor '{name}': {n} elements need {want} bytes, found {}",
+                bytes.len()
+            ),
         });
     }
     crate::quant::dequantize_row(ty, bytes, &mut out)?;

@@ -56,7 +56,7 @@ pub fn f32_to_bf16(x: f32) -> u16 {
 /// Checks `dst_len`/`src_len` against the type's geometry and returns the number of blocks.
 fn check_lengths(ty: GgmlType, n_elems: usize, n_bytes: usize) -> Result<usize> {
     let be = ty.block_elems();
-    if n_elems % be != 0 {
+    if !n_elems.is_multiple_of(be) {
         return Err(Error::BadLength {
             ty,
             what: format!("{n_elems} elements is not a multiple of the block size {be}"),

@@ -1,0 +1,4 @@
+//! Engine integration tests, one binary: reference fixtures, formats, kernels, tokenizer.
+
+mod common;
+mod model_ref;
