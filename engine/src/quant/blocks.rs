@@ -364,7 +364,12 @@ mod tests {
     #[test]
     fn block_sizes_match_ggml_type_table() {
         fn check<B: QuantBlock>() {
-            assert_eq!(std::mem::size_of::<B>(), B::TYPE.block_bytes(), "{:?}", B::TYPE);
+            assert_eq!(
+                std::mem::size_of::<B>(),
+                B::TYPE.block_bytes(),
+                "{:?}",
+                B::TYPE
+            );
             assert_eq!(B::ELEMS, B::TYPE.block_elems(), "{:?}", B::TYPE);
         }
         check::<BlockQ4_0>();
@@ -383,7 +388,7 @@ mod tests {
 
     #[test]
     fn blocks_view_unaligned_bytes() {
-        let bytes = vec![0u8; 18 * 3 + 1];
+        let bytes = [0u8; 18 * 3 + 1];
         let b: &[BlockQ4_0] = as_blocks(&bytes[1..]).expect("multiple of 18");
         assert_eq!(b.len(), 3);
         assert!(as_blocks::<BlockQ4_0>(&bytes[..20]).is_none());

@@ -118,7 +118,11 @@ pub fn dequantize_q3_k(blocks: &[BlockQ3K], out: &mut [f32]) {
                     is += 1;
                     for l in 0..16 {
                         let lo = ((q[16 * part + l] >> shift) & 3) as i32;
-                        let hi = if b.hmask[16 * part + l] & m != 0 { 0 } else { 4 };
+                        let hi = if b.hmask[16 * part + l] & m != 0 {
+                            0
+                        } else {
+                            4
+                        };
                         y[o] = dl * (lo - hi) as f32;
                         o += 1;
                     }

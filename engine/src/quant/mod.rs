@@ -241,7 +241,12 @@ mod tests {
             };
             for (a, b) in xs.iter().zip(&back) {
                 // f16 loses relative precision for its subnormals (< 6.1e-5).
-                let tol = rel * a.abs() + if ty == GgmlType::F16 { 2f32.powi(-25) } else { 0.0 };
+                let tol = rel * a.abs()
+                    + if ty == GgmlType::F16 {
+                        2f32.powi(-25)
+                    } else {
+                        0.0
+                    };
                 assert!((a - b).abs() <= tol, "{ty:?}: {a} -> {b}");
             }
         }
