@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub use config::{Gating, LayerKind, LayoutSource, ModelConfig};
 pub use forward::{Logits, Observer, Phase, Probe, Session, SessionConfig};
 pub use linear::ComputeMode;
-pub use weights::{ExpertWeights, LayerWeights, Matrix, Weights};
+pub use weights::{ExpertWeights, LayerWeights, Matrix, WeightBytes, Weights};
 
 use crate::error::{Error, Result};
 
