@@ -21,7 +21,14 @@ pub fn run() -> anyhow::Result<()> {
     cargo(&root, &["fmt", "--all", "--check"])?;
     cargo(
         &root,
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
     )?;
     let missing = files_without_module_doc(&root)?;
     if !missing.is_empty() {
@@ -68,8 +75,8 @@ pub fn files_without_module_doc(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 }
                 stack.push(path);
             } else if name.ends_with(".rs") {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| path.display().to_string())?;
+                let text =
+                    std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
                 let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
                 if !first.trim_start().starts_with("//!") {
                     out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());

@@ -100,7 +100,11 @@ impl Blob {
                 // SAFETY: the range lies inside the map (clamped above) and the map is read-only
                 // and private, so dropping its pages loses no data.
                 let _ = unsafe {
-                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, begin, end - begin)
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        begin,
+                        end - begin,
+                    )
                 };
             }
         }

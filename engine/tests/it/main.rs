@@ -1,0 +1,3 @@
+//! Engine integration tests, one binary: reference fixtures, formats, kernels, tokenizer.
+
+mod gguf;
