@@ -1,5 +1,7 @@
 //! Engine integration tests, one binary: reference fixtures, formats, kernels, tokenizer.
 
 mod common;
+mod gguf;
+mod model_gguf;
 mod model_ref;
 mod quant;

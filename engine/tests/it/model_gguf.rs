@@ -51,11 +51,15 @@ fn run(m: &Model, dir: &str) -> (Vec<f32>, Vec<f32>, Vec<u32>, Vec<u32>) {
     let vocab = m.config.vocab_size;
     let mut log = RouteLog::default();
     let mut s = Session::new(m, SessionConfig::default()).unwrap();
-    let pre = s.forward_observed(&prompt, Logits::All, Some(&mut log)).unwrap();
+    let pre = s
+        .forward_observed(&prompt, Logits::All, Some(&mut log))
+        .unwrap();
     let mut greedy = vec![argmax(&pre[(prompt.len() - 1) * vocab..])];
     let mut decode = Vec::new();
     for &t in &dec {
-        let row = s.forward_observed(&[t], Logits::Last, Some(&mut log)).unwrap();
+        let row = s
+            .forward_observed(&[t], Logits::Last, Some(&mut log))
+            .unwrap();
         greedy.push(argmax(&row));
         decode.extend(row);
     }
@@ -72,11 +76,29 @@ fn check_exact(ty: &str) {
     let m = load(ty, ComputeMode::Exact);
     let dir = target_dir(ty);
     let (pre, dec, greedy, routes) = run(&m, &dir);
-    assert_close(&format!("{ty} prefill"), &pre, &f32s(&format!("{dir}/prefill_logits.npy")), LOGIT_TOL);
-    assert_close(&format!("{ty} decode"), &dec, &f32s(&format!("{dir}/decode_logits.npy")), LOGIT_TOL);
-    assert_eq!(greedy, ids(&format!("{dir}/greedy_ids.npy")), "{ty} greedy ids");
+    assert_close(
+        &format!("{ty} prefill"),
+        &pre,
+        &f32s(&format!("{dir}/prefill_logits.npy")),
+        LOGIT_TOL,
+    );
+    assert_close(
+        &format!("{ty} decode"),
+        &dec,
+        &f32s(&format!("{dir}/decode_logits.npy")),
+        LOGIT_TOL,
+    );
+    assert_eq!(
+        greedy,
+        ids(&format!("{dir}/greedy_ids.npy")),
+        "{ty} greedy ids"
+    );
     // Fixture routes cover 48 positions: prompt + that directory's decode inputs.
-    assert_eq!(routes, ids(&format!("{dir}/router_ids.npy")), "{ty} router ids");
+    assert_eq!(
+        routes,
+        ids(&format!("{dir}/router_ids.npy")),
+        "{ty} router ids"
+    );
 }
 
 #[test]
@@ -115,9 +137,17 @@ fn check_fast(ty: &str, (max_err, agreement): (f32, f32)) {
         .filter(|(a, b)| argmax(a) == argmax(b))
         .count() as f32
         / prompt.len() as f32;
-    eprintln!("{ty} fast: max err {err:.4} (llama.cpp {max_err}), argmax agreement {agree:.3} (llama.cpp {agreement})");
-    assert!(err <= max_err, "{ty} fast: max error {err} worse than llama.cpp's {max_err}");
-    assert!(agree >= agreement, "{ty} fast: agreement {agree} below llama.cpp's {agreement}");
+    eprintln!(
+        "{ty} fast: max err {err:.4} (llama.cpp {max_err}), argmax agreement {agree:.3} (llama.cpp {agreement})"
+    );
+    assert!(
+        err <= max_err,
+        "{ty} fast: max error {err} worse than llama.cpp's {max_err}"
+    );
+    assert!(
+        agree >= agreement,
+        "{ty} fast: agreement {agree} below llama.cpp's {agreement}"
+    );
 }
 
 #[test]
@@ -134,5 +164,8 @@ fn gguf_layout_follows_llama_cpp_rule_with_true_window() {
     let c = &m.config;
     assert_eq!(c.sliding_window, 8);
     let kinds: Vec<(bool, bool)> = c.layers.iter().map(|k| (k.rope, k.sliding)).collect();
-    assert_eq!(kinds, vec![(false, false), (true, true), (true, true), (true, true)]);
+    assert_eq!(
+        kinds,
+        vec![(false, false), (true, true), (true, true), (true, true)]
+    );
 }
