@@ -1,4 +1,20 @@
 //! A `tracing` layer that records the engine's spans and routing events, and the analyses built on
 //! them (I/O vs compute overlap, expert reuse, cache hit curves, KV memory, latency histograms).
 //!
-//! Filled by the `[profiler]` issue; empty for now.
+//! Capture with [`ProfileLayer`], collect a [`Recording`] with [`ProfileHandle::take`], analyse
+//! it with the pure functions of [`overlap`], [`routing`], [`cache`], [`latency`], [`kv`] and
+//! [`sparsity`] (or all at once with [`analyze`]), and write the artefacts with
+//! [`artefacts::write_artefacts`]. Span and event names are in `docs/spans.md` and
+//! [`recording::names`].
+
+pub mod error;
+mod intervals;
+pub mod layer;
+pub mod overlap;
+pub mod recording;
+
+pub use error::{Error, Result};
+pub use layer::{ProfileHandle, ProfileLayer};
+pub use recording::{
+    EventRecord, FieldValue, Fields, Recording, RecordingBuilder, SpanRecord, ThreadInfo,
+};
