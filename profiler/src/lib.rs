@@ -7,11 +7,13 @@
 //! [`artefacts::write_artefacts`]. Span and event names are in `docs/spans.md` and
 //! [`recording::names`].
 
+pub mod cache;
 pub mod error;
 mod intervals;
 pub mod layer;
 pub mod overlap;
 pub mod recording;
+pub mod routing;
 
 pub use error::{Error, Result};
 pub use layer::{ProfileHandle, ProfileLayer};
