@@ -10,10 +10,13 @@
 pub mod cache;
 pub mod error;
 mod intervals;
+pub mod kv;
+pub mod latency;
 pub mod layer;
 pub mod overlap;
 pub mod recording;
 pub mod routing;
+pub mod sparsity;
 
 pub use error::{Error, Result};
 pub use layer::{ProfileHandle, ProfileLayer};
