@@ -7,19 +7,26 @@
 //! [`artefacts::write_artefacts`]. Span and event names are in `docs/spans.md` and
 //! [`recording::names`].
 
+pub mod artefacts;
 pub mod cache;
 pub mod error;
 mod intervals;
 pub mod kv;
 pub mod latency;
 pub mod layer;
+pub mod metrics;
 pub mod overlap;
 pub mod recording;
 pub mod routing;
 pub mod sparsity;
+pub mod summary;
 
+pub use artefacts::{Artefacts, write_artefacts};
 pub use error::{Error, Result};
 pub use layer::{ProfileHandle, ProfileLayer};
+pub use metrics::{AnalysisConfig, Metrics, analyze, analyze_with_trace};
 pub use recording::{
     EventRecord, FieldValue, Fields, Recording, RecordingBuilder, SpanRecord, ThreadInfo,
 };
+pub use routing::RoutingTrace;
+pub use summary::Summary;

@@ -88,8 +88,9 @@ struct Sets {
 }
 
 fn sets(rec: &Recording) -> Sets {
-    let mut by_tid: HashMap<u32, (Vec<(u64, u64)>, Vec<(u64, u64)>, Vec<(u64, u64)>)> =
-        HashMap::new();
+    /// (compute, waits, reads) intervals of one thread.
+    type ThreadSpans = (Vec<(u64, u64)>, Vec<(u64, u64)>, Vec<(u64, u64)>);
+    let mut by_tid: HashMap<u32, ThreadSpans> = HashMap::new();
     let mut all_reads = Vec::new();
     let mut all_waits = Vec::new();
     for s in &rec.spans {

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::recording::{Recording, names};
 
+/// The experts chosen at one layer in one trace step: (step index, experts in rank order).
+pub type StepExperts = (usize, Vec<u32>);
+
 /// One chosen expert.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoutingChoice {
@@ -162,7 +165,7 @@ impl RoutingTrace {
 
     /// For each layer (in [`Self::layers`] order): per trace step, the experts chosen in rank
     /// order. Steps are indices into [`Self::tokens`].
-    pub fn per_layer_steps(&self) -> Vec<(u32, Vec<(usize, Vec<u32>)>)> {
+    pub fn per_layer_steps(&self) -> Vec<(u32, Vec<StepExperts>)> {
         let token_idx: HashMap<u64, usize> = self
             .tokens
             .iter()
@@ -175,7 +178,7 @@ impl RoutingTrace {
             .enumerate()
             .map(|(i, &l)| (l, i))
             .collect();
-        let mut out: Vec<(u32, Vec<(usize, Vec<u32>)>)> =
+        let mut out: Vec<(u32, Vec<StepExperts>)> =
             self.layers.iter().map(|&l| (l, Vec::new())).collect();
         for c in &self.choices {
             let (Some(&ti), Some(&li)) = (token_idx.get(&c.token), layer_idx.get(&c.layer)) else {
