@@ -22,10 +22,13 @@ pub(crate) fn c_cast_f32_to_i8(x: f32) -> i8 {
     i as i8
 }
 
-/// ggml's `nearest_int`: round half to even, valid for |x| ≤ 4194303.
+/// ggml's `nearest_int`, including its bit trick: adding 1.5·2^23 leaves the rounded
+/// (half-to-even) integer in the low mantissa bits. Exact for |x| ≤ 4194303; for non-finite
+/// input it gives what the C code gives (−2^22 for ±inf, 0 for NaN).
 #[inline]
 pub(crate) fn nearest_int(x: f32) -> i32 {
-    x.round_ties_even() as i32
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// C `roundf`: half away from zero (Rust's `f32::round`).
@@ -165,6 +168,11 @@ mod tests {
         assert_eq!(nearest_int(2.5), 2);
         assert_eq!(nearest_int(3.5), 4);
         assert_eq!(nearest_int(-2.5), -2);
+        assert_eq!(nearest_int(-126.5), -126);
+        // Non-finite: the bit trick's values, whose low byte (what ggml stores) is 0.
+        assert_eq!(nearest_int(f32::INFINITY), -0x40_0000);
+        assert_eq!(nearest_int(f32::NEG_INFINITY), -0x40_0000);
+        assert_eq!(nearest_int(f32::NAN), 0);
         assert_eq!(roundf(2.5), 3.0);
         assert_eq!(roundf(-2.5), -3.0);
         assert_eq!(roundf(0.49999997), 0.0);

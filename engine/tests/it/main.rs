@@ -2,6 +2,7 @@
 
 mod common;
 mod gguf;
+mod kernels;
 mod model_gguf;
 mod model_ref;
 mod quant;

@@ -104,7 +104,6 @@ impl Rng {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
     /// Roughly normal (sum of uniforms), mean 0, std `std`.
-    #[allow(dead_code)]
     pub fn normal(&mut self, std: f32) -> f32 {
         let s: f32 = (0..4).map(|_| self.f32()).sum::<f32>() - 2.0;
         s * std * 1.732
@@ -122,8 +121,8 @@ impl Rng {
     }
 }
 
-/// Random blocks of type `B` with sane f16 scales at the given byte offsets.
-fn random_blocks<B: QuantBlock>(rng: &mut Rng, n: usize, f16_offsets: &[usize]) -> Vec<u8> {
+/// Random bytes for `n` blocks of type `B`, with sane f16 scales at the given byte offsets.
+pub fn random_blocks<B: QuantBlock>(rng: &mut Rng, n: usize, f16_offsets: &[usize]) -> Vec<u8> {
     let bs = std::mem::size_of::<B>();
     let mut bytes = vec![0u8; n * bs];
     rng.fill(&mut bytes);
