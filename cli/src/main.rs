@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod inspect;
 mod logits;
+mod profile;
 mod run;
 
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ enum Cmd {
     Logits(logits::Args),
     /// Generates tokens from a prompt and reports prompt and generation speed.
     Run(run::Args),
+    /// Runs a generation under the profiler: timeline, routing, cache curves, KV, latency.
+    Profile(profile::Args),
     /// llama-bench-style prompt (ppN) and generation (tgN) throughput, with result records.
     Bench(bench::Args),
 }
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Cmd::Logits(a) => logits::main(a),
         Cmd::Run(a) => run::main(a),
         Cmd::Bench(a) => bench::main(a),
+        Cmd::Profile(a) => profile::main(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
