@@ -5,3 +5,4 @@ mod gguf;
 mod model_gguf;
 mod model_ref;
 mod quant;
+mod tokenizer;
