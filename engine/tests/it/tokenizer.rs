@@ -625,32 +625,19 @@ fn bad_tokenizer_descriptions_are_errors() {
         )
     };
     assert!(Tokenizer::from_gguf_parts(good()).is_ok());
-    let cases: Vec<(&str, Box<dyn Fn(&mut GgufTokenizerParts)>)> = vec![
-        ("llama model", Box::new(|p| p.model = "llama".into())),
-        ("gpt2 pre", Box::new(|p| p.pre = Some("gpt2".into()))),
-        ("no pre", Box::new(|p| p.pre = None)),
-        ("no tokens", Box::new(|p| p.tokens.clear())),
-        (
-            "short types",
-            Box::new(|p| {
-                p.token_types
-                    .as_mut()
-                    .unwrap()
-                    .pop()
-                    .map(drop)
-                    .unwrap_or(())
-            }),
-        ),
-        (
-            "unknown merge token",
-            Box::new(|p| p.merges.push("zzz qqq".into())),
-        ),
-        (
-            "merge without space",
-            Box::new(|p| p.merges.push("ab".into())),
-        ),
-        ("eos out of range", Box::new(|p| p.eos_id = Some(100_000))),
-        ("bos out of range", Box::new(|p| p.bos_id = Some(u32::MAX))),
+    type Change = fn(&mut GgufTokenizerParts);
+    let cases: [(&str, Change); 9] = [
+        ("llama model", |p| p.model = "llama".into()),
+        ("gpt2 pre", |p| p.pre = Some("gpt2".into())),
+        ("no pre", |p| p.pre = None),
+        ("no tokens", |p| p.tokens.clear()),
+        ("short types", |p| {
+            p.token_types.as_mut().unwrap().pop();
+        }),
+        ("unknown merge token", |p| p.merges.push("zzz qqq".into())),
+        ("merge without space", |p| p.merges.push("ab".into())),
+        ("eos out of range", |p| p.eos_id = Some(100_000)),
+        ("bos out of range", |p| p.bos_id = Some(u32::MAX)),
     ];
     for (what, change) in cases {
         let mut p = good();
