@@ -5,29 +5,61 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// A fast hasher for the `u64` pair keys (a multiplicative hash; keys are not attacker-chosen
-/// beyond the vocabulary itself, and the table is built once).
+/// A fast non-cryptographic hasher (FxHash-style) for the pair keys and token strings. The
+/// tables are built once from the model's own vocabulary, so hash flooding is not a concern.
 #[derive(Default, Clone, Copy)]
-pub(crate) struct PairHasher(u64);
+pub(crate) struct FastHasher(u64);
 
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing; the high bits are well mixed, fold them down for the table index.
-        let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = h ^ (h >> 29);
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
     }
 }
 
+impl Hasher for FastHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing; fold the well-mixed high bits down for the table index.
+        let h = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
+    }
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// Hash-map builder with [`FastHasher`].
+pub(crate) type FastBuild = BuildHasherDefault<FastHasher>;
+
 /// Merge table: pair of token ids -> (rank, merged token id).
-pub(crate) type MergeMap = HashMap<u64, (u32, u32), BuildHasherDefault<PairHasher>>;
+pub(crate) type MergeMap = HashMap<u64, (u32, u32), FastBuild>;
 
 /// Key of a pair of ids.
 #[inline]

@@ -20,6 +20,7 @@ mod added;
 mod bpe;
 mod bytelevel;
 mod chat;
+mod json;
 mod pretok;
 mod unicode_table;
 
@@ -31,7 +32,8 @@ use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
 use crate::error::{Error, Result};
 use added::{AddedToken, Matcher, Piece};
-use bpe::{Bpe, BpeScratch, MergeMap, pair_key};
+use bpe::{Bpe, BpeScratch, FastBuild, MergeMap, pair_key};
+use json::{apply_tokenizer_config, spec_from_json};
 
 pub use chat::{CHATML_TEMPLATE, ChatMessage, ChatOptions, ChatTemplate};
 
@@ -97,7 +99,7 @@ pub struct Tokenizer {
     strings: Vec<Option<Box<str>>>,
     /// Special (control) tokens, skipped by `decode(.., skip_special = true)`.
     special: Vec<bool>,
-    token_to_id: HashMap<String, u32>,
+    token_to_id: HashMap<String, u32, FastBuild>,
     bpe: Bpe,
     /// Added tokens matched on the raw text.
     raw_added: Matcher,
@@ -273,7 +275,8 @@ impl Tokenizer {
                 return Err(bad(format!("{what} token id {id} >= vocabulary size {n}")));
             }
         }
-        let mut token_to_id: HashMap<String, u32> = HashMap::with_capacity(n);
+        let mut token_to_id: HashMap<String, u32, FastBuild> =
+            HashMap::with_capacity_and_hasher(n, FastBuild::default());
         let mut bytes = Vec::with_capacity(n);
         let mut byte_ids = [None; 256];
         let mut is_added = vec![false; n];
@@ -639,258 +642,4 @@ impl StreamDecoder<'_> {
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// tokenizer.json
-
-fn spec_from_json(json: &str) -> Result<Spec> {
-    let v: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| bad(format!("tokenizer.json: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad("tokenizer.json: not an object"))?;
-
-    // Normaliser: none or NFC.
-    let nfc = match obj.get("normalizer") {
-        None | Some(serde_json::Value::Null) => false,
-        Some(n) => match normalizer_is_nfc(n) {
-            Some(nfc) => nfc,
-            None => return Err(bad(format!("unsupported normalizer {n}"))),
-        },
-    };
-
-    check_pre_tokenizer(obj.get("pre_tokenizer"))?;
-    match obj.get("decoder") {
-        Some(d) if d.get("type").and_then(|t| t.as_str()) == Some("ByteLevel") => {}
-        other => {
-            return Err(bad(format!(
-                "unsupported decoder {} (only ByteLevel)",
-                other.map_or("null".to_string(), |d| d.to_string())
-            )));
-        }
-    }
-
-    let model = obj
-        .get("model")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| bad("tokenizer.json has no model"))?;
-    let ty = model.get("type").and_then(|t| t.as_str()).unwrap_or("BPE");
-    if ty != "BPE" {
-        return Err(bad(format!(
-            "model type '{ty}' is not supported (only BPE)"
-        )));
-    }
-    let str_opt = |k: &str| model.get(k).and_then(|x| x.as_str()).unwrap_or("");
-    if !str_opt("continuing_subword_prefix").is_empty() || !str_opt("end_of_word_suffix").is_empty()
-    {
-        return Err(bad("BPE subword prefixes/suffixes are not supported"));
-    }
-    let flag = |k: &str| model.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
-    if flag("byte_fallback") || flag("ignore_merges") {
-        return Err(bad("BPE byte_fallback / ignore_merges are not supported"));
-    }
-    if let Some(d) = model.get("dropout").and_then(|d| d.as_f64())
-        && d > 0.0
-    {
-        return Err(bad("BPE dropout is not supported"));
-    }
-
-    let vocab = model
-        .get("vocab")
-        .and_then(|x| x.as_object())
-        .ok_or_else(|| bad("model.vocab missing"))?;
-    let as_id = |x: &serde_json::Value, what: &str| -> Result<u32> {
-        x.as_u64()
-            .filter(|&i| (i as usize) < MAX_VOCAB)
-            .map(|i| i as u32)
-            .ok_or_else(|| bad(format!("{what}: bad id {x}")))
-    };
-    let mut entries: Vec<(u32, String)> = Vec::with_capacity(vocab.len());
-    for (tok, id) in vocab {
-        entries.push((as_id(id, tok)?, tok.clone()));
-    }
-    let mut added = Vec::new();
-    if let Some(list) = obj.get("added_tokens").and_then(|x| x.as_array()) {
-        for a in list {
-            let content = a
-                .get("content")
-                .and_then(|x| x.as_str())
-                .ok_or_else(|| bad(format!("added token without content: {a}")))?;
-            let id = as_id(a.get("id").unwrap_or(&serde_json::Value::Null), content)?;
-            let f = |k: &str| a.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
-            added.push(AddedToken {
-                id,
-                content: content.to_string(),
-                special: f("special"),
-                single_word: f("single_word"),
-                lstrip: f("lstrip"),
-                rstrip: f("rstrip"),
-                normalized: a
-                    .get("normalized")
-                    .and_then(|x| x.as_bool())
-                    .unwrap_or(!f("special")),
-            });
-        }
-    }
-    let max_id = entries
-        .iter()
-        .map(|e| e.0)
-        .chain(added.iter().map(|a| a.id))
-        .max()
-        .ok_or_else(|| bad("empty vocabulary"))?;
-    let mut strings: Vec<Option<String>> = vec![None; max_id as usize + 1];
-    for (id, tok) in entries {
-        strings[id as usize] = Some(tok);
-    }
-    for a in &added {
-        strings[a.id as usize] = Some(a.content.clone());
-    }
-
-    let mut merges = Vec::new();
-    if let Some(list) = model.get("merges").and_then(|x| x.as_array()) {
-        merges.reserve(list.len());
-        for (i, m) in list.iter().enumerate() {
-            let pair = match m {
-                serde_json::Value::String(s) => {
-                    let mut it = s.split(' ');
-                    match (it.next(), it.next(), it.next()) {
-                        (Some(a), Some(b), None) => (a.to_string(), b.to_string()),
-                        _ => return Err(bad(format!("merge {i} '{s}' is not 'a b'"))),
-                    }
-                }
-                serde_json::Value::Array(p) => match (p.first(), p.get(1), p.len()) {
-                    (Some(serde_json::Value::String(a)), Some(serde_json::Value::String(b)), 2) => {
-                        (a.clone(), b.clone())
-                    }
-                    _ => return Err(bad(format!("merge {i} {m} is not a pair of strings"))),
-                },
-                _ => return Err(bad(format!("merge {i} {m} is not a string or pair"))),
-            };
-            merges.push(pair);
-        }
-    }
-    Ok(Spec {
-        strings,
-        merges,
-        added,
-        nfc,
-        bos_id: None,
-        eos_id: None,
-        eot_id: None,
-        pad_id: None,
-        add_bos: false,
-        chat_template: None,
-    })
-}
-
-/// `Some(true)` for NFC (alone or in a one-element sequence), `Some(false)` for an empty
-/// sequence, `None` for anything else.
-fn normalizer_is_nfc(n: &serde_json::Value) -> Option<bool> {
-    match n.get("type")?.as_str()? {
-        "NFC" => Some(true),
-        "Sequence" => {
-            let list = n.get("normalizers")?.as_array()?;
-            match list.as_slice() {
-                [] => Some(false),
-                [one] => normalizer_is_nfc(one),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
-
-/// Accepts exactly Qwen2's pre-tokenizer: `Split(QWEN2_PATTERN, Isolated)` then
-/// `ByteLevel(add_prefix_space = false, use_regex = false)`.
-fn check_pre_tokenizer(p: Option<&serde_json::Value>) -> Result<()> {
-    let unsupported = || {
-        bad(format!(
-            "unsupported pre_tokenizer {} (only Qwen2's Split + ByteLevel)",
-            p.map_or("null".to_string(), |x| x.to_string())
-        ))
-    };
-    let p = p.ok_or_else(unsupported)?;
-    let list = match p.get("type").and_then(|t| t.as_str()) {
-        Some("Sequence") => p
-            .get("pretokenizers")
-            .and_then(|l| l.as_array())
-            .ok_or_else(unsupported)?,
-        _ => return Err(unsupported()),
-    };
-    let [split, bl] = list.as_slice() else {
-        return Err(unsupported());
-    };
-    let ok_split = split.get("type").and_then(|t| t.as_str()) == Some("Split")
-        && split
-            .get("pattern")
-            .and_then(|x| x.get("Regex"))
-            .and_then(|x| x.as_str())
-            == Some(QWEN2_PATTERN)
-        && split.get("behavior").and_then(|x| x.as_str()) == Some("Isolated")
-        && !split
-            .get("invert")
-            .and_then(|x| x.as_bool())
-            .unwrap_or(false);
-    let ok_bl = bl.get("type").and_then(|t| t.as_str()) == Some("ByteLevel")
-        && !bl
-            .get("add_prefix_space")
-            .and_then(|x| x.as_bool())
-            .unwrap_or(false)
-        && !bl
-            .get("use_regex")
-            .and_then(|x| x.as_bool())
-            .unwrap_or(true);
-    if ok_split && ok_bl {
-        Ok(())
-    } else {
-        Err(unsupported())
-    }
-}
-
-/// Takes the chat template, BOS/EOS/PAD and `add_bos_token` from `tokenizer_config.json`.
-fn apply_tokenizer_config(spec: &mut Spec, config: &str) -> std::result::Result<(), String> {
-    let cfg: serde_json::Value = serde_json::from_str(config).map_err(|e| e.to_string())?;
-    let lookup = |key: &str| -> std::result::Result<Option<u32>, String> {
-        let name = match cfg.get(key) {
-            None | Some(serde_json::Value::Null) => return Ok(None),
-            Some(serde_json::Value::String(s)) => s.as_str(),
-            Some(o) => match o.get("content").and_then(|c| c.as_str()) {
-                Some(s) => s,
-                None => return Err(format!("{key}: unexpected value {o}")),
-            },
-        };
-        spec.strings
-            .iter()
-            .position(|s| s.as_deref() == Some(name))
-            .map(|i| Some(i as u32))
-            .ok_or_else(|| format!("{key} '{name}' is not in the vocabulary"))
-    };
-    spec.bos_id = lookup("bos_token")?;
-    spec.eos_id = lookup("eos_token")?;
-    spec.pad_id = lookup("pad_token")?;
-    spec.add_bos = cfg
-        .get("add_bos_token")
-        .and_then(|x| x.as_bool())
-        .unwrap_or(false);
-    spec.chat_template = match cfg.get("chat_template") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Array(list)) => {
-            // Named templates: take "default", else the first.
-            let named = |n: &serde_json::Value| {
-                Some((
-                    n.get("name")?.as_str()?.to_string(),
-                    n.get("template")?.as_str()?.to_string(),
-                ))
-            };
-            let all: Vec<(String, String)> = list.iter().filter_map(named).collect();
-            all.iter()
-                .find(|(n, _)| n == "default")
-                .or(all.first())
-                .map(|(_, t)| t.clone())
-        }
-        Some(other) => return Err(format!("chat_template: unexpected value {other}")),
-    };
-    Ok(())
 }
