@@ -91,7 +91,6 @@ pub struct GgufTokenizerParts {
 }
 
 /// A Qwen2-family byte-level BPE tokenizer. Immutable and `Sync`: share it between threads.
-#[derive(Debug)]
 pub struct Tokenizer {
     /// Bytes of each token (`None` for ids that no token has).
     bytes: Vec<Option<Box<[u8]>>>,
@@ -113,6 +112,25 @@ pub struct Tokenizer {
     stop_ids: Vec<u32>,
     chat_template: Option<String>,
     chat: std::result::Result<ChatTemplate, String>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    /// A summary (the vocabulary itself is too large to print).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("merges", &self.bpe.merges.len())
+            .field("nfc", &self.nfc)
+            .field("bos_id", &self.bos_id)
+            .field("eos_id", &self.eos_id)
+            .field("stop_ids", &self.stop_ids)
+            .field("add_bos", &self.add_bos)
+            .field(
+                "chat_template_bytes",
+                &self.chat_template.as_ref().map(|t| t.len()),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything needed to build a [`Tokenizer`], whatever the source.

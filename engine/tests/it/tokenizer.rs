@@ -112,6 +112,10 @@ fn qwen_matches_reference_on_generated_strings() {
             tok.decode(&got, true).unwrap(),
             case["decoded_skip"].as_str().unwrap()
         );
+        let plain = tok.encode(text, false).unwrap();
+        if plain != ids_of(&case["ids_special_as_text"]) {
+            failures.push(format!("{text:?} (special tokens as text): got {plain:?}"));
+        }
     }
     assert!(
         failures.is_empty(),
