@@ -1,3 +1,8 @@
 //! SVG charts and one self-contained HTML report from benchmark result records.
-//!
-//! Filled by the `[bench-report]` issue; empty for now.
+
+pub mod charts;
+pub mod error;
+pub mod format;
+pub mod profile;
+pub mod record;
+pub mod shape;
