@@ -33,7 +33,7 @@ pub fn tps_by_storage(id: &str, records: &[&Record], kind: TestKind) -> Chart {
     if data.is_empty() {
         return Chart::missing(id, &title, &caption, &format!("no {test} records"));
     }
-    grouped_bars(id, &title, &caption, &data, "tokens / s")
+    grouped_bars(id, &title, &caption, &data, "tokens / s", &format::num)
 }
 
 /// Decode t/s across machines: one group per storage profile, one bar per machine x quantisation.
@@ -89,11 +89,22 @@ pub fn across_machines(id: &str, records: &[Record]) -> Chart {
     if merged.is_empty() {
         return Chart::missing(id, title, caption, "no decode records");
     }
-    grouped_bars(id, title, caption, &merged, "tokens / s").wide()
+    grouped_bars(id, title, caption, &merged, "tokens / s", &format::num).wide()
 }
 
-/// Draws `data` as grouped bars with whiskers; values are printed on the bars when few.
-pub fn grouped_bars(id: &str, title: &str, caption: &str, data: &Grouped, y_desc: &str) -> Chart {
+/// Most category labels shown on the axis; more categories show every k-th label.
+const MAX_CATEGORY_LABELS: usize = 24;
+
+/// Draws `data` as grouped bars with whiskers; values (formatted by `y_fmt`, like the axis) are
+/// printed on the bars when there are few.
+pub fn grouped_bars(
+    id: &str,
+    title: &str,
+    caption: &str,
+    data: &Grouped,
+    y_desc: &str,
+    y_fmt: &dyn Fn(f64) -> String,
+) -> Chart {
     let legend: Vec<LegendItem> = data
         .series
         .iter()
@@ -103,7 +114,7 @@ pub fn grouped_bars(id: &str, title: &str, caption: &str, data: &Grouped, y_desc
     let wide = data.categories.len() * data.series.len().max(1) > 16;
     let width = if wide { super::WIDE_W } else { HALF_W };
     let chart = drawn(id, title, caption, (width, CHART_H), legend, |root| {
-        draw(root, data, y_desc)
+        draw(root, data, y_desc, y_fmt)
     });
     if wide { chart.wide() } else { chart }
 }
@@ -112,6 +123,7 @@ fn draw(
     root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     data: &Grouped,
     y_desc: &str,
+    y_fmt: &dyn Fn(f64) -> String,
 ) -> DrawResult {
     let n = data.categories.len();
     let ymax = axis_max(
@@ -127,13 +139,13 @@ fn draw(
         .build_cartesian_2d(CategoryAxis { n }, 0.0..ymax)?;
     let cats = data.categories.clone();
     let xfmt = move |v: &f64| category_label(&cats, *v);
-    let yfmt = |v: &f64| format::num(*v);
+    let yfmt = |v: &f64| y_fmt(*v);
     chart
         .configure_mesh()
         .disable_x_mesh()
         .bold_line_style(GRID)
         .light_line_style(TRANSPARENT)
-        .x_labels(n)
+        .x_labels(n.min(MAX_CATEGORY_LABELS))
         .y_labels(6)
         .x_label_formatter(&xfmt)
         .y_label_formatter(&yfmt)
@@ -179,8 +191,7 @@ fn draw(
             }
             if n_bars <= MAX_VALUE_LABELS {
                 chart.draw_series(std::iter::once(
-                    EmptyElement::at((xc, top))
-                        + Text::new(format::num(m), (0, -3), value_style.clone()),
+                    EmptyElement::at((xc, top)) + Text::new(y_fmt(m), (0, -3), value_style.clone()),
                 ))?;
             }
         }

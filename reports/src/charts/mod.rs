@@ -5,6 +5,7 @@
 //! Legends are returned as data and drawn in HTML under the chart, so they never cover data.
 //! One file per chart family; shared axis, palette and SVG plumbing live here.
 
+mod axis;
 pub mod bars;
 pub mod budget;
 pub mod deltas;
@@ -16,12 +17,11 @@ pub mod popularity;
 pub mod reuse;
 pub mod timeline;
 
-use std::ops::Range;
-
 use plotters::coord::Shift;
-use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
 use plotters::prelude::*;
 use serde::Serialize;
+
+pub(crate) use axis::{CategoryAxis, ValueAxis, category_label};
 
 /// A finished chart: SVG or a "not measured" note, plus title, caption and legend.
 #[derive(Debug, Clone, Serialize)]
@@ -131,8 +131,7 @@ pub(crate) fn render_svg(
         draw(&root).map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
-    // Give the drawing an accessible name; the title is already escaped by the caller's data
-    // path only if we do it here.
+    // Give the drawing an accessible name (shown as a tooltip too).
     if let Some(end) = svg.find('>') {
         let title = format!("<title>{}</title>", escape_xml(title));
         svg.insert_str(end + 1, &title);
@@ -243,67 +242,9 @@ pub(crate) fn text_width(text: &str) -> u32 {
     (text.chars().count() as f64 * em * 0.6).ceil() as u32
 }
 
-/// A categorical axis: `n` slots of width 1 over `0..n`, with key points at the slot centres,
-/// so bars can be placed at fractional positions and labels land in the middle of each group.
-#[derive(Debug, Clone)]
-pub(crate) struct CategoryAxis {
-    /// Number of categories.
-    pub n: usize,
-}
-
-impl CategoryAxis {
-    /// The category whose slot contains `v` (the tick formatter's inverse).
-    pub fn index(v: f64) -> Option<usize> {
-        if v.is_finite() && v >= 0.0 {
-            Some(v.floor() as usize)
-        } else {
-            None
-        }
-    }
-}
-
-impl Ranged for CategoryAxis {
-    type FormatOption = DefaultFormatting;
-    type ValueType = f64;
-
-    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
-        let n = self.n.max(1) as f64;
-        let frac = v / n;
-        (limit.0 as f64 + frac * (limit.1 - limit.0) as f64).round() as i32
-    }
-
-    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
-        let max = hint.max_num_points().max(1);
-        let step = self.n.div_ceil(max).max(1);
-        (0..self.n).step_by(step).map(|i| i as f64 + 0.5).collect()
-    }
-
-    fn range(&self) -> Range<f64> {
-        0.0..self.n.max(1) as f64
-    }
-}
-
-/// Label of the category at tick `v`, or empty.
-pub(crate) fn category_label(labels: &[String], v: f64) -> String {
-    CategoryAxis::index(v)
-        .and_then(|i| labels.get(i))
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn category_axis_puts_ticks_at_slot_centres() {
-        let axis = CategoryAxis { n: 3 };
-        assert_eq!(axis.key_points(10usize), vec![0.5, 1.5, 2.5]);
-        assert_eq!(axis.map(&1.5, (0, 300)), 150);
-        assert_eq!(axis.key_points(2usize), vec![0.5, 2.5]);
-        assert_eq!(category_label(&["a".into(), "b".into()], 1.5), "b");
-        assert_eq!(category_label(&["a".into()], f64::NAN), "");
-    }
 
     #[test]
     fn svg_gets_an_escaped_title() {
