@@ -46,6 +46,20 @@ pub fn num(v: f64) -> String {
     }
 }
 
+/// An axis tick: as few decimals as the value needs (`5`, `2.5`, `0.25`, `1500`).
+pub fn tick(v: f64) -> String {
+    if !v.is_finite() {
+        return MISSING.to_owned();
+    }
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
 /// A share 0..1 as percent: `73.4%`.
 pub fn pct(share: f64) -> String {
     if !share.is_finite() {
@@ -98,5 +112,8 @@ mod tests {
         assert_eq!(delta_pct(-0.12), "-12.0%");
         assert_eq!(mean_sd(10.0, f64::NAN), "10.0");
         assert_eq!(mean_sd(10.0, 0.5), "10.0 ± 0.500");
+        assert_eq!(tick(5.0), "5");
+        assert_eq!(tick(0.6000000000000001), "0.6");
+        assert_eq!(tick(-0.0), "0");
     }
 }

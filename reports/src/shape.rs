@@ -159,7 +159,8 @@ impl Labeler {
         if self.threads {
             parts.push(format!("{}t", r.threads));
         }
-        if self.engine {
+        // Our engine is the default; only peers are named.
+        if self.engine && r.is_peer() {
             parts.push(r.engine.clone());
         }
     }
@@ -181,6 +182,22 @@ pub struct GroupSeries {
     pub name: String,
     /// `(mean, sd)` per category; `None` where not measured.
     pub values: Vec<Option<(f64, f64)>>,
+    /// Colour index: series sharing a hue differ only in shade.
+    pub hue: usize,
+    /// Lightening towards white, 0 (full colour) to 1 (white).
+    pub shade: f64,
+}
+
+impl GroupSeries {
+    /// A series with its own hue and full colour.
+    pub fn plain(name: impl Into<String>, hue: usize, values: Vec<Option<(f64, f64)>>) -> Self {
+        GroupSeries {
+            name: name.into(),
+            values,
+            hue,
+            shade: 0.0,
+        }
+    }
 }
 
 impl Grouped {
@@ -194,8 +211,9 @@ impl Grouped {
     }
 }
 
-/// Tokens per second of `kind` tests by storage profile (categories) and quantisation (series),
-/// each bar from the largest budget measured for it (unlimited when present).
+/// Tokens per second of `kind` tests by storage profile (categories) and quantisation x budget
+/// (series): one hue per quantisation (and peer engine), lighter shades for smaller budgets.
+/// A scenario measured twice counts with its last record.
 pub fn tps_by_storage(records: &[&Record], kind: TestKind) -> Grouped {
     let rs: Vec<&Record> = records
         .iter()
@@ -203,36 +221,51 @@ pub fn tps_by_storage(records: &[&Record], kind: TestKind) -> Grouped {
         .filter(|r| r.kind() == kind)
         .collect();
     let labeler = Labeler::new(rs.iter().copied());
+    let mut budgets: Vec<Option<u64>> = rs.iter().map(|r| r.budget_bytes).collect();
+    budgets.sort_by_key(|b| u64::MAX - budget_rank(*b));
+    budgets.dedup();
+    let show_budget = budgets.len() > 1;
     let mut storages: Vec<String> = Vec::new();
-    let mut series: Vec<String> = Vec::new();
-    // (storage, series) -> best record so far.
-    let mut best: BTreeMap<(String, String), &Record> = BTreeMap::new();
+    let mut bases: Vec<String> = Vec::new();
+    // (base series, budget level) -> storage -> record.
+    let mut cells: BTreeMap<(usize, usize), BTreeMap<String, &Record>> = BTreeMap::new();
     for r in &rs {
         if !storages.contains(&r.storage) {
             storages.push(r.storage.clone());
         }
-        let s = labeler.series(r);
-        if !series.contains(&s) {
-            series.push(s.clone());
-        }
-        let slot = best.entry((r.storage.clone(), s)).or_insert(r);
-        // Later records of the same scenario replace earlier ones (re-runs).
-        if budget_rank(r.budget_bytes) >= budget_rank(slot.budget_bytes) {
-            *slot = r;
-        }
+        let base = labeler.series(r);
+        let hue = bases.iter().position(|b| *b == base).unwrap_or_else(|| {
+            bases.push(base);
+            bases.len() - 1
+        });
+        let level = budgets
+            .iter()
+            .position(|b| *b == r.budget_bytes)
+            .unwrap_or(0);
+        cells
+            .entry((hue, level))
+            .or_default()
+            .insert(r.storage.clone(), r);
     }
     storages.sort_by_key(|s| storage_rank(s));
-    let series = series
+    let series = cells
         .into_iter()
-        .map(|name| GroupSeries {
+        .map(|((hue, level), by_storage)| GroupSeries {
+            name: if show_budget {
+                format!("{} · {}", bases[hue], budget_label(budgets[level]))
+            } else {
+                bases[hue].clone()
+            },
             values: storages
                 .iter()
-                .map(|st| {
-                    best.get(&(st.clone(), name.clone()))
-                        .map(|r| (r.mean_tps, r.sd_tps))
-                })
+                .map(|st| by_storage.get(st).map(|r| (r.mean_tps, r.sd_tps)))
                 .collect(),
-            name,
+            hue,
+            shade: if budgets.len() > 1 {
+                SHADE_RANGE * level as f64 / (budgets.len() - 1) as f64
+            } else {
+                0.0
+            },
         })
         .collect();
     Grouped {
@@ -240,6 +273,9 @@ pub fn tps_by_storage(records: &[&Record], kind: TestKind) -> Grouped {
         series,
     }
 }
+
+/// How much lighter the smallest budget's bars are than the unlimited ones (0..1 towards white).
+pub const SHADE_RANGE: f64 = 0.6;
 
 /// Tokens per second against memory budget: one line per storage x quantisation.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -314,6 +350,7 @@ pub fn ordered<'a>(records: &[&'a Record], kind: TestKind) -> Vec<&'a Record> {
             r.quant.clone(),
             u64::MAX - budget_rank(r.budget_bytes),
             r.test.clone(),
+            r.is_peer(),
             r.engine.clone(),
         )
     });
@@ -417,7 +454,7 @@ pub fn baseline_deltas(current: &[Record], baseline: &[Record]) -> Vec<DeltaRow>
         .filter_map(|(k, r)| base.get(k).map(|b| (*b, *r)))
         .collect();
     let labeler = Labeler::new(matched.iter().map(|(_, r)| *r));
-    let machines = by_machine(current).len() > 1;
+    let machines = spans_machines(matched.iter().map(|(_, r)| *r));
     let mut rows: Vec<(_, DeltaRow)> = matched
         .into_iter()
         .map(|(b, r)| {
@@ -454,7 +491,7 @@ pub fn peer_deltas(records: &[Record]) -> Vec<DeltaRow> {
         .filter_map(|(k, r)| peers.get(k).map(|p| (*p, *r)))
         .collect();
     let labeler = Labeler::new(matched.iter().map(|(_, r)| *r));
-    let machines = by_machine(records).len() > 1;
+    let machines = spans_machines(matched.iter().map(|(_, r)| *r));
     let mut rows: Vec<(_, DeltaRow)> = matched
         .into_iter()
         .map(|(p, r)| {
@@ -469,20 +506,27 @@ pub fn peer_deltas(records: &[Record]) -> Vec<DeltaRow> {
     rows.into_iter().map(|(_, d)| d).collect()
 }
 
-type DisplayKey = (
-    String,
-    TestKind,
-    (usize, String),
-    String,
-    String,
-    u64,
-    String,
-);
+/// True when `records` come from more than one machine.
+fn spans_machines<'a>(records: impl IntoIterator<Item = &'a Record>) -> bool {
+    let mut it = records.into_iter();
+    it.next()
+        .is_some_and(|first| it.any(|r| r.cpu_model != first.cpu_model))
+}
+
+/// Decode before prefill in tables and delta charts: decode speed is the headline number.
+pub fn kind_rank(kind: TestKind) -> u8 {
+    match kind {
+        TestKind::Decode => 0,
+        TestKind::Prefill => 1,
+    }
+}
+
+type DisplayKey = (String, u8, (usize, String), String, String, u64, String);
 
 fn display_key(r: &Record) -> DisplayKey {
     (
         r.cpu_model.clone(),
-        r.kind(),
+        kind_rank(r.kind()),
         storage_rank(&r.storage),
         r.model.clone(),
         r.quant.clone(),
@@ -587,7 +631,7 @@ pub(crate) mod tests {
     const GIB: u64 = 1 << 30;
 
     #[test]
-    fn bars_group_by_storage_in_canonical_order_and_prefer_the_largest_budget() {
+    fn bars_group_by_storage_in_canonical_order_with_budgets_as_shades() {
         let rs = [
             rec("emmc", "q4_0", Some(GIB), "tg64", 1.0),
             rec("emmc", "q4_0", None, "tg64", 5.0),
@@ -598,24 +642,19 @@ pub(crate) mod tests {
         let refs: Vec<&Record> = rs.iter().collect();
         let g = tps_by_storage(&refs, TestKind::Decode);
         assert_eq!(g.categories, vec!["in-memory", "emmc"]);
-        assert_eq!(g.series.len(), 2);
-        let q4 = g
-            .series
-            .iter()
-            .find(|s| s.name == "q4_0")
-            .expect("q4_0 series");
-        assert_eq!(q4.values[0].map(|v| v.0), Some(10.0));
+        let names: Vec<&str> = g.series.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
-            q4.values[1].map(|v| v.0),
-            Some(5.0),
-            "unlimited beats 1 GiB"
+            names,
+            vec!["q4_0 · unlimited", "q4_0 · 1 GiB", "q8_0 · unlimited"]
         );
-        let q8 = g
-            .series
-            .iter()
-            .find(|s| s.name == "q8_0")
-            .expect("q8_0 series");
-        assert_eq!(q8.values[1], None);
+        assert_eq!(
+            g.series[0].values,
+            vec![Some((10.0, 0.1)), Some((5.0, 0.05))]
+        );
+        assert_eq!(g.series[1].values[0], None);
+        assert_eq!((g.series[1].hue, g.series[1].shade), (0, SHADE_RANGE));
+        assert_eq!((g.series[2].hue, g.series[2].shade), (1, 0.0));
+        assert_eq!(g.series[2].values[1], None);
         assert!(tps_by_storage(&refs[..0], TestKind::Decode).is_empty());
     }
 
@@ -650,7 +689,7 @@ pub(crate) mod tests {
         let mut b = rec("emmc", "q4_0", None, "tg64", 1.0);
         b.engine = PEER_ENGINE.into();
         let l = Labeler::new([&a, &b]);
-        assert_eq!(l.scenario(&a), "emmc · q4_0 · 1 GiB · smallthinker-rs");
+        assert_eq!(l.scenario(&a), "emmc · q4_0 · 1 GiB");
         assert_eq!(l.series(&b), "q4_0 · llama.cpp");
         let single = Labeler::new([&a]);
         assert_eq!(single.scenario(&a), "emmc · q4_0");

@@ -5,12 +5,12 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{
-    CHART_H, CategoryAxis, Chart, DrawResult, GRID, HALF_W, INK, LegendItem, axis_max,
+    CHART_H, CategoryAxis, Chart, DrawResult, GRID, HALF_W, INK, LegendItem, ValueAxis, axis_max,
     category_label, color, desc_style, drawn, label_style, swatch,
 };
 use crate::format;
 use crate::record::{Record, TestKind};
-use crate::shape::{self, Grouped};
+use crate::shape::{self, GroupSeries, Grouped};
 
 /// Share of a category slot the bars fill.
 const GROUP_FILL: f64 = 0.8;
@@ -26,8 +26,8 @@ pub fn tps_by_storage(id: &str, records: &[&Record], kind: TestKind) -> Chart {
     let title = format!("{what} speed by storage profile and quantisation");
     let caption = format!(
         "Tokens per second of the {test} tests, one group per storage profile and one bar per \
-         quantisation, each at the largest memory budget measured (unlimited when present); \
-         taller is faster and whiskers span ±1 standard deviation over repetitions."
+         quantisation and memory budget (one colour per quantisation, lighter for smaller \
+         budgets); taller is faster and whiskers span ±1 standard deviation over repetitions."
     );
     let data = shape::tps_by_storage(records, kind);
     if data.is_empty() {
@@ -39,14 +39,15 @@ pub fn tps_by_storage(id: &str, records: &[&Record], kind: TestKind) -> Chart {
 /// Decode t/s across machines: one group per storage profile, one bar per machine x quantisation.
 pub fn across_machines(id: &str, records: &[Record]) -> Chart {
     let title = "Decode speed across machines";
-    let caption = "Decode tokens per second for each storage profile, one bar per machine and \
-                   quantisation at the largest budget measured; compare bars of the same colour \
-                   family between groups to see how a device moves each machine.";
+    let caption = "Decode tokens per second for each storage profile, one colour per machine and \
+                   quantisation, lighter shades for smaller memory budgets; compare the same \
+                   colour between groups to see how much each device slows each machine.";
     let machines = shape::by_machine(records);
     if machines.len() < 2 {
         return Chart::missing(id, title, caption, "records come from a single machine");
     }
     let mut merged = Grouped::default();
+    let mut hue_offset = 0;
     for m in &machines {
         let g = shape::tps_by_storage(&m.records, TestKind::Decode);
         let name = shape::short_machine(&m.cpu_model);
@@ -55,6 +56,7 @@ pub fn across_machines(id: &str, records: &[Record]) -> Chart {
                 merged.categories.push(c.clone());
             }
         }
+        let hues = g.series.iter().map(|s| s.hue + 1).max().unwrap_or(0);
         for s in g.series {
             let values = merged
                 .categories
@@ -69,8 +71,11 @@ pub fn across_machines(id: &str, records: &[Record]) -> Chart {
             merged.series.push(shape::GroupSeries {
                 name: format!("{name} · {}", s.name),
                 values,
+                hue: hue_offset + s.hue,
+                shade: s.shade,
             });
         }
+        hue_offset += hues;
     }
     // Categories added late must extend the earlier series.
     let n = merged.categories.len();
@@ -96,7 +101,7 @@ pub fn across_machines(id: &str, records: &[Record]) -> Chart {
 const MAX_CATEGORY_LABELS: usize = 24;
 
 /// Draws `data` as grouped bars with whiskers; values (formatted by `y_fmt`, like the axis) are
-/// printed on the bars when there are few.
+/// printed on the bars when there is room. Each group shows only its measured bars, centred.
 pub fn grouped_bars(
     id: &str,
     title: &str,
@@ -108,15 +113,44 @@ pub fn grouped_bars(
     let legend: Vec<LegendItem> = data
         .series
         .iter()
-        .enumerate()
-        .map(|(j, s)| swatch(&s.name, color(j)))
+        .map(|s| swatch(&s.name, series_color(s)))
         .collect();
-    let wide = data.categories.len() * data.series.len().max(1) > 16;
+    let n_bars = bar_count(data);
+    let wide = n_bars > WIDE_ABOVE_BARS && data.series.len() > 1;
     let width = if wide { super::WIDE_W } else { HALF_W };
     let chart = drawn(id, title, caption, (width, CHART_H), legend, |root| {
         draw(root, data, y_desc, y_fmt)
     });
     if wide { chart.wide() } else { chart }
+}
+
+/// Charts with more bars than this (and several series) span the page.
+const WIDE_ABOVE_BARS: usize = 16;
+/// Smallest bar pitch, px, that still gets a value printed on top.
+const MIN_LABEL_PITCH_PX: f64 = 34.0;
+
+/// The colour of a series: its hue, lightened by its shade.
+pub(crate) fn series_color(s: &GroupSeries) -> RGBColor {
+    lighten(color(s.hue), s.shade)
+}
+
+/// Mixes `c` with white: `t` = 0 keeps it, 1 gives white.
+pub(crate) fn lighten(c: RGBColor, t: f64) -> RGBColor {
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let m = |v: u8| (v as f64 + (255.0 - v as f64) * t).round() as u8;
+    RGBColor(m(c.0), m(c.1), m(c.2))
+}
+
+fn bar_count(data: &Grouped) -> usize {
+    data.series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten())
+        .filter(|(m, _)| m.is_finite())
+        .count()
 }
 
 fn draw(
@@ -136,10 +170,10 @@ fn draw(
         .margin(14)
         .x_label_area_size(34)
         .y_label_area_size(64)
-        .build_cartesian_2d(CategoryAxis { n }, 0.0..ymax)?;
+        .build_cartesian_2d(CategoryAxis { n }, ValueAxis::linear(0.0, ymax))?;
     let cats = data.categories.clone();
     let xfmt = move |v: &f64| category_label(&cats, *v);
-    let yfmt = |v: &f64| y_fmt(*v);
+    let yfmt = |v: &f64| format::tick(*v);
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -155,21 +189,28 @@ fn draw(
         .axis_style(INK)
         .draw()?;
 
-    let n_series = data.series.len().max(1);
-    let bar_w = GROUP_FILL / n_series as f64;
-    let n_bars = data
-        .series
-        .iter()
-        .flat_map(|s| s.values.iter().flatten())
-        .count();
+    // Bars present per category, in series order.
+    let present: Vec<Vec<(usize, f64, f64)>> = (0..n)
+        .map(|i| {
+            data.series
+                .iter()
+                .enumerate()
+                .filter_map(|(j, s)| s.values.get(i).copied().flatten().map(|(m, sd)| (j, m, sd)))
+                .filter(|(_, m, _)| m.is_finite())
+                .collect()
+        })
+        .collect();
+    let widest = present.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let bar_w = GROUP_FILL / widest as f64;
+    let plot_px = chart.plotting_area().dim_in_pixel().0 as f64;
+    let pitch_px = plot_px / n.max(1) as f64 * bar_w;
+    let label_values = bar_count(data) <= MAX_VALUE_LABELS && pitch_px >= MIN_LABEL_PITCH_PX;
     let value_style = label_style().pos(Pos::new(HPos::Center, VPos::Bottom));
-    for (j, s) in data.series.iter().enumerate() {
-        let c = color(j);
-        for (i, v) in s.values.iter().enumerate() {
-            let Some((m, sd)) = v.filter(|(m, _)| m.is_finite()) else {
-                continue;
-            };
-            let x0 = i as f64 + (1.0 - GROUP_FILL) / 2.0 + j as f64 * bar_w;
+    for (i, bars) in present.iter().enumerate() {
+        let start = i as f64 + 0.5 - bars.len() as f64 * bar_w / 2.0;
+        for (k, &(j, m, sd)) in bars.iter().enumerate() {
+            let c = series_color(&data.series[j]);
+            let x0 = start + k as f64 * bar_w;
             let x1 = x0 + bar_w * 0.92;
             let xc = (x0 + x1) / 2.0;
             chart.draw_series(std::iter::once(Rectangle::new(
@@ -189,7 +230,7 @@ fn draw(
                 }
                 top = hi;
             }
-            if n_bars <= MAX_VALUE_LABELS {
+            if label_values {
                 chart.draw_series(std::iter::once(
                     EmptyElement::at((xc, top)) + Text::new(y_fmt(m), (0, -3), value_style.clone()),
                 ))?;
@@ -225,6 +266,7 @@ mod tests {
         assert!(svg.contains("tokens / s"));
         let names: Vec<&str> = c.legend.iter().map(|l| l.label.as_str()).collect();
         assert_eq!(names, vec!["q4_0", "q8_0"]);
+        assert_eq!(c.legend[1].color, "#f28e2b", "second hue");
     }
 
     #[test]

@@ -237,9 +237,9 @@ pub(crate) fn axis_max(values: impl IntoIterator<Item = f64>) -> f64 {
 
 /// Approximate pixel width of `text` at [`LABEL_SIZE`], for sizing label areas.
 pub(crate) fn text_width(text: &str) -> u32 {
-    // About 0.6 em per character for sans-serif at the SVG font size.
+    // About 0.62 em per character for sans-serif at the SVG font size (DejaVu Sans is wide).
     let em = LABEL_SIZE / 1.24;
-    (text.chars().count() as f64 * em * 0.6).ceil() as u32
+    (text.chars().count() as f64 * em * 0.62).ceil() as u32
 }
 
 #[cfg(test)]

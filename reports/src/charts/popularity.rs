@@ -150,10 +150,11 @@ pub fn sparsity(id: &str, per_layer: &[f64]) -> Chart {
     }
     let data = Grouped {
         categories: (0..per_layer.len()).map(|i| i.to_string()).collect(),
-        series: vec![GroupSeries {
-            name: "sparsity".into(),
-            values: per_layer.iter().map(|v| Some((*v, f64::NAN))).collect(),
-        }],
+        series: vec![GroupSeries::plain(
+            "sparsity",
+            0,
+            per_layer.iter().map(|v| Some((*v, f64::NAN))).collect(),
+        )],
     };
     let pct = |v: f64| format!("{:.0}%", v * 100.0);
     grouped_bars(id, title, caption, &data, "neurons skipped", &pct)

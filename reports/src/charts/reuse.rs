@@ -19,6 +19,8 @@ pub fn reuse_distance(id: &str, hist: &[(u64, u64)]) -> Chart {
         categories: bins.iter().map(|(l, _)| l.clone()).collect(),
         series: vec![GroupSeries {
             name: "accesses".into(),
+            hue: 0,
+            shade: 0.0,
             values: bins
                 .iter()
                 .map(|(_, c)| Some((*c as f64, f64::NAN)))
