@@ -31,7 +31,7 @@ pub struct Page {
     toc: Vec<TocEntry>,
     machine: Vec<KeyValue>,
     settings: Vec<KeyValue>,
-    notes: Vec<String>,
+    notes: Vec<tables::Note>,
     machine_sections: Vec<Section>,
     cross_machine: Option<Chart>,
     comparisons: Vec<Comparison>,
@@ -148,10 +148,11 @@ pub fn page(
         title: s.title.clone(),
     }));
 
+    let notes = tables::notes(records);
     let results: Vec<ResultsGroup> = groups
         .iter()
         .map(|g| {
-            let (table, dropped) = tables::results_table(&g.records);
+            let (table, dropped) = tables::results_table(&g.records, &notes);
             ResultsGroup {
                 heading: if several {
                     g.cpu_model.clone()
@@ -167,16 +168,6 @@ pub fn page(
         id: "results".into(),
         title: "All results".into(),
     });
-
-    let mut notes: Vec<String> = Vec::new();
-    for r in records {
-        if let Some(n) = r.note.as_ref().filter(|n| !n.trim().is_empty()) {
-            let line = format!("{} · {} · {}: {n}", r.storage, r.quant, r.budget_label());
-            if !notes.contains(&line) {
-                notes.push(line);
-            }
-        }
-    }
 
     Page {
         title: "smallthinker-rs benchmark report".into(),
@@ -336,6 +327,14 @@ pub fn write_atomic(out_dir: &Path, html: &str) -> Result<PathBuf> {
         .map_err(|e| Error::io(out_dir, e))?;
     tmp.write_all(html.as_bytes())
         .map_err(|e| Error::io(tmp.path(), e))?;
+    // Temporary files are private (0600); a report is for reading.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(tmp.path(), e))?;
+    }
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::io(tmp.path(), e))?;

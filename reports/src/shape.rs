@@ -291,6 +291,10 @@ pub struct BudgetLines {
 pub struct BudgetLine {
     /// Legend label.
     pub name: String,
+    /// Storage profile (the line's colour).
+    pub storage: String,
+    /// Everything but storage and budget: quantisation, peer engine, ... (the line's dash).
+    pub variant: String,
     /// Mean t/s per budget; `None` where not measured.
     pub tps: Vec<Option<f64>>,
 }
@@ -326,6 +330,8 @@ pub fn tps_vs_budget(records: &[&Record], kind: TestKind) -> BudgetLines {
             None => {
                 lines.push(BudgetLine {
                     name,
+                    storage: r.storage.clone(),
+                    variant: labeler.series(r),
                     tps: vec![None; budgets.len()],
                 });
                 lines.last_mut().expect("just pushed")
@@ -551,8 +557,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Reuse distances binned by powers of two: `"1"`, `"2–3"`, `"4–7"`, ..., and `"first"` for
-/// first accesses (`u64::MAX`). Empty bins between filled ones are kept so the axis is regular.
+/// Reuse distances binned by powers of two, labelled by the bin's first distance: `"1"` (0 and
+/// 1), `"2"` (2–3), `"4"` (4–7), ..., `"1k"` (1024–2047), and `"first"` for first accesses
+/// (`u64::MAX`). Empty bins between filled ones are kept so the axis is regular.
 pub fn reuse_bins(hist: &[(u64, u64)]) -> Vec<(String, u64)> {
     let mut bins: BTreeMap<u32, u64> = BTreeMap::new();
     let mut first = 0u64;
@@ -568,19 +575,23 @@ pub fn reuse_bins(hist: &[(u64, u64)]) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     if let (Some((&lo, _)), Some((&hi, _))) = (bins.first_key_value(), bins.last_key_value()) {
         for b in lo..=hi {
-            let start = 1u64 << b;
-            let label = if b == 0 {
-                "≤1".to_owned()
-            } else {
-                format!("{}–{}", start, (start << 1) - 1)
-            };
-            out.push((label, bins.get(&b).copied().unwrap_or(0)));
+            out.push((pow2_label(b), bins.get(&b).copied().unwrap_or(0)));
         }
     }
     if first > 0 {
         out.push(("first".to_owned(), first));
     }
     out
+}
+
+/// `2^b` in short form: `1`, `512`, `1k`, `64k`, `1M`, `4G`.
+fn pow2_label(b: u32) -> String {
+    match b {
+        0..10 => (1u64 << b).to_string(),
+        10..20 => format!("{}k", 1u64 << (b - 10)),
+        20..30 => format!("{}M", 1u64 << (b - 20)),
+        _ => format!("{}G", 1u64 << (b.min(63) - 30)),
+    }
 }
 
 #[cfg(test)]
@@ -744,10 +755,14 @@ pub(crate) mod tests {
     fn reuse_bins_are_powers_of_two_with_first_accesses_last() {
         let bins = reuse_bins(&[(1, 5), (2, 1), (3, 2), (9, 4), (u64::MAX, 7)]);
         let labels: Vec<&str> = bins.iter().map(|b| b.0.as_str()).collect();
-        assert_eq!(labels, vec!["≤1", "2–3", "4–7", "8–15", "first"]);
+        assert_eq!(labels, vec!["1", "2", "4", "8", "first"]);
         let counts: Vec<u64> = bins.iter().map(|b| b.1).collect();
         assert_eq!(counts, vec![5, 3, 0, 4, 7]);
         assert!(reuse_bins(&[]).is_empty());
+        let wide = reuse_bins(&[(0, 1), (1500, 1), (3 << 20, 1)]);
+        assert_eq!(wide.len(), 22);
+        assert_eq!(wide[10].0, "1k");
+        assert_eq!(wide[21].0, "2M");
     }
 
     #[test]

@@ -199,6 +199,7 @@ pub fn baseline(seed: u64) -> Vec<Record> {
             let f = 0.97 + 0.06 * rng.normal();
             r.run_id = "demo-baseline".into();
             r.mean_tps *= f;
+            r.sd_tps *= f;
             r.median_tps *= f;
             r.samples_tps.iter_mut().for_each(|s| *s *= f);
             r
@@ -219,6 +220,7 @@ pub fn other_machine(seed: u64) -> Vec<Record> {
             r.simd = "neon,dotprod".into();
             r.threads = 4;
             r.mean_tps *= 0.4;
+            r.sd_tps *= 0.4;
             r.median_tps *= 0.4;
             r.samples_tps.iter_mut().for_each(|s| *s *= 0.4);
             r
@@ -301,14 +303,15 @@ pub fn profiles(seed: u64) -> Vec<ProfileData> {
     // Zipf-like popularity with a per-layer exponent (sharper in early layers).
     let popularity: Vec<Vec<f64>> = (0..layers)
         .map(|l| {
-            let s = 1.3 - 0.6 * l as f64 / layers as f64;
+            let s = 0.6 - 0.3 * l as f64 / layers as f64;
             let mut w: Vec<f64> = (0..experts)
                 .map(|e| (e as f64 + 1.0).powf(-s) * (0.8 + 0.4 * rng.unit()))
                 .collect();
             // Scramble the order: the heatmap sorts by rank anyway.
             w.rotate_left(l * 7 % experts);
             let sum: f64 = w.iter().sum();
-            w.iter().map(|x| x / sum * 8.0).collect()
+            // Shares of tokens selecting each expert sum to top-k (6 here).
+            w.iter().map(|x| x / sum * 6.0).collect()
         })
         .collect();
 
@@ -401,6 +404,14 @@ mod tests {
                 .iter()
                 .all(|r| r.cpu_model != machine().cpu_model)
         );
-        assert_eq!(profiles(7)[0].popularity.len(), 24);
+        let p = &profiles(7)[0];
+        assert_eq!(p.popularity.len(), 24);
+        assert!(
+            p.popularity
+                .iter()
+                .flatten()
+                .all(|s| (0.0..=1.0).contains(s)),
+            "shares"
+        );
     }
 }

@@ -164,6 +164,47 @@ pub fn settings_table(
     ]
 }
 
+/// A distinct note from the records, numbered for footnote marks in the results table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Note {
+    /// Footnote number, from 1.
+    pub index: usize,
+    /// The note.
+    pub text: String,
+    /// Scenarios carrying it (`storage · quant · budget · test`), joined.
+    pub scenarios: String,
+}
+
+/// The distinct notes of `records`, in first-seen order.
+pub fn notes(records: &[Record]) -> Vec<Note> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for r in records {
+        let Some(text) = r.note.as_deref().map(str::trim).filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let scenario = format!(
+            "{} · {} · {} · {}",
+            r.storage,
+            r.quant,
+            r.budget_label(),
+            r.test
+        );
+        match out.iter_mut().find(|(t, _)| t == text) {
+            Some((_, s)) if !s.contains(&scenario) => s.push(scenario),
+            Some(_) => {}
+            None => out.push((text.to_owned(), vec![scenario])),
+        }
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, (text, s))| Note {
+            index: i + 1,
+            text,
+            scenarios: s.join("; "),
+        })
+        .collect()
+}
+
 /// One column of the results table: header, numeric or not, and the cell text of a record.
 struct Column {
     header: &'static str,
@@ -314,8 +355,9 @@ const COLUMNS: &[Column] = &[
 ];
 
 /// The results table of `records` (display order: test kind, storage, quantisation, budget) and
-/// the names of the columns left out because no record has a value for them.
-pub fn results_table(records: &[&Record]) -> (Table, Vec<String>) {
+/// the names of the columns left out because no record has a value for them. A record's note
+/// shows as a footnote mark (`[1]`) into `notes`.
+pub fn results_table(records: &[&Record], notes: &[Note]) -> (Table, Vec<String>) {
     let mut rs: Vec<&Record> = records.to_vec();
     rs.sort_by_key(|r| {
         (
@@ -325,12 +367,31 @@ pub fn results_table(records: &[&Record]) -> (Table, Vec<String>) {
             r.quant.clone(),
             u64::MAX - shape::budget_rank(r.budget_bytes),
             r.test.clone(),
+            r.is_peer(),
             r.engine.clone(),
         )
     });
+    let note_mark = |r: &Record| {
+        r.note
+            .as_deref()
+            .and_then(|n| notes.iter().find(|x| x.text == n.trim()))
+            .map(|n| format!("[{}]", n.index))
+            .unwrap_or_else(|| MISSING.to_owned())
+    };
     let cells: Vec<Vec<String>> = rs
         .iter()
-        .map(|r| COLUMNS.iter().map(|c| (c.cell)(r)).collect())
+        .map(|r| {
+            COLUMNS
+                .iter()
+                .map(|c| {
+                    if c.header == "note" {
+                        note_mark(r)
+                    } else {
+                        (c.cell)(r)
+                    }
+                })
+                .collect()
+        })
         .collect();
     let keep: Vec<bool> = (0..COLUMNS.len())
         .map(|j| {
@@ -394,7 +455,7 @@ pub fn delta_table(rows: &[DeltaRow], before: &str, after: &str) -> Table {
                 Cell::num(format::mean_sd(d.before.0, d.before.1)),
                 Cell::num(format::mean_sd(d.after.0, d.after.1)),
                 Cell::with(format::delta_pct(d.rel), &format!("num {class}")),
-                Cell::with(d.verdict(), class),
+                Cell::with(d.verdict(), &format!("{class} nowrap")),
             ]
         })
         .collect();
@@ -412,7 +473,11 @@ mod tests {
         a.hit_rate = Some(0.75);
         a.note = Some("cgroup unavailable".into());
         let b = rec("in-memory", "q4_0", None, "pp128", 50.0);
-        let (t, dropped) = results_table(&[&a, &b]);
+        let all = [a.clone(), b.clone()];
+        let notes = notes(&all);
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].scenarios, "emmc · q4_0 · 1 GiB · tg64");
+        let (t, dropped) = results_table(&[&a, &b], &notes);
         let headers: Vec<&str> = t.headers.iter().map(|h| h.text.as_str()).collect();
         assert!(headers.contains(&"hit rate") && headers.contains(&"note"));
         assert!(!headers.contains(&"Belady"));
@@ -425,6 +490,8 @@ mod tests {
             .expect("column");
         assert_eq!(t.rows[0][hit].text, "75.0%");
         assert_eq!(t.rows[1][hit].text, MISSING);
+        let note = headers.iter().position(|h| *h == "note").expect("column");
+        assert_eq!(t.rows[0][note].text, "[1]");
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub(crate) struct ValueAxis {
     pub hi: f64,
     /// Logarithmic scale.
     pub log: bool,
+    /// Linear ticks are nice multiples of this unit (1, or 1024^k for bytes).
+    pub unit: f64,
 }
 
 /// Ratio between the largest and smallest value above which [`ValueAxis::fit`] goes logarithmic.
@@ -71,7 +73,32 @@ impl ValueAxis {
     /// A linear axis.
     pub fn linear(lo: f64, hi: f64) -> Self {
         let (lo, hi) = sane(lo, hi);
-        ValueAxis { lo, hi, log: false }
+        ValueAxis {
+            lo,
+            hi,
+            log: false,
+            unit: 1.0,
+        }
+    }
+
+    /// A linear axis of byte counts: ticks at nice multiples of B, KiB, MiB or GiB.
+    pub fn bytes(lo: f64, hi: f64) -> Self {
+        let (lo, hi) = sane(lo, hi);
+        let mut unit = 1.0;
+        while hi / unit >= 1024.0 && unit < 1024f64.powi(4) {
+            unit *= 1024.0;
+        }
+        ValueAxis {
+            lo,
+            hi,
+            log: false,
+            unit,
+        }
+    }
+
+    /// True when `v` lies on the axis.
+    pub fn contains(&self, v: f64) -> bool {
+        v >= self.lo && v <= self.hi
     }
 
     /// An axis fitted to positive `values`: logarithmic when they span more than [`LOG_RATIO`],
@@ -89,13 +116,18 @@ impl ValueAxis {
         if max / min > LOG_RATIO {
             let lo = 10f64.powf(min.log10().floor());
             let hi = 10f64.powf((max * 1.3).log10().ceil().max(lo.log10() + 1.0));
-            ValueAxis { lo, hi, log: true }
+            ValueAxis {
+                lo,
+                hi,
+                log: true,
+                unit: 1.0,
+            }
         } else {
             ValueAxis::linear(0.0, max * 1.12)
         }
     }
 
-    fn to_unit(&self, v: f64) -> f64 {
+    fn unit_position(&self, v: f64) -> f64 {
         if self.log {
             let v = v.max(self.lo * 1e-3);
             (v.log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
@@ -156,7 +188,7 @@ impl Ranged for ValueAxis {
     type ValueType = f64;
 
     fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
-        let u = self.to_unit(*v);
+        let u = self.unit_position(*v);
         let u = if u.is_finite() {
             u.clamp(-0.5, 1.5)
         } else {
@@ -170,7 +202,10 @@ impl Ranged for ValueAxis {
         if self.log {
             log_ticks(self.lo, self.hi, max)
         } else {
-            nice_ticks(self.lo, self.hi, max)
+            nice_ticks(self.lo / self.unit, self.hi / self.unit, max)
+                .into_iter()
+                .map(|t| t * self.unit)
+                .collect()
         }
     }
 
@@ -215,6 +250,17 @@ mod tests {
         assert_eq!(
             log_ticks(1.0, 1e6, 8),
             vec![1.0, 10.0, 100.0, 1000.0, 1e4, 1e5, 1e6]
+        );
+    }
+
+    #[test]
+    fn byte_axes_tick_in_binary_units() {
+        let mib = 1024.0 * 1024.0;
+        let axis = ValueAxis::bytes(0.0, 700.0 * mib);
+        assert_eq!(axis.unit, mib);
+        assert_eq!(
+            axis.key_points(5usize),
+            vec![0.0, 200.0 * mib, 400.0 * mib, 600.0 * mib]
         );
     }
 

@@ -3,22 +3,49 @@
 use plotters::prelude::*;
 
 use super::{
-    CHART_H, CategoryAxis, Chart, DrawResult, GRID, HALF_W, INK, LegendItem, ValueAxis,
+    CHART_H, CategoryAxis, Chart, DrawResult, GRID, INK, LegendItem, ValueAxis, WIDE_W,
     category_label, color, css, desc_style, drawn, label_style,
 };
 use crate::format;
 use crate::record::{Record, TestKind};
 use crate::shape::{self, BudgetLines};
 
-/// Lines beyond the palette size are drawn dashed so colours stay distinguishable.
-const SOLID_LINES: usize = super::PALETTE.len();
+/// Dash patterns `(dash, gap)` px by variant (quantisation, peer, ...); `(0, 0)` is solid.
+const DASHES: [(u32, u32); 4] = [(0, 0), (8, 4), (3, 3), (14, 4)];
+
+/// Colour (by storage profile) and dash (by variant) of every line.
+fn styles(data: &BudgetLines) -> Vec<(RGBColor, (u32, u32))> {
+    let mut storages: Vec<&str> = Vec::new();
+    let mut variants: Vec<&str> = Vec::new();
+    data.lines
+        .iter()
+        .map(|l| {
+            let s = storages
+                .iter()
+                .position(|s| *s == l.storage)
+                .unwrap_or_else(|| {
+                    storages.push(&l.storage);
+                    storages.len() - 1
+                });
+            let v = variants
+                .iter()
+                .position(|v| *v == l.variant)
+                .unwrap_or_else(|| {
+                    variants.push(&l.variant);
+                    variants.len() - 1
+                });
+            (color(s), DASHES[v % DASHES.len()])
+        })
+        .collect()
+}
 
 /// Decode t/s against memory budget for one machine's records.
 pub fn tps_vs_budget(id: &str, records: &[&Record]) -> Chart {
     let title = "Decode speed against memory budget";
     let caption = "Decode tokens per second at each memory budget (unlimited on the right), one \
-                   line per storage profile and quantisation; a line that falls steeply to the \
-                   left means that device cannot stream the experts that no longer fit in memory.";
+                   colour per storage profile and one line style per quantisation; a line that \
+                   falls steeply to the left means that device cannot stream the experts that no \
+                   longer fit in memory fast enough.";
     let data = shape::tps_vs_budget(records, TestKind::Decode);
     if data.budgets.len() < 2 {
         let why = if data.budgets.is_empty() {
@@ -28,24 +55,27 @@ pub fn tps_vs_budget(id: &str, records: &[&Record]) -> Chart {
         };
         return Chart::missing(id, title, caption, why);
     }
+    let styles = styles(&data);
     let legend: Vec<LegendItem> = data
         .lines
         .iter()
-        .enumerate()
-        .map(|(i, l)| LegendItem {
+        .zip(&styles)
+        .map(|(l, (c, dash))| LegendItem {
             label: l.name.clone(),
-            color: css(color(i)),
-            dashed: i >= SOLID_LINES,
+            color: css(*c),
+            dashed: dash.0 > 0,
         })
         .collect();
-    drawn(id, title, caption, (HALF_W, CHART_H), legend, |root| {
-        draw(root, &data)
+    drawn(id, title, caption, (WIDE_W, CHART_H), legend, |root| {
+        draw(root, &data, &styles)
     })
+    .wide()
 }
 
 fn draw(
     root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     data: &BudgetLines,
+    styles: &[(RGBColor, (u32, u32))],
 ) -> DrawResult {
     let labels = data.labels();
     let n = labels.len();
@@ -60,7 +90,7 @@ fn draw(
         .y_label_area_size(64)
         .build_cartesian_2d(CategoryAxis { n }, y)?;
     let xfmt = move |v: &f64| category_label(&labels, *v);
-    let yfmt = |v: &f64| format::num(*v);
+    let yfmt = |v: &f64| format::tick(*v);
     let y_desc = if y.log {
         "tokens / s (log scale)"
     } else {
@@ -80,8 +110,7 @@ fn draw(
         .axis_desc_style(desc_style())
         .axis_style(INK)
         .draw()?;
-    for (i, line) in data.lines.iter().enumerate() {
-        let c = color(i);
+    for (line, &(c, dash)) in data.lines.iter().zip(styles) {
         let style = c.stroke_width(2);
         // Gaps (budgets not measured) split the line into runs.
         let mut run: Vec<(f64, f64)> = Vec::new();
@@ -94,8 +123,13 @@ fn draw(
         }
         runs.push(run);
         for run in runs.iter().filter(|r| !r.is_empty()) {
-            if i >= SOLID_LINES {
-                chart.draw_series(DashedLineSeries::new(run.iter().copied(), 6, 4, style))?;
+            if dash.0 > 0 {
+                chart.draw_series(DashedLineSeries::new(
+                    run.iter().copied(),
+                    dash.0,
+                    dash.1,
+                    style,
+                ))?;
             } else {
                 chart.draw_series(LineSeries::new(run.iter().copied(), style))?;
             }

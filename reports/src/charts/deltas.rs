@@ -4,7 +4,7 @@
 use plotters::prelude::RGBColor;
 
 use super::hbars::{HBar, HRow, HSpec, draw_rows};
-use super::{Chart, HALF_W, swatch};
+use super::{Chart, HALF_W, ValueAxis, swatch};
 use crate::format;
 use crate::record::Record;
 use crate::shape::{self, DeltaRow};
@@ -115,7 +115,7 @@ pub fn delta_chart(id: &str, title: &str, caption: &str, rows: &[DeltaRow], x_de
     let fmt = |v: f64| format!("{:+.0}%", v * 100.0);
     let spec = HSpec {
         lanes: 1,
-        x: -span..span,
+        x: ValueAxis::linear(-span, span),
         x_desc,
         x_fmt: &fmt,
         ref_lines: vec![0.0],

@@ -1,14 +1,12 @@
 //! Horizontal bars, one row per scenario: bytes per token, roofline share, and I/O against
 //! compute time per token. Also the shared row drawer used by the delta charts.
 
-use std::ops::Range;
-
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{
-    COMPUTE, CategoryAxis, Chart, DrawResult, GRID, HALF_W, INK, IO, LegendItem, STALL,
+    COMPUTE, CategoryAxis, Chart, DrawResult, GRID, HALF_W, INK, IO, LegendItem, STALL, ValueAxis,
     category_label, color, desc_style, drawn, label_style, swatch, text_width,
 };
 use crate::format;
@@ -50,8 +48,8 @@ pub(crate) struct HRow {
 pub(crate) struct HSpec<'a> {
     /// Lanes per row.
     pub lanes: usize,
-    /// Value range.
-    pub x: Range<f64>,
+    /// Value axis.
+    pub x: ValueAxis,
     /// Value-axis description.
     pub x_desc: &'a str,
     /// Tick formatter.
@@ -99,7 +97,7 @@ fn draw(
         .margin_right(24)
         .x_label_area_size(44)
         .y_label_area_size(label_px)
-        .build_cartesian_2d(spec.x.clone(), CategoryAxis { n })?;
+        .build_cartesian_2d(spec.x, CategoryAxis { n })?;
     let yfmt = move |v: &f64| category_label(&labels, *v);
     let xfmt = |v: &f64| (spec.x_fmt)(*v);
     chart
@@ -117,7 +115,7 @@ fn draw(
         .axis_style(INK)
         .draw()?;
     for &x in &spec.ref_lines {
-        if spec.x.contains(&x) {
+        if spec.x.contains(x) {
             chart.draw_series(std::iter::once(PathElement::new(
                 vec![(x, 0.0), (x, n as f64)],
                 INK.stroke_width(1),
@@ -137,7 +135,7 @@ fn draw(
             let y1 = top - b.lane as f64 * lane_h;
             let y0 = y1 - lane_h * 0.9;
             let (lo, hi) = (b.from.min(b.to), b.from.max(b.to));
-            let (lo, hi) = (lo.max(spec.x.start), hi.min(spec.x.end));
+            let (lo, hi) = (lo.max(spec.x.lo), hi.min(spec.x.hi));
             chart.draw_series(std::iter::once(Rectangle::new(
                 [(lo, y0), (hi, y1)],
                 b.color.filled(),
@@ -152,9 +150,9 @@ fn draw(
             let right = ends.clone().fold(0.0_f64, f64::max);
             let left = ends.fold(0.0_f64, f64::min);
             let (x, dx, h) = if right <= 0.0 && left < 0.0 {
-                (left.max(spec.x.start), -4, HPos::Right)
+                (left.max(spec.x.lo), -4, HPos::Right)
             } else {
-                (right.min(spec.x.end), 4, HPos::Left)
+                (right.min(spec.x.hi), 4, HPos::Left)
             };
             let style = label_style().pos(Pos::new(h, VPos::Center));
             chart.draw_series(std::iter::once(
@@ -235,7 +233,7 @@ pub fn bytes_per_token(id: &str, records: &[&Record]) -> Chart {
     let fmt = |v: f64| format::bytes(v);
     let spec = HSpec {
         lanes: 2,
-        x: 0.0..max,
+        x: ValueAxis::bytes(0.0, max),
         x_desc: "bytes per token",
         x_fmt: &fmt,
         ref_lines: vec![],
@@ -293,7 +291,7 @@ pub fn roofline_share(id: &str, records: &[&Record]) -> Chart {
     let fmt = |v: f64| format!("{:.0}%", v * 100.0);
     let spec = HSpec {
         lanes: 1,
-        x: 0.0..max,
+        x: ValueAxis::linear(0.0, max),
         x_desc: "measured / roofline t/s",
         x_fmt: &fmt,
         ref_lines: vec![1.0],
@@ -370,10 +368,10 @@ pub fn io_vs_compute(id: &str, records: &[&Record]) -> Chart {
             }
         })
         .collect();
-    let fmt = |v: f64| format!("{} ms", format::num(v));
+    let fmt = |v: f64| format!("{} ms", format::tick(v));
     let spec = HSpec {
         lanes: 2,
-        x: 0.0..super::axis_max([max]) * 1.15,
+        x: ValueAxis::linear(0.0, super::axis_max([max]) * 1.15),
         x_desc: "ms per token",
         x_fmt: &fmt,
         ref_lines: vec![],

@@ -9,6 +9,9 @@ use super::{
 use crate::format;
 use crate::profile::HitCurve;
 
+/// A curve ready to draw: policy, sorted finite points, colour, dashed.
+type Styled = (String, Vec<(f64, f64)>, RGBColor, bool);
+
 /// The hit-ratio curves of a profile.
 pub fn hit_curves(id: &str, curves: &[HitCurve]) -> Chart {
     let title = "Cache hit ratio against capacity";
@@ -34,7 +37,7 @@ pub fn hit_curves(id: &str, curves: &[HitCurve]) -> Chart {
         return Chart::missing(id, title, caption, "no cache simulation in the profile");
     }
     let mut k = 0;
-    let styled: Vec<(String, Vec<(f64, f64)>, RGBColor, bool)> = curves
+    let styled: Vec<Styled> = curves
         .into_iter()
         .map(|(name, pts)| {
             if name.eq_ignore_ascii_case("belady") {
@@ -60,7 +63,7 @@ pub fn hit_curves(id: &str, curves: &[HitCurve]) -> Chart {
 
 fn draw(
     root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-    curves: &[(String, Vec<(f64, f64)>, RGBColor, bool)],
+    curves: &[Styled],
 ) -> DrawResult {
     let xmax = curves
         .iter()
@@ -87,7 +90,7 @@ fn draw(
         if share {
             format!("{:.0}%", v * 100.0)
         } else {
-            format::num(*v)
+            format::tick(*v)
         }
     };
     let yfmt = |v: &f64| format!("{:.0}%", v * 100.0);

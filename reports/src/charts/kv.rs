@@ -50,7 +50,7 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>, pts: &[KvPoi
         .iter()
         .map(|p| p.hybrid_bytes.max(p.all_global_bytes) as f64)
         .fold(0.0, f64::max);
-    let y = ValueAxis::linear(0.0, if ymax > 0.0 { ymax * 1.15 } else { 1.0 });
+    let y = ValueAxis::bytes(0.0, if ymax > 0.0 { ymax * 1.15 } else { 1.0 });
     let mut chart = ChartBuilder::on(root)
         .margin(14)
         .margin_right(24)

@@ -11,7 +11,7 @@ use crate::format;
 use crate::shape;
 
 /// Fewest and most histogram bins.
-const BINS: (usize, usize) = (10, 40);
+const BINS: (usize, usize) = (10, 60);
 /// Percentiles marked on the chart.
 const MARKS: [f64; 3] = [50.0, 90.0, 99.0];
 
@@ -38,15 +38,24 @@ pub fn latency(id: &str, latency_ms: &[f64]) -> Chart {
     )
 }
 
-/// Bin edges and counts of ascending `sorted` values.
+/// Bin start, bin width and counts of ascending `sorted` values. The width follows the
+/// Freedman–Diaconis rule (2 IQR / n^(1/3)), so a long tail does not squash the bulk into a few
+/// bins, with the bin count kept within [`BINS`].
 pub(crate) fn bins(sorted: &[f64]) -> (f64, f64, Vec<u64>) {
     let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
-    let n = ((sorted.len() as f64).sqrt().round() as usize).clamp(BINS.0, BINS.1);
     let (lo, hi) = if hi > lo {
         (lo, hi)
     } else {
         (lo - 0.5, hi + 0.5)
     };
+    let iqr = shape::percentile(sorted, 75.0) - shape::percentile(sorted, 25.0);
+    let fd = 2.0 * iqr / (sorted.len() as f64).cbrt();
+    let n = if fd > 0.0 {
+        ((hi - lo) / fd).ceil() as usize
+    } else {
+        BINS.0
+    };
+    let n = n.clamp(BINS.0, BINS.1);
     let w = (hi - lo) / n as f64;
     let mut counts = vec![0u64; n];
     for v in sorted {
@@ -68,7 +77,7 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>, sorted: &[f6
         .x_label_area_size(44)
         .y_label_area_size(64)
         .build_cartesian_2d(x, y)?;
-    let xfmt = |v: &f64| format::num(*v);
+    let xfmt = |v: &f64| format::tick(*v);
     let yfmt = |v: &f64| format!("{}", v.round() as u64);
     chart
         .configure_mesh()

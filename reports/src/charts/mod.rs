@@ -242,6 +242,18 @@ pub(crate) fn text_width(text: &str) -> u32 {
     (text.chars().count() as f64 * em * 0.62).ceil() as u32
 }
 
+/// The text content of every `<text>` element of an SVG, trimmed (for tests).
+#[cfg(test)]
+pub(crate) fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = &t[t.find('>')? + 1..];
+            Some(body[..body.find("</text>")?].trim().to_owned())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +264,12 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("<title>a &lt; b</title>"));
         assert!(svg.contains("viewBox=\"0 0 100 50\""));
+    }
+
+    #[test]
+    fn svg_texts_extracts_labels() {
+        let svg = "<svg><text x=\"1\">\nq4_0\n</text><rect/><text>\n1 GiB\n</text></svg>";
+        assert_eq!(svg_texts(svg), vec!["q4_0", "1 GiB"]);
     }
 
     #[test]

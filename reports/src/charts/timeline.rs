@@ -132,7 +132,7 @@ fn draw(
         .y_label_area_size(label_px)
         .build_cartesian_2d(x, CategoryAxis { n })?;
     let yfmt = move |v: &f64| category_label(&labels, *v);
-    let xfmt = |v: &f64| format!("{} ms", format::num(*v));
+    let xfmt = |v: &f64| format!("{} ms", format::tick(*v));
     chart
         .configure_mesh()
         .disable_y_mesh()
