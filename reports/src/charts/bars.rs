@@ -33,7 +33,7 @@ pub fn tps_by_storage(id: &str, records: &[&Record], kind: TestKind) -> Chart {
     if data.is_empty() {
         return Chart::missing(id, &title, &caption, &format!("no {test} records"));
     }
-    grouped_bars(id, &title, &caption, &data, "tokens / s", &format::num)
+    grouped_bars(id, &title, &caption, &data, "tokens / s", Values::Rate)
 }
 
 /// Decode t/s across machines: one group per storage profile, one bar per machine x quantisation.
@@ -94,13 +94,44 @@ pub fn across_machines(id: &str, records: &[Record]) -> Chart {
     if merged.is_empty() {
         return Chart::missing(id, title, caption, "no decode records");
     }
-    grouped_bars(id, title, caption, &merged, "tokens / s", &format::num).wide()
+    grouped_bars(id, title, caption, &merged, "tokens / s", Values::Rate).wide()
 }
 
 /// Most category labels shown on the axis; more categories show every k-th label.
 const MAX_CATEGORY_LABELS: usize = 24;
 
-/// Draws `data` as grouped bars with whiskers; values (formatted by `y_fmt`, like the axis) are
+/// How bar values and the value axis are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    /// Rates such as t/s: three significant digits.
+    Rate,
+    /// Shares 0..1 as percent.
+    Percent,
+    /// Whole counts.
+    Count,
+}
+
+impl Values {
+    /// A value printed on a bar.
+    pub fn value(self, v: f64) -> String {
+        match self {
+            Values::Rate => format::num(v),
+            Values::Percent => format!("{:.0}%", v * 100.0),
+            Values::Count => format!("{}", v.round() as u64),
+        }
+    }
+
+    /// An axis tick.
+    pub fn tick(self, v: f64) -> String {
+        match self {
+            Values::Rate => format::tick(v),
+            Values::Percent => format!("{}%", format::tick(v * 100.0)),
+            Values::Count => format!("{}", v.round() as u64),
+        }
+    }
+}
+
+/// Draws `data` as grouped bars with whiskers; values (formatted by `values`) are
 /// printed on the bars when there is room. Each group shows only its measured bars, centred.
 pub fn grouped_bars(
     id: &str,
@@ -108,7 +139,7 @@ pub fn grouped_bars(
     caption: &str,
     data: &Grouped,
     y_desc: &str,
-    y_fmt: &dyn Fn(f64) -> String,
+    values: Values,
 ) -> Chart {
     let legend: Vec<LegendItem> = data
         .series
@@ -119,7 +150,7 @@ pub fn grouped_bars(
     let wide = n_bars > WIDE_ABOVE_BARS && data.series.len() > 1;
     let width = if wide { super::WIDE_W } else { HALF_W };
     let chart = drawn(id, title, caption, (width, CHART_H), legend, |root| {
-        draw(root, data, y_desc, y_fmt)
+        draw(root, data, y_desc, values)
     });
     if wide { chart.wide() } else { chart }
 }
@@ -157,7 +188,7 @@ fn draw(
     root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     data: &Grouped,
     y_desc: &str,
-    y_fmt: &dyn Fn(f64) -> String,
+    values: Values,
 ) -> DrawResult {
     let n = data.categories.len();
     let ymax = axis_max(
@@ -173,7 +204,7 @@ fn draw(
         .build_cartesian_2d(CategoryAxis { n }, ValueAxis::linear(0.0, ymax))?;
     let cats = data.categories.clone();
     let xfmt = move |v: &f64| category_label(&cats, *v);
-    let yfmt = |v: &f64| format::tick(*v);
+    let yfmt = |v: &f64| values.tick(*v);
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -232,7 +263,8 @@ fn draw(
             }
             if label_values {
                 chart.draw_series(std::iter::once(
-                    EmptyElement::at((xc, top)) + Text::new(y_fmt(m), (0, -3), value_style.clone()),
+                    EmptyElement::at((xc, top))
+                        + Text::new(values.value(m), (0, -3), value_style.clone()),
                 ))?;
             }
         }

@@ -3,7 +3,7 @@
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::bars::grouped_bars;
+use super::bars::{Values, grouped_bars};
 use super::{
     CategoryAxis, Chart, DrawResult, HALF_W, INK, ValueAxis, desc_style, drawn, label_style,
 };
@@ -156,8 +156,14 @@ pub fn sparsity(id: &str, per_layer: &[f64]) -> Chart {
             per_layer.iter().map(|v| Some((*v, f64::NAN))).collect(),
         )],
     };
-    let pct = |v: f64| format!("{:.0}%", v * 100.0);
-    grouped_bars(id, title, caption, &data, "neurons skipped", &pct)
+    grouped_bars(
+        id,
+        title,
+        caption,
+        &data,
+        "neurons skipped",
+        Values::Percent,
+    )
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Histogram of expert reuse distances in power-of-two bins.
 
 use super::Chart;
-use super::bars::grouped_bars;
+use super::bars::{Values, grouped_bars};
 use crate::shape::{self, GroupSeries, Grouped};
 
 /// The reuse-distance histogram of a profile.
@@ -27,8 +27,7 @@ pub fn reuse_distance(id: &str, hist: &[(u64, u64)]) -> Chart {
                 .collect(),
         }],
     };
-    let count = |v: f64| format!("{}", v.round() as u64);
-    let mut chart = grouped_bars(id, title, caption, &data, "accesses", &count);
+    let mut chart = grouped_bars(id, title, caption, &data, "accesses", Values::Count);
     chart.legend.clear();
     chart
 }

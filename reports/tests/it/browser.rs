@@ -38,3 +38,29 @@ fn report_renders_in_headless_chromium_without_errors() {
     );
     assert!(check.dom_bytes > html.len() / 2);
 }
+
+#[test]
+fn the_browser_check_sees_console_errors() {
+    let Some(chromium) = find_chromium() else {
+        eprintln!("note: no chromium installed; browser check skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = dir.path().join("index.html");
+    std::fs::write(
+        &index,
+        "<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); nosuchfn();</script></body></html>",
+    )
+    .expect("write");
+    let mut config = BrowserConfig::new(chromium);
+    config.window = (400, 300);
+    let check = check_report(&index, &dir.path().join("s.png"), &config).expect("browser runs");
+    let problems = check.problems().join("\n");
+    assert!(problems.contains("boom"), "{problems}");
+    assert!(problems.contains("nosuchfn"), "{problems}");
+    assert!(
+        problems.contains("looks blank"),
+        "a nearly empty page: {problems}"
+    );
+    assert!(problems.contains("no <svg>"), "{problems}");
+}
