@@ -1,7 +1,9 @@
 //! Renders a demo report from synthetic data into `target/reports/demo/index.html` and, when
 //! Chromium is installed, a screenshot next to it (`screenshot.png`).
 //!
-//! `cargo run -p reports --example demo [-- OUT_DIR]`
+//! `cargo run -p reports --example demo [-- [--small] [OUT_DIR]]`; `--small` renders what a
+//! quick CI run would produce (in-memory only, one quantisation, no profile, no baseline) into
+//! `target/reports/demo-small/`.
 
 use std::path::PathBuf;
 
@@ -9,41 +11,47 @@ use reports::browser::{BrowserConfig, check_report, find_chromium};
 use reports::{render_report, synthetic};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args_os()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/reports/demo")
-        });
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let small = args.iter().any(|a| a == "--small");
+    args.retain(|a| a != "--small");
+    let out = match args.first() {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/reports")
+            .join(if small { "demo-small" } else { "demo" }),
+    };
     let seed = 7;
-    let mut records = synthetic::records(seed);
-    records.extend(synthetic::other_machine(seed));
-    let baseline = synthetic::baseline(seed);
-    let index = render_report(
-        &out,
-        &synthetic::machine(),
-        &records,
-        &synthetic::profiles(seed),
-        Some(&baseline),
-    )?;
+    let machine = synthetic::machine();
+    let index = if small {
+        let records: Vec<_> = synthetic::records(seed)
+            .into_iter()
+            .filter(|r| r.storage == "in-memory" && r.quant == "q4_0" && !r.is_peer())
+            .collect();
+        render_report(&out, &machine, &records, &[], None)?
+    } else {
+        let mut records = synthetic::records(seed);
+        records.extend(synthetic::other_machine(seed));
+        let baseline = synthetic::baseline(seed);
+        let profiles = synthetic::profiles(seed);
+        render_report(&out, &machine, &records, &profiles, Some(&baseline))?
+    };
     println!("report: {}", index.display());
-    match find_chromium() {
-        Some(chromium) => {
-            let shot = out.join("screenshot.png");
-            let check = check_report(&index, &shot, &BrowserConfig::new(chromium))?;
-            println!(
-                "screenshot: {} ({} bytes, {}x{}), {} SVG charts in the DOM",
-                shot.display(),
-                check.screenshot_bytes,
-                check.screenshot_size.0,
-                check.screenshot_size.1,
-                check.svg_count
-            );
-            for p in check.problems() {
-                println!("problem: {p}");
-            }
-        }
-        None => println!("no chromium found; skipped the screenshot"),
+    let Some(chromium) = find_chromium() else {
+        println!("no chromium found; skipped the screenshot");
+        return Ok(());
+    };
+    let shot = out.join("screenshot.png");
+    let check = check_report(&index, &shot, &BrowserConfig::new(chromium))?;
+    println!(
+        "screenshot: {} ({} bytes, {}x{}), {} SVG charts in the DOM",
+        shot.display(),
+        check.screenshot_bytes,
+        check.screenshot_size.0,
+        check.screenshot_size.1,
+        check.svg_count
+    );
+    for p in check.problems() {
+        println!("problem: {p}");
     }
     Ok(())
 }

@@ -61,7 +61,6 @@ struct Comparison {
     id: String,
     title: String,
     table: Table,
-    empty: String,
     chart: Chart,
 }
 
@@ -247,15 +246,10 @@ fn comparison(
     before: &str,
     after: &str,
 ) -> Comparison {
-    let empty = match &chart.body {
-        ChartBody::Missing(m) => m.clone(),
-        ChartBody::Svg(_) => String::new(),
-    };
     Comparison {
         id: id.to_owned(),
         title: title.to_owned(),
         table: tables::delta_table(rows, before, after),
-        empty,
         chart,
     }
 }

@@ -157,6 +157,8 @@ pub fn grouped_bars(
 
 /// Charts with more bars than this (and several series) span the page.
 const WIDE_ABOVE_BARS: usize = 16;
+/// Widest bar, px, so a lone bar does not fill the chart.
+const MAX_BAR_PX: f64 = 70.0;
 /// Smallest bar pitch, px, that still gets a value printed on top.
 const MIN_LABEL_PITCH_PX: f64 = 34.0;
 
@@ -232,9 +234,10 @@ fn draw(
         })
         .collect();
     let widest = present.iter().map(Vec::len).max().unwrap_or(1).max(1);
-    let bar_w = GROUP_FILL / widest as f64;
     let plot_px = chart.plotting_area().dim_in_pixel().0 as f64;
-    let pitch_px = plot_px / n.max(1) as f64 * bar_w;
+    let slot_px = plot_px / n.max(1) as f64;
+    let bar_w = (GROUP_FILL / widest as f64).min(MAX_BAR_PX / slot_px);
+    let pitch_px = slot_px * bar_w;
     let label_values = bar_count(data) <= MAX_VALUE_LABELS && pitch_px >= MIN_LABEL_PITCH_PX;
     let value_style = label_style().pos(Pos::new(HPos::Center, VPos::Bottom));
     for (i, bars) in present.iter().enumerate() {

@@ -20,10 +20,14 @@ pub fn latency(id: &str, latency_ms: &[f64]) -> Chart {
     let title = "Per-token latency";
     let sorted = shape::sorted_finite(latency_ms);
     let caption = format!(
-        "Distribution of the time between consecutive decoded tokens over {} tokens, with the \
-         median (p50), p90 and p99 marked; a long right tail means occasional stalls (usually \
-         expert reads) that the mean t/s hides.",
-        sorted.len()
+        "Distribution of the time between consecutive decoded tokens{}, with the median (p50), \
+         p90 and p99 marked; a long right tail means occasional stalls (usually expert reads) \
+         that the mean t/s hides.",
+        if sorted.is_empty() {
+            String::new()
+        } else {
+            format!(" over {} tokens", sorted.len())
+        }
     );
     if sorted.is_empty() {
         return Chart::missing(id, title, &caption, "no per-token latencies in the profile");
