@@ -4,8 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::format;
-use crate::record::{PEER_ENGINE, Record, TestKind, budget_label};
+use crate::record::{Record, TestKind, budget_label};
+
+mod deltas;
+mod stats;
+
+pub use deltas::{DeltaRow, MIN_NOISE_REL, NOISE_SIGMAS, baseline_deltas, peer_deltas};
+pub use stats::{percentile, reuse_bins, sorted_finite};
 
 /// Storage profiles in the order charts show them; unknown ones follow in first-seen order.
 pub const STORAGE_ORDER: [&str; 6] = [
@@ -16,11 +21,6 @@ pub const STORAGE_ORDER: [&str; 6] = [
     "sata-ssd",
     "emmc",
 ];
-
-/// A change counts as real when it exceeds this many combined standard deviations...
-pub const NOISE_SIGMAS: f64 = 2.0;
-/// ...and at least this relative amount (timing noise on shared machines).
-pub const MIN_NOISE_REL: f64 = 0.02;
 
 /// Records of one machine (same `cpu_model`).
 #[derive(Debug, Clone)]
@@ -363,162 +363,6 @@ pub fn ordered<'a>(records: &[&'a Record], kind: TestKind) -> Vec<&'a Record> {
     rs
 }
 
-/// One row of a comparison: the same scenario measured twice.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeltaRow {
-    /// Scenario label.
-    pub label: String,
-    /// Reference `(mean, sd)` t/s (baseline or peer).
-    pub before: (f64, f64),
-    /// Compared `(mean, sd)` t/s (this run or our engine).
-    pub after: (f64, f64),
-    /// Relative change `after / before - 1`.
-    pub rel: f64,
-    /// Relative change that noise alone could explain, see [`NOISE_SIGMAS`].
-    pub noise: f64,
-}
-
-impl DeltaRow {
-    fn new(label: String, before: &Record, after: &Record) -> Self {
-        let rel = if before.mean_tps > 0.0 {
-            after.mean_tps / before.mean_tps - 1.0
-        } else {
-            f64::NAN
-        };
-        let cv = |r: &Record| {
-            if r.sd_tps.is_finite() && r.mean_tps > 0.0 {
-                r.sd_tps / r.mean_tps
-            } else {
-                0.0
-            }
-        };
-        let noise =
-            (NOISE_SIGMAS * (cv(before).powi(2) + cv(after).powi(2)).sqrt()).max(MIN_NOISE_REL);
-        DeltaRow {
-            label,
-            before: (before.mean_tps, before.sd_tps),
-            after: (after.mean_tps, after.sd_tps),
-            rel,
-            noise,
-        }
-    }
-
-    /// True when the change is larger than noise; false when within noise or not computable.
-    pub fn significant(&self) -> bool {
-        self.rel.is_finite() && self.rel.abs() > self.noise
-    }
-
-    /// `"faster"`, `"slower"` or `"within noise"` (or `"–"` without a value).
-    pub fn verdict(&self) -> &'static str {
-        if !self.rel.is_finite() {
-            format::MISSING
-        } else if !self.significant() {
-            "within noise"
-        } else if self.rel > 0.0 {
-            "faster"
-        } else {
-            "slower"
-        }
-    }
-}
-
-/// Key identifying the same scenario in two runs.
-fn same_scenario(
-    r: &Record,
-) -> (
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<u64>,
-    String,
-    u32,
-) {
-    (
-        r.cpu_model.clone(),
-        r.engine.clone(),
-        r.model.clone(),
-        r.quant.clone(),
-        r.storage.clone(),
-        r.budget_bytes,
-        r.test.clone(),
-        r.threads,
-    )
-}
-
-/// This run against a baseline run: one row per scenario present in both (the last record of
-/// each scenario counts), in display order.
-pub fn baseline_deltas(current: &[Record], baseline: &[Record]) -> Vec<DeltaRow> {
-    let base: BTreeMap<_, &Record> = baseline.iter().map(|r| (same_scenario(r), r)).collect();
-    let mut latest: BTreeMap<_, &Record> = BTreeMap::new();
-    for r in current {
-        latest.insert(same_scenario(r), r);
-    }
-    let matched: Vec<(&Record, &Record)> = latest
-        .iter()
-        .filter_map(|(k, r)| base.get(k).map(|b| (*b, *r)))
-        .collect();
-    let labeler = Labeler::new(matched.iter().map(|(_, r)| *r));
-    let machines = spans_machines(matched.iter().map(|(_, r)| *r));
-    let mut rows: Vec<(_, DeltaRow)> = matched
-        .into_iter()
-        .map(|(b, r)| {
-            let mut label = labeler.scenario_with_test(r);
-            if machines {
-                label = format!("{} · {label}", short_machine(&r.cpu_model));
-            }
-            (display_key(r), DeltaRow::new(label, b, r))
-        })
-        .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    rows.into_iter().map(|(_, d)| d).collect()
-}
-
-/// Our engine against the llama.cpp peer on the same machine, model, quantisation, storage,
-/// budget, test and threads: `after` is ours, `before` the peer.
-pub fn peer_deltas(records: &[Record]) -> Vec<DeltaRow> {
-    let key = |r: &Record| {
-        let mut k = same_scenario(r);
-        k.1 = String::new();
-        k
-    };
-    let mut peers: BTreeMap<_, &Record> = BTreeMap::new();
-    let mut ours: BTreeMap<_, &Record> = BTreeMap::new();
-    for r in records {
-        if r.engine == PEER_ENGINE {
-            peers.insert(key(r), r);
-        } else if !r.is_peer() {
-            ours.insert(key(r), r);
-        }
-    }
-    let matched: Vec<(&Record, &Record)> = ours
-        .iter()
-        .filter_map(|(k, r)| peers.get(k).map(|p| (*p, *r)))
-        .collect();
-    let labeler = Labeler::new(matched.iter().map(|(_, r)| *r));
-    let machines = spans_machines(matched.iter().map(|(_, r)| *r));
-    let mut rows: Vec<(_, DeltaRow)> = matched
-        .into_iter()
-        .map(|(p, r)| {
-            let mut label = labeler.scenario_with_test(r);
-            if machines {
-                label = format!("{} · {label}", short_machine(&r.cpu_model));
-            }
-            (display_key(r), DeltaRow::new(label, p, r))
-        })
-        .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    rows.into_iter().map(|(_, d)| d).collect()
-}
-
-/// True when `records` come from more than one machine.
-fn spans_machines<'a>(records: impl IntoIterator<Item = &'a Record>) -> bool {
-    let mut it = records.into_iter();
-    it.next()
-        .is_some_and(|first| it.any(|r| r.cpu_model != first.cpu_model))
-}
-
 /// Decode before prefill in tables and delta charts: decode speed is the headline number.
 pub fn kind_rank(kind: TestKind) -> u8 {
     match kind {
@@ -527,77 +371,10 @@ pub fn kind_rank(kind: TestKind) -> u8 {
     }
 }
 
-type DisplayKey = (String, u8, (usize, String), String, String, u64, String);
-
-fn display_key(r: &Record) -> DisplayKey {
-    (
-        r.cpu_model.clone(),
-        kind_rank(r.kind()),
-        storage_rank(&r.storage),
-        r.model.clone(),
-        r.quant.clone(),
-        u64::MAX - budget_rank(r.budget_bytes),
-        r.test.clone(),
-    )
-}
-
-/// The finite values of `v`, sorted ascending.
-pub fn sorted_finite(v: &[f64]) -> Vec<f64> {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    s.sort_by(f64::total_cmp);
-    s
-}
-
-/// Nearest-rank percentile `p` (0..100) of ascending `sorted` values; NaN when empty.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Reuse distances binned by powers of two, labelled by the bin's first distance: `"1"` (0 and
-/// 1), `"2"` (2–3), `"4"` (4–7), ..., `"1k"` (1024–2047), and `"first"` for first accesses
-/// (`u64::MAX`). Empty bins between filled ones are kept so the axis is regular.
-pub fn reuse_bins(hist: &[(u64, u64)]) -> Vec<(String, u64)> {
-    let mut bins: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut first = 0u64;
-    for &(d, c) in hist {
-        if d == u64::MAX {
-            first += c;
-        } else {
-            // Distance 0 (immediate reuse) shares the first bin with 1.
-            let b = 63 - d.max(1).leading_zeros();
-            *bins.entry(b).or_default() += c;
-        }
-    }
-    let mut out = Vec::new();
-    if let (Some((&lo, _)), Some((&hi, _))) = (bins.first_key_value(), bins.last_key_value()) {
-        for b in lo..=hi {
-            out.push((pow2_label(b), bins.get(&b).copied().unwrap_or(0)));
-        }
-    }
-    if first > 0 {
-        out.push(("first".to_owned(), first));
-    }
-    out
-}
-
-/// `2^b` in short form: `1`, `512`, `1k`, `64k`, `1M`, `4G`.
-fn pow2_label(b: u32) -> String {
-    match b {
-        0..10 => (1u64 << b).to_string(),
-        10..20 => format!("{}k", 1u64 << (b - 10)),
-        20..30 => format!("{}M", 1u64 << (b - 20)),
-        _ => format!("{}G", 1u64 << (b.min(63) - 30)),
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::record::OUR_ENGINE;
+    use crate::record::{OUR_ENGINE, PEER_ENGINE};
 
     /// A record with the fields that matter for shaping.
     pub fn rec(storage: &str, quant: &str, budget: Option<u64>, test: &str, tps: f64) -> Record {
@@ -704,65 +481,6 @@ pub(crate) mod tests {
         assert_eq!(l.series(&b), "q4_0 · llama.cpp");
         let single = Labeler::new([&a]);
         assert_eq!(single.scenario(&a), "emmc · q4_0");
-    }
-
-    #[test]
-    fn baseline_deltas_match_scenarios_and_judge_noise() {
-        let base = [
-            rec("emmc", "q4_0", None, "tg64", 10.0),
-            rec("real", "q4_0", None, "tg64", 10.0),
-        ];
-        let cur = [
-            rec("emmc", "q4_0", None, "tg64", 11.0),
-            rec("real", "q4_0", None, "tg64", 10.1),
-        ];
-        let d = baseline_deltas(&cur, &base);
-        assert_eq!(d.len(), 2);
-        assert_eq!(d[0].label, "real · q4_0 · tg64");
-        assert!((d[0].rel - 0.01).abs() < 1e-9);
-        assert_eq!(d[0].verdict(), "within noise");
-        assert!((d[1].rel - 0.1).abs() < 1e-9);
-        assert_eq!(d[1].verdict(), "faster");
-        assert!(baseline_deltas(&cur, &[]).is_empty());
-    }
-
-    #[test]
-    fn peer_deltas_pair_ours_with_llama_cpp() {
-        let mut peer = rec("in-memory", "q4_0", None, "tg64", 20.0);
-        peer.engine = PEER_ENGINE.into();
-        let ours = rec("in-memory", "q4_0", None, "tg64", 15.0);
-        let lonely = rec("emmc", "q4_0", None, "tg64", 1.0);
-        let d = peer_deltas(&[peer, ours, lonely]);
-        assert_eq!(d.len(), 1);
-        assert_eq!(d[0].before.0, 20.0);
-        assert_eq!(d[0].after.0, 15.0);
-        assert!((d[0].rel + 0.25).abs() < 1e-9);
-        assert_eq!(d[0].verdict(), "slower");
-    }
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&v, 100.0), 100.0);
-        assert_eq!(percentile(&[3.0], 90.0), 3.0);
-        assert!(percentile(&[], 50.0).is_nan());
-        assert_eq!(sorted_finite(&[2.0, f64::NAN, 1.0]), vec![1.0, 2.0]);
-    }
-
-    #[test]
-    fn reuse_bins_are_powers_of_two_with_first_accesses_last() {
-        let bins = reuse_bins(&[(1, 5), (2, 1), (3, 2), (9, 4), (u64::MAX, 7)]);
-        let labels: Vec<&str> = bins.iter().map(|b| b.0.as_str()).collect();
-        assert_eq!(labels, vec!["1", "2", "4", "8", "first"]);
-        let counts: Vec<u64> = bins.iter().map(|b| b.1).collect();
-        assert_eq!(counts, vec![5, 3, 0, 4, 7]);
-        assert!(reuse_bins(&[]).is_empty());
-        let wide = reuse_bins(&[(0, 1), (1500, 1), (3 << 20, 1)]);
-        assert_eq!(wide.len(), 22);
-        assert_eq!(wide[10].0, "1k");
-        assert_eq!(wide[21].0, "2M");
     }
 
     #[test]
