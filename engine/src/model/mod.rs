@@ -118,6 +118,15 @@ impl Model {
         Ok(())
     }
 
+    /// The model's tokenizer: from the GGUF metadata, or `tokenizer.json` in a Hugging Face
+    /// directory (`dir` is where the model was loaded from).
+    pub fn tokenizer(&self, dir: &Path) -> Result<crate::tokenizer::Tokenizer> {
+        match &self.gguf {
+            Some(g) => crate::tokenizer::Tokenizer::from_gguf(g),
+            None => crate::tokenizer::Tokenizer::from_json_file(dir.join("tokenizer.json")),
+        }
+    }
+
     /// The compute mode.
     pub fn mode(&self) -> ComputeMode {
         self.mode

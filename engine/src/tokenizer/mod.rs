@@ -20,6 +20,7 @@ mod added;
 mod bpe;
 mod bytelevel;
 mod chat;
+pub mod gguf;
 mod json;
 mod pretok;
 mod unicode_table;
