@@ -9,6 +9,8 @@
 //! - [`kernels`]: dot products and other hot loops; scalar reference plus SIMD variants chosen at
 //!   run time.
 //! - [`model`]: hyperparameters, weights, the forward pass, KV cache.
+//! - [`offload`]: expert offloading: expert file reads, storage profiles, I/O threads, expert
+//!   cache, memory budget, prefetcher.
 //! - [`sampler`]: greedy / temperature / top-k / top-p / min-p / repetition penalty.
 //!
 //! The engine emits `tracing` spans (see `docs/spans.md`) and never installs a subscriber.
@@ -20,6 +22,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod model;
 pub mod moe;
+pub mod offload;
 pub mod quant;
 pub mod sampler;
 
