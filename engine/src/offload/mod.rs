@@ -17,9 +17,12 @@
 //!
 //! `unsafe` is confined to the small `sys` module (aligned allocation, `posix_fadvise`).
 
+pub mod cache;
 pub mod file;
+pub mod hotset;
 pub mod io;
 pub mod layout;
+pub mod policy;
 pub mod storage;
 mod sys;
 
