@@ -17,17 +17,26 @@
 //!
 //! `unsafe` is confined to the small `sys` module (aligned allocation, `posix_fadvise`).
 
+pub mod budget;
 pub mod cache;
 pub mod file;
 pub mod hotset;
 pub mod io;
 pub mod layout;
 pub mod policy;
+pub mod prefetch;
+pub mod sim;
 pub mod storage;
 mod sys;
 
+pub use budget::{MemoryBudget, Plan, PlanInput};
+pub use cache::{CacheConfig, CacheScope, CacheStats, Capacity, ExpertCache};
 pub use file::{ExpertFile, IoMode, OpenMode};
+pub use hotset::HotSet;
+pub use io::{IoConfig, IoPool, Priority};
 pub use layout::{ExpertLayout, FileRange, Part, SlotLayout};
+pub use policy::PolicyKind;
+pub use prefetch::{ExpertGuard, OffloadStats, PrefetchConfig, Prefetcher};
 pub use storage::{DeviceModel, DeviceSpec, StorageProfile};
 pub use sys::{ALIGN, AlignedBuf};
 
