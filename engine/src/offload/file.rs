@@ -208,7 +208,7 @@ impl ExpertFile {
     pub fn read_into(&self, range: FileRange, dst: &mut [u8]) -> Result<Range<usize>> {
         let cover = range.covering();
         let clen = cover.len as usize;
-        if dst.as_ptr() as usize % ALIGN != 0 || dst.len() < clen {
+        if !(dst.as_ptr() as usize).is_multiple_of(ALIGN) || dst.len() < clen {
             return Err(Error::InvalidInput(format!(
                 "read buffer of {} B at {:p} cannot hold the aligned range {}+{}",
                 dst.len(),
@@ -238,7 +238,7 @@ impl ExpertFile {
                     done += n;
                     // O_DIRECT returns a partial block only at the end of the file; reading on
                     // from an unaligned offset would fail with EINVAL instead of reporting it.
-                    if self.mode.is_direct() && done % ALIGN != 0 {
+                    if self.mode.is_direct() && !done.is_multiple_of(ALIGN) {
                         break;
                     }
                 }

@@ -21,7 +21,7 @@ use super::ExpertKey;
 use super::file::ExpertFile;
 use super::layout::{Part, SlotLayout};
 use super::storage::{DeviceModel, DeviceStats, StorageProfile};
-use super::sys::{self, AlignedBuf};
+use super::sys::AlignedBuf;
 use crate::error::{Error, Result};
 
 /// A slot buffer shared between the cache (readers) and an I/O thread (the one writer while the
@@ -399,9 +399,6 @@ impl Drop for IoPool {
 }
 
 fn io_thread(sh: &Shared) {
-    if sh.device.is_some() {
-        sys::set_thread_timer_slack_ns(1);
-    }
     loop {
         let p = {
             let mut q = lock(&sh.queues);
@@ -425,7 +422,7 @@ fn io_thread(sh: &Shared) {
                 prefetch = p.req.priority == Priority::Prefetch
             )
             .entered();
-            read_expert(sh, &p.req)
+            read_expert(sh, &p.req, p.submitted)
         };
         let busy = t0.elapsed();
         let mut d = lock(&sh.done);
@@ -451,7 +448,7 @@ fn io_thread(sh: &Shared) {
     }
 }
 
-fn read_expert(sh: &Shared, req: &ReadRequest) -> Outcome {
+fn read_expert(sh: &Shared, req: &ReadRequest, submitted: Instant) -> Outcome {
     // The only writer of a loading slot; a poisoned lock just means an earlier fill panicked, and
     // the buffer is overwritten now anyway.
     let mut buf = req.buf.write().unwrap_or_else(|p| p.into_inner());
@@ -470,7 +467,9 @@ fn read_expert(sh: &Shared, req: &ReadRequest) -> Outcome {
         }
         let region = &mut dst[pl.buf_offset..pl.buf_offset + pl.read.len as usize];
         let res = match &sh.device {
-            Some(dev) => dev.emulate(pl.read.len, || sh.file.read_into(pl.data, region)),
+            Some(dev) => dev.emulate(pl.read.len, Some(submitted), || {
+                sh.file.read_into(pl.data, region)
+            }),
             None => sh.file.read_into(pl.data, region),
         };
         if let Err(e) = res {

@@ -4,7 +4,7 @@
 //! Storage-side building blocks, each usable on its own:
 //! - [`layout`]: where each expert's gate/up/down bytes are in the file, and how they fill a
 //!   cache slot.
-//! - [`file`]: the model file opened for positioned reads (`O_DIRECT` where possible) into
+//! - [`file`](mod@file): the model file opened for positioned reads (`O_DIRECT` where possible) into
 //!   aligned buffers, with typed errors for truncated/removed/unreadable files.
 //! - [`storage`]: storage-device profiles (`--storage`) and their emulation on top of real reads.
 //! - [`io`]: a pool of I/O threads serving prioritised, cancellable expert reads.

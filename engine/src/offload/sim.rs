@@ -80,11 +80,11 @@ pub fn belady(trace: &[ExpertKey], n_slots: usize) -> HitCount {
             resident.remove(&(nu, k));
         } else {
             h.misses += 1;
-            if resident.len() >= n_slots.max(1) {
-                if let Some(&(_, victim)) = resident.iter().next_back() {
-                    resident.remove(&(at[&victim], victim));
-                    at.remove(&victim);
-                }
+            if resident.len() >= n_slots.max(1)
+                && let Some(&(nu, victim)) = resident.iter().next_back()
+            {
+                resident.remove(&(nu, victim));
+                at.remove(&victim);
             }
         }
         resident.insert((next[i], k));

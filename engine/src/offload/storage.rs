@@ -19,6 +19,8 @@
 //! the real storage is slower than the profile, the real time shows through;
 //! [`DeviceModel::stats`] counts how often that happened, so a run can say its emulation was not
 //! faithful. Tests and measurements read page-cached (tmpfs) files to keep the real part small.
+//! The emulating thread's own wake-up latency is not charged to the device (it is credited to
+//! that thread's next request), so a stream of requests keeps the modelled pace on a busy CPU.
 //!
 //! # Where the numbers come from
 //! Each profile is built from two published figures with [`DeviceSpec::from_datasheet`]: the
@@ -31,6 +33,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::sys;
 use crate::error::{Error, Result};
 
 /// Parameters of an emulated device.
@@ -252,6 +255,17 @@ pub struct DeviceStats {
     pub real_slower: u64,
     /// Total time spent waiting for modelled completions, nanoseconds.
     pub throttled_ns: u64,
+    /// Total time the emulating threads woke up after the modelled completions (scheduler
+    /// latency, credited to their next requests), nanoseconds.
+    pub late_ns: u64,
+}
+
+thread_local! {
+    /// This thread's wake-up lateness after its last emulated request (see
+    /// [`DeviceModel::emulate`]).
+    static WAKE_CREDIT: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+    /// Whether this thread's timer slack was lowered.
+    static SLACK_SET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 struct DeviceState {
@@ -276,24 +290,18 @@ impl fmt::Debug for DeviceModel {
     }
 }
 
-/// Below this much time left, [`sleep_until`] spins instead of sleeping: Linux sleeps overshoot
-/// by 50–100 µs (measured on the development VM, even with a 1 ns timer slack).
-pub const SPIN_BELOW: Duration = Duration::from_micros(250);
-
-/// Sleeps until `deadline`: a real sleep for all but the last [`SPIN_BELOW`], then a yielding
-/// spin, so emulated requests complete within a few microseconds of the model.
+/// Sleeps until `deadline`. No busy-waiting: Linux sleeps overshoot by 50–100 µs (measured on
+/// the development VM, even with a 1 ns timer slack), and more on a loaded CPU, but that
+/// lateness is credited to the thread's next request (see [`DeviceModel::emulate`]), so a
+/// stream of requests keeps the modelled pace without burning a core. (A spinning variant was
+/// measured to be *less* accurate on a shared 2-core machine: the spinning thread is preempted.)
 pub fn sleep_until(deadline: Instant) {
     loop {
         let now = Instant::now();
         if now >= deadline {
             return;
         }
-        let left = deadline - now;
-        if left > SPIN_BELOW {
-            std::thread::sleep(left - SPIN_BELOW);
-        } else {
-            std::thread::yield_now();
-        }
+        std::thread::sleep(deadline - now);
     }
 }
 
@@ -337,12 +345,38 @@ impl DeviceModel {
 
     /// Runs the real read `read` as a request of `bytes` and returns its result no earlier than
     /// the modelled completion: the caller sees `max(real, modelled)` completion time.
-    pub fn emulate<T>(&self, bytes: u64, read: impl FnOnce() -> T) -> T {
-        let arrival = Instant::now();
+    ///
+    /// The request arrives now, minus this thread's wake-up credit (see below), but not before
+    /// `submitted` when given (a queued request cannot start before it was submitted).
+    ///
+    /// Wake-up credit: the emulating thread sleeps until the modelled completion and may wake up
+    /// late when the CPU is busy. That lateness is an artefact of emulation (a real device's
+    /// completion does not wait for our sleep to end), so it is not charged to the next request:
+    /// the thread's next request is back-dated by it. Lateness therefore does not accumulate
+    /// over a stream of requests; it appears at most once at the end.
+    pub fn emulate<T>(
+        &self,
+        bytes: u64,
+        submitted: Option<Instant>,
+        read: impl FnOnce() -> T,
+    ) -> T {
+        if !SLACK_SET.replace(true) {
+            sys::set_thread_timer_slack_ns(1);
+        }
+        let now = Instant::now();
+        let credit = WAKE_CREDIT.get();
+        let mut arrival = now.checked_sub(credit).unwrap_or(now);
+        if let Some(s) = submitted {
+            arrival = arrival.max(s.min(now));
+        }
         let deadline = self.schedule(arrival, bytes);
         let out = read();
         let real_done = Instant::now();
-        if real_done >= deadline {
+        let read_time = real_done.saturating_duration_since(now);
+        // Where this request completes on the thread's virtual timeline: the model, or the real
+        // read if that alone took longer.
+        let virtual_done = deadline.max(arrival + read_time);
+        if arrival + read_time > deadline {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stats.real_slower += 1;
         } else {
@@ -350,6 +384,12 @@ impl DeviceModel {
             let waited = Instant::now().saturating_duration_since(real_done);
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stats.throttled_ns += u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        }
+        let late = Instant::now().saturating_duration_since(virtual_done);
+        WAKE_CREDIT.set(late);
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.stats.late_ns += u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
         }
         out
     }
@@ -447,7 +487,7 @@ mod tests {
             queue_depth: 1,
         });
         let t = Instant::now();
-        let v = m.emulate(1_000_000, || 42);
+        let v = m.emulate(1_000_000, None, || 42);
         let dt = t.elapsed();
         assert_eq!(v, 42);
         assert!(dt >= Duration::from_micros(3000), "{dt:?}");
