@@ -2,8 +2,10 @@
 //! the library crates.
 
 mod args;
+mod bench;
 mod inspect;
 mod logits;
+mod profile;
 mod run;
 
 use std::process::ExitCode;
@@ -26,6 +28,10 @@ enum Cmd {
     Logits(logits::Args),
     /// Generates tokens from a prompt and reports prompt and generation speed.
     Run(run::Args),
+    /// Runs a generation under the profiler: timeline, routing, cache curves, KV, latency.
+    Profile(profile::Args),
+    /// llama-bench-style prompt (ppN) and generation (tgN) throughput, with result records.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +40,8 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Logits(a) => logits::main(a),
         Cmd::Run(a) => run::main(a),
+        Cmd::Bench(a) => bench::main(a),
+        Cmd::Profile(a) => profile::main(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use super::ExpertKey;
 use super::sys::ALIGN;
 use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
 use crate::model::weights::{Matrix, Weights};
 
 /// Number of matrices per expert.
@@ -209,6 +210,35 @@ impl ExpertLayout {
             }
         }
         ExpertLayout::new(n_layers, n_experts, ranges)
+    }
+
+    /// From a GGUF file's stacked expert tensors `blk.L.ffn_{gate,up,down}_exps.weight`
+    /// (`[.., .., E]`, as llama.cpp writes them) for layers `0..n_layers`.
+    pub fn from_gguf(g: &GgufFile, n_layers: u32) -> Result<ExpertLayout> {
+        let name = |l: u32, p: Part| format!("blk.{l}.ffn_{}_exps.weight", p.name());
+        let first = g.require_tensor(&name(0, Part::Gate))?;
+        let n_experts = match first.dims.as_slice() {
+            [_, _, e] => u32::try_from(*e).map_err(|_| Error::Model("too many experts".into()))?,
+            _ => {
+                return Err(Error::Model(format!(
+                    "tensor '{}': shape {:?} is not [cols, rows, experts]",
+                    first.name, first.dims
+                )));
+            }
+        };
+        ExpertLayout::from_stacked(n_layers, n_experts, |l, p| {
+            let t = g.require_tensor(&name(l, p))?;
+            if t.dims.len() != 3 || t.dims[2] != u64::from(n_experts) {
+                return Err(Error::Model(format!(
+                    "tensor '{}': shape {:?} does not stack {n_experts} experts",
+                    t.name, t.dims
+                )));
+            }
+            Ok(FileRange {
+                offset: t.abs_offset,
+                len: t.size_bytes,
+            })
+        })
     }
 
     /// From weights whose expert matrices are views of a memory-mapped file (as the GGUF loader

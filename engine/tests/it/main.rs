@@ -1,5 +1,9 @@
 //! Engine integration tests, one binary: reference fixtures, formats, kernels, tokenizer.
 
 mod common;
+mod gguf;
+mod kernels;
+mod model_gguf;
 mod model_ref;
 mod offload;
+mod quant;

@@ -505,6 +505,7 @@ fn offloaded_expert_bytes_give_bit_identical_moe_outputs() {
                 up: owned(&m.up, g.up()),
                 down: owned(&m.down, g.down()),
                 down_transposed: m.down_transposed,
+                down_planes: None,
             });
         }
         let mut got = vec![0f32; n_tokens * c.hidden];
@@ -527,5 +528,52 @@ fn offloaded_expert_bytes_give_bit_identical_moe_outputs() {
             .zip(&got)
             .all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "layer {l}: offloaded MoE output differs");
+    }
+}
+
+#[test]
+fn gguf_expert_ranges_match_the_loaded_q4_0_weights_byte_for_byte() {
+    let path = fixture("tiny-t1-gguf/tiny-t1-Q4_0.gguf");
+    let model = Model::load(
+        &path,
+        &ModelOptions {
+            mode: ComputeMode::Exact,
+            threads: 1,
+        },
+    )
+    .unwrap();
+    let g = model.gguf.as_ref().unwrap();
+    let layout = ExpertLayout::from_gguf(g, model.config.n_layers as u32).unwrap();
+    let (from_weights, wpath) = ExpertLayout::from_weights(&model.weights).unwrap();
+    assert_eq!(wpath, path);
+    for i in 0..layout.n_keys() {
+        let key = layout.key_at(i);
+        assert_eq!(
+            layout.ranges(key).unwrap(),
+            from_weights.ranges(key).unwrap(),
+            "{key}"
+        );
+    }
+    let file = Arc::new(ExpertFile::open(&path, OpenMode::Auto).unwrap());
+    let cfg = PrefetchConfig {
+        io: IoConfig::default(),
+        cache: CacheConfig {
+            capacity: Capacity::Slots(4),
+            policy: PolicyKind::Lfu,
+            ..CacheConfig::default()
+        },
+    };
+    let p = Prefetcher::new(file, layout.clone(), &cfg).unwrap();
+    for l in 0..layout.n_layers() {
+        let all: Vec<u32> = (0..layout.n_experts()).collect();
+        p.request(l, &all, Priority::Demand).unwrap();
+        for _ in 0..all.len() {
+            let g = p.wait_any(l, &all).unwrap();
+            let w = &model.weights.layers[l as usize].experts[g.expert() as usize];
+            assert_eq!(g.gate(), w.gate.bytes());
+            assert_eq!(g.up(), w.up.bytes());
+            assert_eq!(g.down(), w.down.bytes());
+            drop(g);
+        }
     }
 }
