@@ -202,5 +202,25 @@ fn bench_gemv(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_dots, bench_gemv);
+/// Plain memory-read baselines over the same buffers, so kernel GB/s can be compared with what
+/// the machine delivers at the moment of the run (shared machines vary a lot).
+fn bench_baseline(c: &mut Criterion) {
+    let small = matrix(GgmlType::Q4_0, F, H, 31);
+    let big = matrix(GgmlType::Q4_0, BIG_ROWS, H, 32);
+    let mut g = c.benchmark_group("baseline_read");
+    for (name, buf) in [("663KB", &small), ("34.6MB_dram", &big)] {
+        g.throughput(Throughput::Bytes(buf.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let (chunks, _) = black_box(buf.as_slice()).as_chunks::<8>();
+                chunks
+                    .iter()
+                    .fold(0u64, |s, c| s.wrapping_add(u64::from_le_bytes(*c)))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_baseline, bench_dots, bench_gemv);
 criterion_main!(benches);
