@@ -1,6 +1,53 @@
 //! `thinker`: the command-line front end. Argument parsing and wiring only; the work happens in
 //! the library crates.
 
-fn main() {
-    println!("thinker {}", env!("CARGO_PKG_VERSION"));
+mod args;
+mod bench;
+mod inspect;
+mod logits;
+mod profile;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run, inspect and measure SmallThinker mixture-of-experts models on the CPU.
+#[derive(Parser)]
+#[command(name = "thinker", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Architecture, hyperparameters, layer layout, tensor table and memory figures of a model.
+    Inspect(inspect::Args),
+    /// Writes logits (and optionally router choices) for given token ids as `.npy`.
+    Logits(logits::Args),
+    /// Generates tokens from a prompt and reports prompt and generation speed.
+    Run(run::Args),
+    /// Runs a generation under the profiler: timeline, routing, cache curves, KV, latency.
+    Profile(profile::Args),
+    /// llama-bench-style prompt (ppN) and generation (tgN) throughput, with result records.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Inspect(a) => inspect::main(a),
+        Cmd::Logits(a) => logits::main(a),
+        Cmd::Run(a) => run::main(a),
+        Cmd::Bench(a) => bench::main(a),
+        Cmd::Profile(a) => profile::main(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
