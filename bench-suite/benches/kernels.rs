@@ -45,36 +45,10 @@ fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
         // Rotate one source row so rows differ without quantising rows·cols values.
         let mut xr = x.clone();
         xr.rotate_left(r % cols);
-        match ty {
-            GgmlType::Q4_K | GgmlType::Q6_K => {
-                // No K-quant quantiser yet: reuse Q8_0 bytes as filler with valid scales.
-                let mut b = vec![0u8; GgmlType::Q8_0.row_bytes(cols as u64).unwrap() as usize];
-                quant::quantize_row(GgmlType::Q8_0, &xr, &mut b).unwrap();
-                row.iter_mut()
-                    .zip(b.iter().cycle())
-                    .for_each(|(o, &v)| *o = v);
-                fix_k_scales(ty, &mut row);
-            }
-            _ => quant::quantize_row(ty, &xr, &mut row).unwrap(),
-        }
+        quant::quantize_row(ty, &xr, &mut row).unwrap();
         out.extend_from_slice(&row);
     }
     out
-}
-
-/// Gives K-quant filler blocks small finite f16 super-block scales.
-fn fix_k_scales(ty: GgmlType, row: &mut [u8]) {
-    let d = quant::f32_to_f16(0.001).to_le_bytes();
-    let bs = ty.block_bytes();
-    for b in row.chunks_exact_mut(bs) {
-        match ty {
-            GgmlType::Q4_K => {
-                b[0..2].copy_from_slice(&d);
-                b[2..4].copy_from_slice(&d);
-            }
-            _ => b[bs - 2..].copy_from_slice(&d),
-        }
-    }
 }
 
 fn q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
