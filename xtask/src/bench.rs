@@ -63,11 +63,10 @@ fn estimate_secs(s: &Scenario, reps: usize, tiny: bool) -> f64 {
     let runs = (reps + 1) as f64;
     let offload = s.budget.is_some();
     let pp: f64 = s.pp.iter().map(|&n| n as f64 / 40.0).sum();
-    let tg: f64 = s
-        .tg
-        .iter()
-        .map(|&n| n as f64 / if offload { 4.0 } else { 15.0 })
-        .sum();
+    let tg: f64 =
+        s.tg.iter()
+            .map(|&n| n as f64 / if offload { 4.0 } else { 15.0 })
+            .sum();
     5.0 + runs * (pp + tg)
 }
 
@@ -138,12 +137,7 @@ fn run_scenario(
         .args(["-r", &reps.to_string()])
         .args(["-o", "jsonl", "--run-id", run_id])
         .args(["--label", &s.model_label, "--quant", &s.quant])
-        .args([
-            "-p",
-            &join(&s.pp, "0"),
-            "-n",
-            &join(&s.tg, "0"),
-        ]);
+        .args(["-p", &join(&s.pp, "0"), "-n", &join(&s.tg, "0")]);
     let mut note = Vec::new();
     let mut cgroup = None;
     if let Some(b) = s.budget {
@@ -166,14 +160,21 @@ fn run_scenario(
     }
     let out = match &cgroup {
         Some(cg) => cg.run(&mut cmd)?,
-        None => cmd.stderr(Stdio::inherit()).output().context("running thinker bench")?,
+        None => cmd
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running thinker bench")?,
     };
     if !out.status.success() {
         let killed = cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
         bail!(
             "thinker bench failed ({}){}",
             out.status,
-            if killed { ": killed by the cgroup memory limit" } else { "" }
+            if killed {
+                ": killed by the cgroup memory limit"
+            } else {
+                ""
+            }
         );
     }
     let peak = cgroup.as_ref().and_then(|cg| cg.max_usage());
@@ -182,7 +183,8 @@ fn run_scenario(
         if line.trim().is_empty() {
             continue;
         }
-        let mut r: Record = serde_json::from_str(line).with_context(|| format!("bad record from thinker: {line}"))?;
+        let mut r: Record = serde_json::from_str(line)
+            .with_context(|| format!("bad record from thinker: {line}"))?;
         r.storage = s.storage.clone();
         r.budget_bytes = s.budget;
         if let Some(p) = peak {
@@ -191,7 +193,11 @@ fn run_scenario(
         }
         if !note.is_empty() {
             let prev = r.note.take().unwrap_or_default();
-            r.note = Some(format!("{prev}; {}", note.join("; ")).trim_start_matches("; ").to_string());
+            r.note = Some(
+                format!("{prev}; {}", note.join("; "))
+                    .trim_start_matches("; ")
+                    .to_string(),
+            );
         }
         recs.push(r);
     }
@@ -202,14 +208,23 @@ fn join(v: &[usize], empty: &str) -> String {
     if v.is_empty() {
         return empty.to_string();
     }
-    v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Runs the command.
 pub fn main(a: Args) -> Result<()> {
     let root = workspace_root();
-    let results_dir = a.results_dir.clone().unwrap_or_else(|| root.join("target/bench"));
-    let models_dir = a.models_dir.clone().unwrap_or_else(|| root.join("target/models"));
+    let results_dir = a
+        .results_dir
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench"));
+    let models_dir = a
+        .models_dir
+        .clone()
+        .unwrap_or_else(|| root.join("target/models"));
     std::fs::create_dir_all(&results_dir)?;
     let mut matrix: Matrix = match &a.scenarios {
         Some(p) => toml::from_str(
@@ -234,7 +249,11 @@ pub fn main(a: Args) -> Result<()> {
     }
     let scenarios = matrix.expand(&models_dir)?;
     let machine = Machine::detect();
-    let threads = if matrix.threads == 0 { machine.cores } else { matrix.threads };
+    let threads = if matrix.threads == 0 {
+        machine.cores
+    } else {
+        matrix.threads
+    };
     let run_id = format!("{}-{}", now_rfc3339().replace(':', ""), machine.commit);
     let results = results_dir.join("results.jsonl");
 
@@ -252,7 +271,11 @@ pub fn main(a: Args) -> Result<()> {
             .collect()
     };
     let tiny = a.quick;
-    println!("== cargo xtask bench: {} scenarios, {threads} threads, {} reps", scenarios.len(), matrix.reps);
+    println!(
+        "== cargo xtask bench: {} scenarios, {threads} threads, {} reps",
+        scenarios.len(),
+        matrix.reps
+    );
     let mut total_est = 0.0;
     let mut todo = Vec::new();
     for s in &scenarios {
@@ -273,7 +296,11 @@ pub fn main(a: Args) -> Result<()> {
     let presets: Vec<(String, String, PathBuf)> = {
         let mut v: Vec<(String, String, PathBuf)> = todo
             .iter()
-            .filter_map(|s| s.preset.clone().map(|p| (p, s.quant.clone(), s.model_path.clone())))
+            .filter_map(|s| {
+                s.preset
+                    .clone()
+                    .map(|p| (p, s.quant.clone(), s.model_path.clone()))
+            })
             .collect();
         v.dedup();
         v.sort();
@@ -293,8 +320,10 @@ pub fn main(a: Args) -> Result<()> {
 
     let pb = ProgressBar::new(todo.len() as u64);
     pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} scenarios, {elapsed} elapsed, ETA {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} scenarios, {elapsed} elapsed, ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut failures = Vec::new();
     let started = Instant::now();
@@ -310,7 +339,11 @@ pub fn main(a: Args) -> Result<()> {
                         r.test,
                         r.median_tps,
                         r.peak_mem_bytes
-                            .map(|p| format!(", peak {:.2} GiB ({})", p as f64 / (1u64 << 30) as f64, r.mem_source.clone().unwrap_or_default()))
+                            .map(|p| format!(
+                                ", peak {:.2} GiB ({})",
+                                p as f64 / (1u64 << 30) as f64,
+                                r.mem_source.clone().unwrap_or_default()
+                            ))
                             .unwrap_or_default()
                     ));
                 }
@@ -323,7 +356,11 @@ pub fn main(a: Args) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    println!("measured {} scenarios in {:.1} min", todo.len(), started.elapsed().as_secs_f64() / 60.0);
+    println!(
+        "measured {} scenarios in {:.1} min",
+        todo.len(),
+        started.elapsed().as_secs_f64() / 60.0
+    );
 
     // One profiled run of the first in-memory scenario.
     let mut profiles = Vec::new();
@@ -339,7 +376,13 @@ pub fn main(a: Args) -> Result<()> {
     }
 
     let records: Vec<PathBuf> = vec![results.clone()];
-    let index = report::render(&records, a.baseline.as_deref(), &profiles, &report_dir, Some(&machine.commit))?;
+    let index = report::render(
+        &records,
+        a.baseline.as_deref(),
+        &profiles,
+        &report_dir,
+        Some(&machine.commit),
+    )?;
     println!("report: {}", index.display());
     if !failures.is_empty() {
         println!("{} problem(s):", failures.len());

@@ -89,10 +89,14 @@ fn measure(thinker: &Path, model: &Path) -> Result<Gate> {
         .output()
         .context("running thinker bench")?;
     if !out.status.success() {
-        bail!("thinker bench failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "thinker bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let line = String::from_utf8_lossy(&out.stdout);
-    let r: Record = serde_json::from_str(line.lines().next().unwrap_or("")).context("parsing the record")?;
+    let r: Record =
+        serde_json::from_str(line.lines().next().unwrap_or("")).context("parsing the record")?;
     let instructions = callgrind(thinker, model)?;
     Ok(Gate {
         instructions,
@@ -126,7 +130,10 @@ fn callgrind(thinker: &Path, model: &Path) -> Result<Option<u64>> {
     let _ = std::fs::remove_dir_all(&dir);
     let n = text
         .lines()
-        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok());
     Ok(n)
@@ -155,12 +162,25 @@ pub fn compare(base: &Gate, now: &Gate) -> (Vec<String>, Vec<String>) {
         (_, n) => rows.push(format!("| instructions (callgrind) | {:?} | {:?} | - | not gated (valgrind or baseline missing) |", base.instructions, n)),
     }
     for (name, a, b, higher_is_worse) in [
-        ("weight bytes / token", base.weight_bytes_per_token, now.weight_bytes_per_token, true),
+        (
+            "weight bytes / token",
+            base.weight_bytes_per_token,
+            now.weight_bytes_per_token,
+            true,
+        ),
         ("ReGLU zero share", base.sparsity, now.sparsity, false),
     ] {
         let d = rel(a, b);
-        let bad = if higher_is_worse { d > COUNTER_TOLERANCE } else { d < -COUNTER_TOLERANCE };
-        rows.push(format!("| {name} | {a:.4} | {b:.4} | {:+.2}% | {} |", 100.0 * d, if bad { "REGRESSION" } else { "ok" }));
+        let bad = if higher_is_worse {
+            d > COUNTER_TOLERANCE
+        } else {
+            d < -COUNTER_TOLERANCE
+        };
+        rows.push(format!(
+            "| {name} | {a:.4} | {b:.4} | {:+.2}% | {} |",
+            100.0 * d,
+            if bad { "REGRESSION" } else { "ok" }
+        ));
         if bad {
             fails.push(format!("{name} moved {:+.2}%", 100.0 * d));
         }
@@ -180,22 +200,35 @@ pub fn main(a: Args) -> Result<()> {
     let thinker = thinker_path(&root, a.quick)?;
     let model = root.join("engine/tests/fixtures/tiny-t1-gguf/tiny-t1-Q4_0.gguf");
     let now = measure(&thinker, &model)?;
-    let base_path = root
-        .join("bench-suite/baselines")
-        .join(format!("ci-{}.json", if a.quick { "debug" } else { "release" }));
+    let base_path = root.join("bench-suite/baselines").join(format!(
+        "ci-{}.json",
+        if a.quick { "debug" } else { "release" }
+    ));
     if a.update_baseline {
         std::fs::create_dir_all(base_path.parent().unwrap_or(&root))?;
         std::fs::write(&base_path, serde_json::to_string_pretty(&now)? + "\n")?;
         println!("baseline written: {}", base_path.display());
         return Ok(());
     }
-    let base: Gate = serde_json::from_str(
-        &std::fs::read_to_string(&base_path)
-            .with_context(|| format!("no baseline at {} (run with --update-baseline)", base_path.display()))?,
-    )?;
+    let base: Gate =
+        serde_json::from_str(&std::fs::read_to_string(&base_path).with_context(|| {
+            format!(
+                "no baseline at {} (run with --update-baseline)",
+                base_path.display()
+            )
+        })?)?;
     let (rows, fails) = compare(&base, &now);
-    println!("### cargo xtask ci ({})\n", if a.quick { "quick, dev build" } else { "release build" });
-    println!("Model: tiny-t1 Q4_0 fixture, 16 decode tokens, 1 thread. Gated on instruction counts and engine counters; wall time is informative.\n");
+    println!(
+        "### cargo xtask ci ({})\n",
+        if a.quick {
+            "quick, dev build"
+        } else {
+            "release build"
+        }
+    );
+    println!(
+        "Model: tiny-t1 Q4_0 fixture, 16 decode tokens, 1 thread. Gated on instruction counts and engine counters; wall time is informative.\n"
+    );
     println!("| metric | baseline | now | change | verdict |\n| --- | ---: | ---: | ---: | --- |");
     for r in rows {
         println!("{r}");
@@ -219,15 +252,30 @@ mod tests {
             sparsity: 0.5,
             tg_tps: 100.0,
         };
-        let same = Gate { tg_tps: 60.0, ..base.clone() };
+        let same = Gate {
+            tg_tps: 60.0,
+            ..base.clone()
+        };
         assert!(compare(&base, &same).1.is_empty(), "wall time is not gated");
-        let slower = Gate { instructions: Some(1_050_000), ..base.clone() };
+        let slower = Gate {
+            instructions: Some(1_050_000),
+            ..base.clone()
+        };
         assert_eq!(compare(&base, &slower).1.len(), 1);
-        let fatter = Gate { weight_bytes_per_token: 1100.0, ..base.clone() };
+        let fatter = Gate {
+            weight_bytes_per_token: 1100.0,
+            ..base.clone()
+        };
         assert_eq!(compare(&base, &fatter).1.len(), 1);
-        let denser = Gate { sparsity: 0.4, ..base.clone() };
+        let denser = Gate {
+            sparsity: 0.4,
+            ..base.clone()
+        };
         assert_eq!(compare(&base, &denser).1.len(), 1);
-        let no_valgrind = Gate { instructions: None, ..base.clone() };
+        let no_valgrind = Gate {
+            instructions: None,
+            ..base.clone()
+        };
         assert!(compare(&base, &no_valgrind).1.is_empty());
     }
 }

@@ -55,7 +55,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ci(a) => ci::main(a),
         Cmd::GenModel { args } => {
             let thinker = bench::build_thinker(&workspace_root())?;
-            let st = std::process::Command::new(thinker).arg("gen").args(args).status()?;
+            let st = std::process::Command::new(thinker)
+                .arg("gen")
+                .args(args)
+                .status()?;
             anyhow::ensure!(st.success(), "thinker gen failed");
             Ok(())
         }

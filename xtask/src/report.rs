@@ -58,7 +58,10 @@ pub fn render(
             Ok(check) => {
                 let problems = check.problems();
                 if problems.is_empty() {
-                    eprintln!("browser check: rendered without errors ({})", shot.display());
+                    eprintln!(
+                        "browser check: rendered without errors ({})",
+                        shot.display()
+                    );
                 } else {
                     eprintln!("browser check found problems: {problems:?}");
                 }
@@ -80,7 +83,8 @@ fn disk_of(path: &Path) -> Option<String> {
         .filter_map(|l| {
             let mut it = l.split_whitespace();
             let (dev, mnt, fs) = (it.next()?, it.next()?, it.next()?);
-            p.starts_with(mnt).then(|| (mnt.len(), format!("{dev} ({fs})")))
+            p.starts_with(mnt)
+                .then(|| (mnt.len(), format!("{dev} ({fs})")))
         })
         .max_by_key(|(n, _)| *n)
         .map(|(_, d)| d)
@@ -96,13 +100,16 @@ pub fn main(a: Args) -> Result<()> {
     };
     let mut profiles = Vec::new();
     for d in &a.profile {
-        let name = d.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = d
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         profiles.push(crate::profile_data::from_artefacts(d, &name)?);
     }
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| root.join("target/reports").join(format!("report-{}", now_rfc3339().replace(':', ""))));
+    let out = a.out.clone().unwrap_or_else(|| {
+        root.join("target/reports")
+            .join(format!("report-{}", now_rfc3339().replace(':', "")))
+    });
     let index = render(&results, a.baseline.as_deref(), &profiles, &out, None)?;
     println!("report: {}", index.display());
     Ok(())

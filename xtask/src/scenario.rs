@@ -278,10 +278,18 @@ mod tests {
 
     #[test]
     fn default_matrix_expands_without_nonsense() {
-        let sc = default_matrix(false).expand(std::path::Path::new("m")).unwrap();
+        let sc = default_matrix(false)
+            .expand(std::path::Path::new("m"))
+            .unwrap();
         assert_eq!(sc.len(), 2 + 2 + 4);
-        assert!(sc.iter().all(|s| (s.storage == "in-memory") == s.budget.is_none()));
-        assert_eq!(sc[0].model_path, std::path::Path::new("m/4b-a0.6b-q4_0.gguf"));
+        assert!(
+            sc.iter()
+                .all(|s| (s.storage == "in-memory") == s.budget.is_none())
+        );
+        assert_eq!(
+            sc[0].model_path,
+            std::path::Path::new("m/4b-a0.6b-q4_0.gguf")
+        );
         assert_eq!(sc[0].keys(2).len(), 2);
     }
 

@@ -125,6 +125,12 @@ fn dequant(ty: GgmlType, row: &[u8], w: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! AVX2 + FMA + F16C implementation.
+    //!
+    //! Per block, the 32 integer weights are converted to f32 and multiplied with the
+    //! activations into a block partial `p` (independent across blocks, so out-of-order
+    //! execution overlaps them); only `acc = fma(d, p, acc)` is loop-carried, and two
+    //! accumulators per row alternate so that its latency is hidden too. Decode (one token)
+    //! runs two rows at a time; batches run tiles of [`TOKEN_TILE`] tokens per weight block.
     use std::arch::x86_64::*;
 
     use super::TOKEN_TILE;
@@ -159,67 +165,107 @@ mod x86 {
         }
     }
 
-    /// Four ymm of dequantised weights for block `b` of `row`.
     #[inline(always)]
-    unsafe fn load_block(ty: GgmlType, row: *const u8, b: usize) -> [__m256; 4] {
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        // SAFETY: the caller guarantees two readable bytes at p.
+        unsafe {
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                u16::from_le_bytes([*p, *p.add(1)]) as i32,
+            )))
+        }
+    }
+
+    /// Block `b` of `row` as four ymm of unscaled values plus the block scale.
+    #[inline(always)]
+    unsafe fn load_block(ty: GgmlType, row: *const u8, b: usize) -> ([__m256; 4], f32) {
         // SAFETY: the caller guarantees block b lies within the row.
         unsafe {
+            let cv = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
             match ty {
                 GgmlType::Q4_0 => {
                     let p = row.add(b * 18);
-                    let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                        u16::from_le_bytes([*p, *p.add(1)]) as i32,
-                    ))));
                     let qs = _mm_loadu_si128(p.add(2) as *const __m128i);
                     let m = _mm_set1_epi8(0x0F);
                     let eight = _mm_set1_epi8(8);
                     let lo = _mm_sub_epi8(_mm_and_si128(qs, m), eight);
                     let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(qs, 4), m), eight);
-                    let cv =
-                        |v: __m128i| _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)));
-                    [
-                        cv(lo),
-                        cv(_mm_srli_si128(lo, 8)),
-                        cv(hi),
-                        cv(_mm_srli_si128(hi, 8)),
-                    ]
+                    (
+                        [
+                            cv(lo),
+                            cv(_mm_srli_si128(lo, 8)),
+                            cv(hi),
+                            cv(_mm_srli_si128(hi, 8)),
+                        ],
+                        f16_at(p),
+                    )
                 }
                 GgmlType::Q8_0 => {
                     let p = row.add(b * 34);
-                    let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                        u16::from_le_bytes([*p, *p.add(1)]) as i32,
-                    ))));
                     let q0 = _mm_loadu_si128(p.add(2) as *const __m128i);
                     let q1 = _mm_loadu_si128(p.add(18) as *const __m128i);
-                    let cv =
-                        |v: __m128i| _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)));
-                    [
-                        cv(q0),
-                        cv(_mm_srli_si128(q0, 8)),
-                        cv(q1),
-                        cv(_mm_srli_si128(q1, 8)),
-                    ]
+                    (
+                        [
+                            cv(q0),
+                            cv(_mm_srli_si128(q0, 8)),
+                            cv(q1),
+                            cv(_mm_srli_si128(q1, 8)),
+                        ],
+                        f16_at(p),
+                    )
                 }
                 GgmlType::F16 => {
                     let p = row.add(b * 64) as *const __m128i;
-                    [
-                        _mm256_cvtph_ps(_mm_loadu_si128(p)),
-                        _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
-                        _mm256_cvtph_ps(_mm_loadu_si128(p.add(2))),
-                        _mm256_cvtph_ps(_mm_loadu_si128(p.add(3))),
-                    ]
+                    (
+                        [
+                            _mm256_cvtph_ps(_mm_loadu_si128(p)),
+                            _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
+                            _mm256_cvtph_ps(_mm_loadu_si128(p.add(2))),
+                            _mm256_cvtph_ps(_mm_loadu_si128(p.add(3))),
+                        ],
+                        1.0,
+                    )
                 }
                 _ => {
                     let p = row.add(b * 128) as *const f32;
-                    [
-                        _mm256_loadu_ps(p),
-                        _mm256_loadu_ps(p.add(8)),
-                        _mm256_loadu_ps(p.add(16)),
-                        _mm256_loadu_ps(p.add(24)),
-                    ]
+                    (
+                        [
+                            _mm256_loadu_ps(p),
+                            _mm256_loadu_ps(p.add(8)),
+                            _mm256_loadu_ps(p.add(16)),
+                            _mm256_loadu_ps(p.add(24)),
+                        ],
+                        1.0,
+                    )
                 }
             }
         }
+    }
+
+    /// `Σ_i w[i]·x[i]` of one block: four products folded into one vector.
+    #[inline(always)]
+    unsafe fn block_dot(w: &[__m256; 4], xp: *const f32) -> __m256 {
+        // SAFETY: the caller guarantees 32 readable floats at xp.
+        unsafe {
+            let p = _mm256_mul_ps(w[0], _mm256_loadu_ps(xp));
+            let p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xp.add(8)), p);
+            let p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xp.add(16)), p);
+            _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xp.add(24)), p)
+        }
+    }
+
+    /// The scalar tail of F16/F32 rows whose length is not a multiple of 32.
+    fn tail(ty: GgmlType, row: &[u8], x: &[f32], from: usize) -> f32 {
+        let mut v = 0.0;
+        for (i, &xi) in x.iter().enumerate().skip(from) {
+            let w = match ty {
+                GgmlType::F16 => half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32(),
+                _ => {
+                    f32::from_le_bytes([row[4 * i], row[4 * i + 1], row[4 * i + 2], row[4 * i + 3]])
+                }
+            };
+            v += w * xi;
+        }
+        v
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -234,48 +280,99 @@ mod x86 {
         let n_rows = rows.len() / row_bytes;
         let n_tok = x.len() / cols;
         let nb = cols / 32;
-        let tail = cols % 32; // only F16/F32 rows may have one
-        for r in 0..n_rows {
-            // SAFETY: r < n_rows, so the row lies within `rows`.
-            let row = unsafe { rows.as_ptr().add(r * row_bytes) };
-            let mut t0 = 0;
-            while t0 < n_tok {
-                let nt = (n_tok - t0).min(TOKEN_TILE);
-                let mut acc = [_mm256_setzero_ps(); TOKEN_TILE];
-                for b in 0..nb {
-                    // SAFETY: b < nb blocks of this row; activations t0..t0+nt exist and have
-                    // `cols` values, so offsets b*32 .. b*32+32 are in bounds.
-                    unsafe {
-                        let w = load_block(ty, row, b);
-                        for (t, a) in acc.iter_mut().enumerate().take(nt) {
-                            let xp = x.as_ptr().add((t0 + t) * cols + b * 32);
-                            let mut s = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xp), *a);
-                            s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xp.add(8)), s);
-                            s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xp.add(16)), s);
-                            *a = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xp.add(24)), s);
+        let full = nb * 32;
+        let xb = x.as_ptr();
+        let mut t0 = 0;
+        // Token tiles of TOKEN_TILE: each dequantised block feeds eight accumulators.
+        while n_tok - t0 >= TOKEN_TILE {
+            for r in 0..n_rows {
+                // SAFETY: r < n_rows; tokens t0..t0+8 exist with `cols` values each.
+                unsafe {
+                    let row = rows.as_ptr().add(r * row_bytes);
+                    let mut acc = [_mm256_setzero_ps(); TOKEN_TILE];
+                    for b in 0..nb {
+                        let (w, d) = load_block(ty, row, b);
+                        let dv = _mm256_set1_ps(d);
+                        for (t, a) in acc.iter_mut().enumerate() {
+                            let p = block_dot(&w, xb.add((t0 + t) * cols + b * 32));
+                            *a = _mm256_fmadd_ps(dv, p, *a);
                         }
                     }
-                }
-                for (t, a) in acc.iter().enumerate().take(nt) {
-                    // SAFETY: register reduction.
-                    let mut v = unsafe { hsum(*a) };
-                    for i in cols - tail..cols {
-                        let w = match ty {
-                            GgmlType::F16 => half::f16::from_le_bytes([
-                                rows[r * row_bytes + 2 * i],
-                                rows[r * row_bytes + 2 * i + 1],
-                            ])
-                            .to_f32(),
-                            _ => {
-                                let o = r * row_bytes + 4 * i;
-                                f32::from_le_bytes([rows[o], rows[o + 1], rows[o + 2], rows[o + 3]])
-                            }
-                        };
-                        v += w * x[(t0 + t) * cols + i];
+                    let rs = &rows[r * row_bytes..(r + 1) * row_bytes];
+                    for (t, a) in acc.iter().enumerate() {
+                        let xt = &x[(t0 + t) * cols..(t0 + t + 1) * cols];
+                        out[(t0 + t) * n_rows + r] = hsum(*a) + tail(ty, rs, xt, full);
                     }
-                    out[(t0 + t) * n_rows + r] = v;
                 }
-                t0 += nt;
+            }
+            t0 += TOKEN_TILE;
+        }
+        // Remaining tokens one at a time, two rows per pass, two accumulators per row.
+        for t in t0..n_tok {
+            let xt = &x[t * cols..(t + 1) * cols];
+            let mut r = 0;
+            while r < n_rows {
+                let two = r + 1 < n_rows;
+                // SAFETY: rows r (and r+1 when `two`) exist; xt has `cols` values.
+                unsafe {
+                    let ra = rows.as_ptr().add(r * row_bytes);
+                    let rb = if two {
+                        rows.as_ptr().add((r + 1) * row_bytes)
+                    } else {
+                        ra
+                    };
+                    let (mut a0, mut a1, mut b0, mut b1) = (
+                        _mm256_setzero_ps(),
+                        _mm256_setzero_ps(),
+                        _mm256_setzero_ps(),
+                        _mm256_setzero_ps(),
+                    );
+                    let mut b = 0;
+                    while b < nb {
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            ra.wrapping_add(b * (row_bytes / nb.max(1)) + 256) as *const i8,
+                        );
+                        let (w, d) = load_block(ty, ra, b);
+                        a0 = _mm256_fmadd_ps(
+                            _mm256_set1_ps(d),
+                            block_dot(&w, xt.as_ptr().add(b * 32)),
+                            a0,
+                        );
+                        if two {
+                            let (w, d) = load_block(ty, rb, b);
+                            b0 = _mm256_fmadd_ps(
+                                _mm256_set1_ps(d),
+                                block_dot(&w, xt.as_ptr().add(b * 32)),
+                                b0,
+                            );
+                        }
+                        if b + 1 < nb {
+                            let (w, d) = load_block(ty, ra, b + 1);
+                            a1 = _mm256_fmadd_ps(
+                                _mm256_set1_ps(d),
+                                block_dot(&w, xt.as_ptr().add(b * 32 + 32)),
+                                a1,
+                            );
+                            if two {
+                                let (w, d) = load_block(ty, rb, b + 1);
+                                b1 = _mm256_fmadd_ps(
+                                    _mm256_set1_ps(d),
+                                    block_dot(&w, xt.as_ptr().add(b * 32 + 32)),
+                                    b1,
+                                );
+                            }
+                        }
+                        b += 2;
+                    }
+                    let sa = &rows[r * row_bytes..(r + 1) * row_bytes];
+                    out[t * n_rows + r] = hsum(_mm256_add_ps(a0, a1)) + tail(ty, sa, xt, full);
+                    if two {
+                        let sb = &rows[(r + 1) * row_bytes..(r + 2) * row_bytes];
+                        out[t * n_rows + r + 1] =
+                            hsum(_mm256_add_ps(b0, b1)) + tail(ty, sb, xt, full);
+                    }
+                }
+                r += 2;
             }
         }
     }

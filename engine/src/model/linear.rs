@@ -8,7 +8,8 @@ use rayon::prelude::*;
 
 use super::weights::Matrix;
 use crate::error::Result;
-use crate::kernels::{QuantAct, act_format_for, dot_rows, wf32};
+use crate::kernels::{ActFormat, QuantAct, act_format_for, dot_rows};
+use crate::quant::GgmlType;
 
 /// How products are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -31,8 +32,8 @@ const MIN_ROWS_PER_TASK: usize = 32;
 pub struct LinearScratch {
     /// Transposition buffer for batches.
     pub tmp: Vec<f32>,
-    /// Quantised activations, one per token.
-    pub acts: Vec<QuantAct>,
+    /// Prepared activations, one per token.
+    pub acts: Vec<FastAct>,
 }
 
 /// `out[t · rows + r] = m.row(r) · x[t · cols ..]` for `n_tokens` tokens.
@@ -49,18 +50,14 @@ pub fn matmul(
     let (rows, cols) = (m.rows, m.cols);
     debug_assert_eq!(x.len(), n_tokens * cols);
     debug_assert_eq!(out.len(), n_tokens * rows);
-    if mode == ComputeMode::Fast && wf32::supports(m.ty) {
-        return matmul_f32act(m, x, n_tokens, out, &mut scratch.tmp);
-    }
     if mode == ComputeMode::Fast {
         if scratch.acts.len() < n_tokens {
-            scratch.acts.resize_with(n_tokens, QuantAct::new);
+            scratch.acts.resize_with(n_tokens, FastAct::default);
         }
-        let fmt = act_format_for(m.ty)?;
         for (t, act) in scratch.acts[..n_tokens].iter_mut().enumerate() {
-            act.quantize(&x[t * cols..(t + 1) * cols], fmt)?;
+            act.prepare(m.ty, &x[t * cols..(t + 1) * cols])?;
         }
-        return matmul_quantised(m, &scratch.acts[..n_tokens], out, &mut scratch.tmp);
+        return matmul_fast(m, &scratch.acts[..n_tokens], out, &mut scratch.tmp);
     }
     let tmp = &mut scratch.tmp;
     if n_tokens == 1 {
@@ -98,50 +95,74 @@ pub fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(threads * 4).max(MIN_ROWS_PER_TASK)
 }
 
-/// Fast product with f32 activations (weights dequantised in registers, see [`wf32`]).
-pub fn matmul_f32act(
-    m: &Matrix,
-    x: &[f32],
-    n: usize,
-    out: &mut [f32],
-    tmp: &mut Vec<f32>,
-) -> Result<()> {
-    let (rows, cols) = (m.rows, m.cols);
-    let rb = m.row_bytes();
-    let bytes = m.bytes();
-    let chunk = rows_per_task(rows);
-    if n == 1 {
-        return out
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .try_for_each(|(task, o)| {
-                let r0 = task * chunk;
-                wf32::gemm(m.ty, &bytes[r0 * rb..(r0 + o.len()) * rb], rb, x, cols, o)
-            });
-    }
-    tmp.clear();
-    tmp.resize(rows * n, 0.0);
-    tmp.par_chunks_mut(chunk * n)
-        .enumerate()
-        .try_for_each(|(task, dst)| {
-            let r0 = task * chunk;
-            let nr = dst.len() / n;
-            wf32::gemm(m.ty, &bytes[r0 * rb..(r0 + nr) * rb], rb, x, cols, dst)
-        })?;
-    for (task, src) in tmp.chunks(chunk * n).enumerate() {
-        let r0 = task * chunk;
-        let nr = src.len() / n;
-        for t in 0..n {
-            out[t * rows + r0..t * rows + r0 + nr].copy_from_slice(&src[t * nr..(t + 1) * nr]);
-        }
-    }
-    Ok(())
+/// Rows per sub-chunk of a two-level product: both passes over these rows hit the cache, so the
+/// weights are read from memory once.
+const SUB_ROWS: usize = 32;
+
+/// An activation prepared for the fast products with one weight type.
+///
+/// Float weights (F32/F16/BF16) use the f32 activation directly. Quantised weights use integer
+/// dot kernels over an int8 activation; for the Q8_0 family the activation is quantised in two
+/// levels, `x ≈ d₁·q₁ + d₂·q₂` with `q₂` the quantised residual, and both dots are summed. That
+/// costs a second integer pass over weights already in cache, and brings the activation error
+/// from ~2⁻⁸ of each block's range to ~2⁻¹⁶: routing decisions with small margins no longer
+/// flip, while decode remains bound by weight bytes, not arithmetic.
+#[derive(Clone, Debug, Default)]
+pub struct FastAct {
+    hi: QuantAct,
+    lo: QuantAct,
+    two_level: bool,
+    residual: Vec<f32>,
 }
 
-/// `out[t · rows + r] = m.row(r) · acts[t]` with activations already quantised for `m.ty`.
-pub fn matmul_quantised(
+impl FastAct {
+    /// Prepares `x` for rows of type `ty`.
+    pub fn prepare(&mut self, ty: GgmlType, x: &[f32]) -> Result<()> {
+        let fmt = act_format_for(ty)?;
+        self.hi.quantize(x, fmt)?;
+        self.two_level = fmt == ActFormat::Q8_0;
+        if self.two_level {
+            let blocks = self.hi.q8_0().unwrap_or(&[]);
+            self.residual.clear();
+            self.residual.extend(x.iter().enumerate().map(|(i, &v)| {
+                let b = &blocks[i / 32];
+                v - b.scale() * b.qs[i % 32] as f32
+            }));
+            self.lo.quantize(&self.residual, ActFormat::Q8_0)?;
+        }
+        Ok(())
+    }
+
+    /// `out[r] = row_r · x` for `rows` of type `ty` (`out.len()` rows of `row_bytes`).
+    pub fn dot_rows(
+        &self,
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        if !self.two_level {
+            return dot_rows(ty, rows, row_bytes, &self.hi, out);
+        }
+        let mut lo = [0f32; SUB_ROWS];
+        for (i, o) in out.chunks_mut(SUB_ROWS).enumerate() {
+            let r0 = i * SUB_ROWS;
+            let w = &rows[r0 * row_bytes..(r0 + o.len()) * row_bytes];
+            dot_rows(ty, w, row_bytes, &self.hi, o)?;
+            let l = &mut lo[..o.len()];
+            dot_rows(ty, w, row_bytes, &self.lo, l)?;
+            for (a, b) in o.iter_mut().zip(l.iter()) {
+                *a += *b;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `out[t · rows + r] = m.row(r) · acts[t]` with activations prepared for `m.ty`.
+pub fn matmul_fast(
     m: &Matrix,
-    acts: &[QuantAct],
+    acts: &[FastAct],
     out: &mut [f32],
     tmp: &mut Vec<f32>,
 ) -> Result<()> {
@@ -155,7 +176,7 @@ pub fn matmul_quantised(
             .enumerate()
             .try_for_each(|(task, o)| {
                 let r0 = task * chunk;
-                dot_rows(m.ty, &bytes[r0 * rb..(r0 + o.len()) * rb], rb, &acts[0], o)
+                acts[0].dot_rows(m.ty, &bytes[r0 * rb..(r0 + o.len()) * rb], rb, o)
             });
     }
     // Row chunks outermost so a chunk of weights is reused from cache by every token.
@@ -168,11 +189,10 @@ pub fn matmul_quantised(
             let nr = dst.len() / n;
             let w = &bytes[r0 * rb..(r0 + nr) * rb];
             for (t, act) in acts.iter().enumerate() {
-                dot_rows(m.ty, w, rb, act, &mut dst[t * nr..(t + 1) * nr])?;
+                act.dot_rows(m.ty, w, rb, &mut dst[t * nr..(t + 1) * nr])?;
             }
             Ok(())
         })?;
-    // tmp holds, per task, [token][row-in-chunk]; scatter into [token][row].
     for (task, src) in tmp.chunks(chunk * n).enumerate() {
         let r0 = task * chunk;
         let nr = src.len() / n;

@@ -14,8 +14,8 @@ pub mod sparse_down;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::kernels::{QuantAct, act_format_for, dot_rows, wf32};
-use crate::model::linear::{ComputeMode, LinearScratch, matmul};
+
+use crate::model::linear::{ComputeMode, FastAct, LinearScratch, matmul};
 use crate::model::weights::ExpertWeights;
 
 /// Routing of a batch at one layer: `ids[t · k + j]`, `weights[t · k + j]`.
@@ -60,7 +60,7 @@ struct ExpertScratch {
     g: Vec<f32>,
     out: Vec<f32>,
     acc: Vec<f32>,
-    hq: QuantAct,
+    hq: FastAct,
     stats: MoeStats,
 }
 
@@ -202,30 +202,15 @@ fn mix(tokens: &[usize], w: &[f32], d: &[f32], hidden: usize, out: &mut [f32]) {
     }
 }
 
-/// Rows `r0 .. r0 + out.len()` of `m` times one activation: f32 activations where the type has
-/// such a kernel, else the quantised `qa` (prepared by [`prepare`]).
+/// Rows `r0 .. r0 + out.len()` of `m` times an activation prepared for `m.ty`.
 fn rows_dot(
     m: &crate::model::weights::Matrix,
     r0: usize,
-    x: &[f32],
-    qa: &QuantAct,
+    act: &FastAct,
     out: &mut [f32],
 ) -> Result<()> {
     let rb = m.row_bytes();
-    let rows = &m.bytes()[r0 * rb..(r0 + out.len()) * rb];
-    if wf32::supports(m.ty) {
-        wf32::gemm(m.ty, rows, rb, x, m.cols, out)
-    } else {
-        dot_rows(m.ty, rows, rb, qa, out)
-    }
-}
-
-/// Quantises `x` into `qa` when `ty` has no f32-activation kernel.
-fn prepare(ty: crate::quant::GgmlType, x: &[f32], qa: &mut QuantAct) -> Result<()> {
-    if !wf32::supports(ty) {
-        qa.quantize(x, act_format_for(ty)?)?;
-    }
-    Ok(())
+    act.dot_rows(m.ty, &m.bytes()[r0 * rb..(r0 + out.len()) * rb], rb, out)
 }
 
 /// One token, one expert, fast path: `es.out = expert(y)`.
@@ -233,17 +218,17 @@ fn expert_fast(ew: &ExpertWeights, y: &[f32], es: &mut ExpertScratch) -> Result<
     let f = ew.gate.rows;
     let h = ew.down_rows_out();
     es.g.resize(f, 0.0);
-    prepare(ew.gate.ty, y, &mut es.hq)?;
-    rows_dot(&ew.gate, 0, y, &es.hq, &mut es.g)?;
+    es.hq.prepare(ew.gate.ty, y)?;
+    rows_dot(&ew.gate, 0, &es.hq, &mut es.g)?;
     if ew.up.ty != ew.gate.ty {
-        prepare(ew.up.ty, y, &mut es.hq)?;
+        es.hq.prepare(ew.up.ty, y)?;
     }
     let mut active = 0u64;
     for j in 0..f {
         if es.g[j] > 0.0 {
             active += 1;
             let mut u = [0f32];
-            rows_dot(&ew.up, j, y, &es.hq, &mut u)?;
+            rows_dot(&ew.up, j, &es.hq, &mut u)?;
             es.g[j] *= u[0];
         } else {
             es.g[j] = 0.0;
@@ -275,8 +260,8 @@ fn expert_fast(ew: &ExpertWeights, y: &[f32], es: &mut ExpertScratch) -> Result<
         es.stats.bytes_skipped += inactive * ew.down.row_bytes() as u64;
     } else {
         let g = std::mem::take(&mut es.g);
-        prepare(ew.down.ty, &g, &mut es.hq)?;
-        rows_dot(&ew.down, 0, &g, &es.hq, &mut es.out)?;
+        es.hq.prepare(ew.down.ty, &g)?;
+        rows_dot(&ew.down, 0, &es.hq, &mut es.out)?;
         es.g = g;
     }
     Ok(())

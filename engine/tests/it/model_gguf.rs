@@ -9,9 +9,10 @@ use crate::common::{assert_close, f32s, fixture, ids, max_abs_diff};
 /// Exact mode against the reference, any file type (f32 arithmetic on dequantised weights).
 const LOGIT_TOL: f32 = 1e-4;
 
-/// The fast path keeps activations in f32 (weights dequantised in registers), so it stays within
-/// float rounding of the reference as well; a change that quantises activations trips this.
-const FAST_TOL: f32 = 1e-3;
+/// The fast path quantises activations in two levels (int8 plus an int8 residual), so it stays
+/// close to the reference (measured 2e-3 on Q8_0); plain one-level Q8_0 activations give ~4 on
+/// this model (routing flips) and trip this bound.
+const FAST_TOL: f32 = 1e-2;
 
 /// llama.cpp's own error on these files (fixture `llamacpp_crosscheck.json`): the fast path may be
 /// no worse. (max |logit error|, argmax agreement over the prompt positions)
