@@ -155,6 +155,8 @@ pub struct Outcome {
     pub cached_tokens: usize,
     /// Tokens sampled (an end-of-turn token included).
     pub generated: usize,
+    /// The sampled ids, in order.
+    pub ids: Vec<u32>,
     /// Time spent on the new prompt tokens.
     pub prompt_time: Duration,
     /// Time from the first sampled token to the last.
@@ -424,6 +426,7 @@ impl<'m> Generator<'m> {
         let mut stopped_by_string = false;
         // Generated ids that went through the model (all but the last sampled, usually).
         let mut fed = Vec::new();
+        let mut ids = Vec::new();
         while generated < params.max_tokens {
             if Self::cancelled(params) {
                 finish = FinishReason::Cancelled;
@@ -431,6 +434,7 @@ impl<'m> Generator<'m> {
             }
             let id = self.sampler.sample(&logits)?;
             generated += 1;
+            ids.push(id);
             if !params.ignore_eos && self.tok.is_stop(id) {
                 finish = FinishReason::Stop;
                 break;
@@ -484,6 +488,7 @@ impl<'m> Generator<'m> {
             prompt_tokens: total,
             cached_tokens: reused,
             generated,
+            ids,
             prompt_time,
             gen_time: t1.elapsed(),
             finish,
@@ -494,6 +499,7 @@ impl<'m> Generator<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine::tokenizer::ChatMessage;
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
@@ -539,6 +545,211 @@ mod tests {
     fn peak_rss_is_read() {
         let rss = peak_rss_bytes().expect("VmHWM");
         assert!(rss > 1024 * 1024, "peak RSS {rss} is implausibly small");
+    }
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/tests/fixtures");
+
+    fn npy_ids(rel: &str) -> Vec<u32> {
+        let p = std::path::Path::new(FIXTURES).join(rel);
+        engine::formats::npy::read(&p)
+            .unwrap()
+            .to_i32()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as u32)
+            .collect()
+    }
+
+    fn load(rel: &str) -> (Model, Tokenizer) {
+        let path = std::path::Path::new(FIXTURES).join(rel);
+        let m = Model::load(
+            &path,
+            &engine::model::ModelOptions {
+                threads: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let t = m.tokenizer(&path).unwrap();
+        (m, t)
+    }
+
+    fn greedy(max_tokens: usize) -> GenParams {
+        GenParams {
+            max_tokens,
+            ignore_eos: true,
+            ..GenParams::default()
+        }
+    }
+
+    #[test]
+    fn greedy_generation_matches_the_reference() {
+        let (m, t) = load("tiny-t1-gguf/tiny-t1-F32.gguf");
+        let prompt = npy_ids("tiny-t1/prompt_ids.npy");
+        let want = npy_ids("tiny-t1/greedy_ids.npy");
+        let mut g = Generator::new(&m, &t, 256, KvType::F32, SamplerConfig::greedy()).unwrap();
+        let mut streamed = String::new();
+        let o = g
+            .generate(Prompt::Tokens(&prompt), &greedy(want.len()), |p| {
+                streamed.push_str(p);
+                true
+            })
+            .unwrap();
+        assert_eq!(o.ids, want);
+        assert_eq!(o.generated, want.len());
+        assert_eq!(o.finish, FinishReason::Length);
+        assert_eq!(o.text, streamed);
+        assert_eq!(o.text, t.decode(&want, true).unwrap());
+        assert_eq!((o.prompt_tokens, o.cached_tokens), (prompt.len(), 0));
+        // Every sampled id but the last went through the model.
+        assert_eq!(g.session().pos(), prompt.len() + want.len() - 1);
+    }
+
+    #[test]
+    fn reused_prefix_gives_the_same_tokens_as_a_fresh_session() {
+        let (m, t) = load("tiny-t1/");
+        let prompt = npy_ids("tiny-t1/prompt_ids.npy");
+        let mut g = Generator::new(&m, &t, 512, KvType::F32, SamplerConfig::greedy()).unwrap();
+        let first = g
+            .generate(Prompt::Tokens(&prompt), &greedy(6), |_| true)
+            .unwrap();
+        // The conversation goes on: the previous prompt, the reply, and more text.
+        let mut next = prompt.clone();
+        next.extend_from_slice(&first.ids);
+        next.extend_from_slice(&[300, 301, 302, 17]);
+        let cont = g
+            .generate(Prompt::Tokens(&next), &greedy(12), |_| true)
+            .unwrap();
+        assert_eq!(cont.cached_tokens, prompt.len() + first.ids.len() - 1);
+        assert_eq!(cont.prompt_tokens, next.len());
+        let mut fresh = Generator::new(&m, &t, 512, KvType::F32, SamplerConfig::greedy()).unwrap();
+        let want = fresh
+            .generate(Prompt::Tokens(&next), &greedy(12), |_| true)
+            .unwrap();
+        assert_eq!(want.cached_tokens, 0);
+        assert_eq!(cont.ids, want.ids);
+        // A prompt that does not extend the cache starts over.
+        let other = g
+            .generate(Prompt::Tokens(&prompt[..10]), &greedy(2), |_| true)
+            .unwrap();
+        assert_eq!(other.cached_tokens, 0);
+        assert_eq!(g.session().pos(), 10 + 1);
+    }
+
+    #[test]
+    fn text_prompts_reuse_the_conversation() {
+        let (m, t) = load("tiny-t1-gguf/tiny-t1-Q8_0.gguf");
+        let mut g = Generator::new(&m, &t, 1024, KvType::F16, SamplerConfig::default()).unwrap();
+        let mut msgs = vec![
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("Hello there"),
+        ];
+        let r1 = t.render_chat(&msgs, true).unwrap();
+        let p = GenParams {
+            max_tokens: 1,
+            ..GenParams::default()
+        };
+        let o1 = g.generate(Prompt::Text(&r1), &p, |_| true).unwrap();
+        assert_eq!(o1.cached_tokens, 0);
+        msgs.push(ChatMessage::assistant(o1.text.clone()));
+        msgs.push(ChatMessage::user("And then?"));
+        let r2 = t.render_chat(&msgs, true).unwrap();
+        let o2 = g.generate(Prompt::Text(&r2), &p, |_| true).unwrap();
+        // One sampled token is never fed, so the cache held exactly the first prompt.
+        assert_eq!(o2.cached_tokens, o1.prompt_tokens);
+        assert!(o2.prompt_tokens > o1.prompt_tokens + 5);
+    }
+
+    #[test]
+    fn cancellation_and_consumer_going_away() {
+        let (m, t) = load("tiny-t1-gguf/tiny-t1-Q8_0.gguf");
+        let prompt = npy_ids("tiny-t1/prompt_ids.npy");
+        let mut g = Generator::new(&m, &t, 256, KvType::F32, SamplerConfig::default()).unwrap();
+        let flag = Arc::new(AtomicBool::new(true));
+        let p = GenParams {
+            max_tokens: 100,
+            ignore_eos: true,
+            cancel: Some(flag.clone()),
+            ..GenParams::default()
+        };
+        assert!(matches!(
+            g.generate(Prompt::Tokens(&prompt), &p, |_| true),
+            Err(GenError::Cancelled)
+        ));
+        flag.store(false, Ordering::Relaxed);
+        let mut pieces = 0;
+        let o = g
+            .generate(Prompt::Tokens(&prompt), &p, |_| {
+                pieces += 1;
+                pieces < 3
+            })
+            .unwrap();
+        assert_eq!(o.finish, FinishReason::Cancelled);
+        assert!(o.generated < 100, "generated {}", o.generated);
+        // The flag raised mid-way stops at the next token.
+        let mut n = 0;
+        let o = g
+            .generate(Prompt::Tokens(&prompt), &p, |_| {
+                n += 1;
+                if n == 5 {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                true
+            })
+            .unwrap();
+        assert_eq!(o.finish, FinishReason::Cancelled);
+        assert!(o.generated < 100);
+    }
+
+    #[test]
+    fn context_limits() {
+        let (m, t) = load("tiny-t1-gguf/tiny-t1-Q8_0.gguf");
+        let prompt = npy_ids("tiny-t1/prompt_ids.npy");
+        let mut g = Generator::new(&m, &t, 16, KvType::F32, SamplerConfig::greedy()).unwrap();
+        assert!(matches!(
+            g.generate(Prompt::Tokens(&prompt), &greedy(4), |_| true),
+            Err(GenError::ContextFull {
+                need: 40,
+                limit: 16
+            })
+        ));
+        let mut g = Generator::new(&m, &t, 45, KvType::F32, SamplerConfig::greedy()).unwrap();
+        let o = g
+            .generate(Prompt::Tokens(&prompt), &greedy(100), |_| true)
+            .unwrap();
+        assert_eq!(o.finish, FinishReason::ContextFull);
+        // 5 positions left: 5 fed tokens plus the one sampled from the last position.
+        assert_eq!(o.generated, 6);
+        assert_eq!(g.session().pos(), 45);
+    }
+
+    #[test]
+    fn stop_strings_end_the_output() {
+        let (m, t) = load("tiny-t1-gguf/tiny-t1-F32.gguf");
+        let prompt = npy_ids("tiny-t1/prompt_ids.npy");
+        let mut g = Generator::new(&m, &t, 256, KvType::F32, SamplerConfig::greedy()).unwrap();
+        let full = g
+            .generate(Prompt::Tokens(&prompt), &greedy(30), |_| true)
+            .unwrap();
+        let chars: Vec<(usize, char)> = full.text.char_indices().collect();
+        assert!(chars.len() > 8, "{:?}", full.text);
+        let (a, b) = (chars[4].0, chars[6].0);
+        let stop = full.text[a..b].to_string();
+        let first = full.text.find(&stop).unwrap();
+        let p = GenParams {
+            stop: vec![stop.clone()],
+            ..greedy(30)
+        };
+        let mut streamed = String::new();
+        let o = g
+            .generate(Prompt::Tokens(&prompt), &p, |s| {
+                streamed.push_str(s);
+                true
+            })
+            .unwrap();
+        assert_eq!(o.finish, FinishReason::Stop);
+        assert_eq!(o.text, full.text[..first], "stop {stop:?}");
+        assert_eq!(streamed, o.text);
     }
 
     #[test]
