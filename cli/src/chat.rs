@@ -177,7 +177,7 @@ pub fn status_line(g: &Generator<'_>, o: &Outcome) -> String {
         o.prompt_tokens,
         o.cached_tokens,
         o.prompt_tps(),
-        o.generated,
+        o.generated(),
         o.gen_tps(),
         o.finish.as_openai(),
         s.pos(),

@@ -153,9 +153,7 @@ pub struct Outcome {
     pub prompt_tokens: usize,
     /// Prompt tokens whose KV entries were reused from the previous generation.
     pub cached_tokens: usize,
-    /// Tokens sampled (an end-of-turn token included).
-    pub generated: usize,
-    /// The sampled ids, in order.
+    /// The sampled ids, in order (an end-of-turn id included).
     pub ids: Vec<u32>,
     /// Time spent on the new prompt tokens.
     pub prompt_time: Duration,
@@ -166,6 +164,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Tokens sampled (an end-of-turn token included).
+    pub fn generated(&self) -> usize {
+        self.ids.len()
+    }
+
     /// Prompt tokens processed (not cached).
     pub fn prompt_evaluated(&self) -> usize {
         self.prompt_tokens - self.cached_tokens
@@ -179,7 +182,7 @@ impl Outcome {
     /// Generation speed: decode steps per second. The first token comes from the prompt pass,
     /// so `generated - 1` steps are timed.
     pub fn gen_tps(&self) -> f64 {
-        rate(self.generated.saturating_sub(1), self.gen_time)
+        rate(self.generated().saturating_sub(1), self.gen_time)
     }
 }
 
@@ -414,7 +417,6 @@ impl<'m> Generator<'m> {
         let mut decoder = self.tok.stream_decoder(true);
         let mut stops = StopMatcher::new(&params.stop);
         let mut text = String::new();
-        let mut generated = 0usize;
         let mut finish = FinishReason::Length;
         let mut emit = |piece: &str, text: &mut String| -> bool {
             if piece.is_empty() {
@@ -427,13 +429,12 @@ impl<'m> Generator<'m> {
         // Generated ids that went through the model (all but the last sampled, usually).
         let mut fed = Vec::new();
         let mut ids = Vec::new();
-        while generated < params.max_tokens {
+        while ids.len() < params.max_tokens {
             if Self::cancelled(params) {
                 finish = FinishReason::Cancelled;
                 break;
             }
             let id = self.sampler.sample(&logits)?;
-            generated += 1;
             ids.push(id);
             if !params.ignore_eos && self.tok.is_stop(id) {
                 finish = FinishReason::Stop;
@@ -451,7 +452,7 @@ impl<'m> Generator<'m> {
                     break;
                 }
             }
-            if generated == params.max_tokens {
+            if ids.len() == params.max_tokens {
                 finish = FinishReason::Length;
                 break;
             }
@@ -487,7 +488,6 @@ impl<'m> Generator<'m> {
             text,
             prompt_tokens: total,
             cached_tokens: reused,
-            generated,
             ids,
             prompt_time,
             gen_time: t1.elapsed(),
@@ -596,7 +596,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(o.ids, want);
-        assert_eq!(o.generated, want.len());
+        assert_eq!(o.generated(), want.len());
         assert_eq!(o.finish, FinishReason::Length);
         assert_eq!(o.text, streamed);
         assert_eq!(o.text, t.decode(&want, true).unwrap());
@@ -685,7 +685,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(o.finish, FinishReason::Cancelled);
-        assert!(o.generated < 100, "generated {}", o.generated);
+        assert!(o.generated() < 100, "generated {}", o.generated());
         // The flag raised mid-way stops at the next token.
         let mut n = 0;
         let o = g
@@ -698,7 +698,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(o.finish, FinishReason::Cancelled);
-        assert!(o.generated < 100);
+        assert!(o.generated() < 100);
     }
 
     #[test]
@@ -719,7 +719,7 @@ mod tests {
             .unwrap();
         assert_eq!(o.finish, FinishReason::ContextFull);
         // 5 positions left: 5 fed tokens plus the one sampled from the last position.
-        assert_eq!(o.generated, 6);
+        assert_eq!(o.generated(), 6);
         assert_eq!(g.session().pos(), 45);
     }
 

@@ -510,8 +510,8 @@ struct Meta {
 fn usage(o: &Outcome) -> Value {
     json!({
         "prompt_tokens": o.prompt_tokens,
-        "completion_tokens": o.generated,
-        "total_tokens": o.prompt_tokens + o.generated,
+        "completion_tokens": o.generated(),
+        "total_tokens": o.prompt_tokens + o.generated(),
         "prompt_tokens_details": {"cached_tokens": o.cached_tokens},
     })
 }
@@ -523,7 +523,7 @@ fn ms(d: Duration) -> f64 {
 /// llama-server's `timings` object (plus the time spent waiting in the queue).
 fn timings(o: &Outcome, queued: Duration) -> Value {
     let pn = o.prompt_evaluated();
-    let gn = o.generated.saturating_sub(1);
+    let gn = o.generated().saturating_sub(1);
     let per = |t: Duration, n: usize| if n > 0 { ms(t) / n as f64 } else { 0.0 };
     json!({
         "cache_n": o.cached_tokens,
@@ -531,7 +531,7 @@ fn timings(o: &Outcome, queued: Duration) -> Value {
         "prompt_ms": ms(o.prompt_time),
         "prompt_per_token_ms": per(o.prompt_time, pn),
         "prompt_per_second": o.prompt_tps(),
-        "predicted_n": o.generated,
+        "predicted_n": o.generated(),
         "predicted_ms": ms(o.gen_time),
         "predicted_per_token_ms": per(o.gen_time, gn),
         "predicted_per_second": o.gen_tps(),

@@ -174,13 +174,13 @@ fn record(g: &Generator<'_>, m: &Metrics, res: &Result<Outcome, GenError>) {
             m.prompt_tokens_cached
                 .fetch_add(o.cached_tokens as u64, Ordering::Relaxed);
             m.tokens_generated
-                .fetch_add(o.generated as u64, Ordering::Relaxed);
+                .fetch_add(o.generated() as u64, Ordering::Relaxed);
             m.prompt_seconds.add(o.prompt_time.as_secs_f64());
             m.generation_seconds.add(o.gen_time.as_secs_f64());
             if o.prompt_evaluated() > 0 {
                 m.prompt_tps.set(o.prompt_tps());
             }
-            if o.generated > 1 {
+            if o.generated() > 1 {
                 m.generation_tps.set(o.gen_tps());
             }
             if o.finish == FinishReason::Cancelled {
