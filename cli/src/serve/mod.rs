@@ -67,6 +67,9 @@ pub struct Args {
     /// Model name reported by `/v1/models` (default: the file or directory name).
     #[arg(long)]
     alias: Option<String>,
+    /// No log line per request on stderr.
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// Default sampling settings (requests override them).
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -131,6 +134,7 @@ pub fn main(a: Args) -> Result<()> {
             ctx: a.ctx,
             kv,
             defaults: defaults.clone(),
+            log: !a.quiet,
         },
         rx,
         metrics.clone(),
@@ -441,6 +445,7 @@ async fn submit(st: Shared, kind: Kind, c: Common, ids: Vec<u32>) -> Result<Resp
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let prompt_tokens = ids.len();
     let job = Job {
+        id: id.clone(),
         tokens: ids,
         sampler: c.sampler.clone(),
         params: GenParams {

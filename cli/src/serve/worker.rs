@@ -25,6 +25,8 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// One queued request.
 pub struct Job {
+    /// The response id (`chatcmpl-N`), for the log.
+    pub id: String,
     /// Prompt ids.
     pub tokens: Vec<u32>,
     /// Sampler settings.
@@ -55,6 +57,8 @@ pub struct Config {
     pub kv: KvType,
     /// Default sampler.
     pub defaults: SamplerConfig,
+    /// Print one line per request on stderr.
+    pub log: bool,
 }
 
 /// Starts the thread; returns it and the context size once the session exists.
@@ -80,7 +84,7 @@ pub fn spawn(
             };
             metrics.ctx.store(g.ctx() as u64, Ordering::Relaxed);
             let _ = ready_tx.send(Ok(g.ctx()));
-            run(&mut g, &rx, &metrics, &shutdown, &current);
+            run(&mut g, &rx, &metrics, &shutdown, &current, cfg.log);
         })
         .context("cannot start the generation thread")?;
     let ctx = ready_rx
@@ -96,6 +100,7 @@ fn run(
     metrics: &Metrics,
     shutdown: &AtomicBool,
     current: &Mutex<Option<Arc<AtomicBool>>>,
+    log: bool,
 ) {
     loop {
         let job = match rx.recv_timeout(IDLE_POLL) {
@@ -129,6 +134,22 @@ fn run(
             *c = None;
         }
         record(g, metrics, &res);
+        if log {
+            match &res {
+                Ok(o) => eprintln!(
+                    "{}: prompt {} ({} cached) {:.0} t/s | {} tokens {:.0} t/s | {} | queued {:.1} ms",
+                    job.id,
+                    o.prompt_tokens,
+                    o.cached_tokens,
+                    o.prompt_tps(),
+                    o.generated(),
+                    o.gen_tps(),
+                    o.finish.as_openai(),
+                    queued.as_secs_f64() * 1e3
+                ),
+                Err(e) => eprintln!("{}: {e}", job.id),
+            }
+        }
         metrics.processing.store(0, Ordering::SeqCst);
         let ev = match res {
             Ok(o) => Event::Done(o, queued),

@@ -124,6 +124,17 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) 
     }
 }
 
+/// Sends a request and hangs up after `wait` without reading the answer.
+pub fn send_and_hang_up(addr: SocketAddr, path: &str, body: &Value, wait: Duration) {
+    let mut s = connect(addr);
+    let b = body.to_string();
+    s.write_all(head("POST", path, Some(b.len())).as_bytes())
+        .unwrap();
+    s.write_all(b.as_bytes()).unwrap();
+    std::thread::sleep(wait);
+    drop(s);
+}
+
 pub fn get(addr: SocketAddr, path: &str) -> Resp {
     request(addr, "GET", path, None)
 }

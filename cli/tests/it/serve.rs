@@ -289,6 +289,8 @@ fn chat_and_text_completions() {
     assert_eq!(next["timings"]["cache_n"], 6, "{next}");
     assert_eq!(next["usage"]["prompt_tokens_details"]["cached_tokens"], 6);
 
+    let log = s.stderr.lock().unwrap().clone();
+    assert!(log.contains("cmpl-6: prompt 8 (6 cached)"), "{log}");
     let m = s.metrics();
     assert_eq!(m["thinker_requests_total"], 6.0);
     assert_eq!(
@@ -577,6 +579,28 @@ fn client_disconnect_cancels_generation() {
     let queue_ms = r.json()["timings"]["queue_ms"].as_f64().unwrap();
     assert!(queue_ms < PROMPT_SERVICE_MS, "waited {queue_ms} ms");
     assert!(t0.elapsed() < Duration::from_millis(PROMPT_SERVICE_MS as u64));
+}
+
+#[test]
+fn non_streaming_client_hanging_up_cancels_too() {
+    const LONG: usize = 16000;
+    let s = Server::tiny(&["--ctx", "16384", "--max-tokens", "16000"]);
+    http::send_and_hang_up(
+        s.addr,
+        "/v1/completions",
+        &json!({"prompt": "Once upon a time", "max_tokens": LONG, "ignore_eos": true}),
+        Duration::from_millis(200),
+    );
+    s.wait_metric(
+        "thinker_requests_finished_total{outcome=\"cancelled\"}",
+        |v| v == 1.0,
+    );
+    let generated = s.metric("thinker_tokens_generated_total");
+    assert!(generated < LONG as f64, "generated {generated}");
+    assert_eq!(
+        s.metric("thinker_requests_finished_total{outcome=\"completed\"}"),
+        0.0
+    );
 }
 
 #[test]
