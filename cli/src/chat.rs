@@ -34,6 +34,9 @@ pub struct Args {
     /// Keep the KV cache in f16 (half the memory).
     #[arg(long)]
     kv_f16: bool,
+    /// Keep generating past end-of-turn tokens (until -n or the context is full).
+    #[arg(long)]
+    ignore_eos: bool,
 }
 
 const HELP: &str =
@@ -96,7 +99,7 @@ pub fn main(a: Args) -> Result<()> {
         let rendered = tok.render_chat(&messages, true)?;
         let params = GenParams {
             max_tokens: a.n_predict,
-            ignore_eos: false,
+            ignore_eos: a.ignore_eos,
             stop: Vec::new(),
             cancel: Some(cancel.clone()),
         };

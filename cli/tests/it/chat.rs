@@ -123,3 +123,67 @@ fn bad_flags_fail_cleanly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("temperature"), "{err}");
 }
+
+#[test]
+fn ctrl_c_stops_the_reply_not_the_chat() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(THINKER)
+        .args([
+            "chat",
+            "-m",
+            &format!("{FIXTURES}/tiny-t1-gguf/tiny-t1-Q8_0.gguf"),
+            "-t",
+            "1",
+        ])
+        // The first reply would run for a second or more (to the end of the context).
+        .args(["-n", "30000", "-c", "2048", "--ignore-eos"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start thinker chat");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Tell me everything\n").unwrap();
+    stdin.flush().unwrap();
+    // Wait for the reply to start.
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    out.read_exact(&mut first).expect("reply starts");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Then a fresh turn (it runs to the end of the context too), and EOF.
+    stdin.write_all(b"/reset\nshort\n").unwrap();
+    drop(stdin);
+    let reader = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = out.read_to_end(&mut rest);
+    });
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(c) = child.try_wait().unwrap() {
+            break c;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("chat did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(code.success(), "{code:?}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("[prompt ")).collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].contains("(cancelled)"), "{err}");
+    assert!(lines[1].contains("(length)"), "{err}");
+}
