@@ -96,7 +96,14 @@ pub fn main(a: Args) -> Result<()> {
             _ => {}
         }
         messages.push(ChatMessage::user(input));
-        let rendered = tok.render_chat(&messages, true)?;
+        let rendered = match tok.render_chat(&messages, true) {
+            Ok(r) => r,
+            Err(e) => {
+                messages.pop();
+                eprintln!("[the chat template refused the conversation: {e}]");
+                continue;
+            }
+        };
         let params = GenParams {
             max_tokens: a.n_predict,
             ignore_eos: a.ignore_eos,

@@ -168,6 +168,7 @@ pub fn main(a: Args) -> Result<()> {
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(4)
         .thread_name("http")
         .enable_all()
         .build()
