@@ -3,10 +3,13 @@
 
 mod args;
 mod bench;
+mod chat;
+mod gen_loop;
 mod inspect;
 mod logits;
 mod profile;
 mod run;
+mod serve;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -31,6 +34,10 @@ enum Cmd {
     Run(run::Args),
     /// Encodes text with a model's tokenizer and prints the ids.
     Tokenize(tokenize::Args),
+    /// Interactive chat on stdin/stdout with the model's chat template.
+    Chat(chat::Args),
+    /// OpenAI-compatible HTTP server (chat and text completions, SSE streaming, metrics).
+    Serve(serve::Args),
     /// Runs a generation under the profiler: timeline, routing, cache curves, KV, latency.
     Profile(profile::Args),
     /// llama-bench-style prompt (ppN) and generation (tgN) throughput, with result records.
@@ -46,6 +53,8 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::main(a),
         Cmd::Profile(a) => profile::main(a),
         Cmd::Tokenize(a) => tokenize::main(a),
+        Cmd::Chat(a) => chat::main(a),
+        Cmd::Serve(a) => serve::main(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
