@@ -1,3 +1,4 @@
 //! Synthetic SmallThinker models at the real shapes (tiny, 4b-a0.6b, 21b-a3b) and prompt sets.
-//!
-//! Filled by the `[datasets]` issue; empty for now.
+
+pub mod design;
+pub mod rng;
