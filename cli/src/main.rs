@@ -2,6 +2,7 @@
 //! the library crates.
 
 mod args;
+mod bench;
 mod inspect;
 mod logits;
 mod run;
@@ -26,6 +27,8 @@ enum Cmd {
     Logits(logits::Args),
     /// Generates tokens from a prompt and reports prompt and generation speed.
     Run(run::Args),
+    /// llama-bench-style prompt (ppN) and generation (tgN) throughput, with result records.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Logits(a) => logits::main(a),
         Cmd::Run(a) => run::main(a),
+        Cmd::Bench(a) => bench::main(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -116,6 +116,26 @@ pub enum Error {
         /// What the minimum consists of.
         what: String,
     },
+
+    /// An error found while reading a named file (e.g. a GGUF parse error), with its path.
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong in it.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// The error without [`Error::InFile`] wrappers, for matching on the cause.
+    pub fn inner(&self) -> &Error {
+        match self {
+            Error::InFile { source, .. } => source.inner(),
+            e => e,
+        }
+    }
 }
 
 /// What is wrong with a GGUF file, with the byte offset where it was found.

@@ -1,2 +1,446 @@
 //! Hot loops: dot products between quantised weight rows and activations, with a scalar
 //! reference ([`scalar`]) and SIMD variants selected once at run time.
+//!
+//! - [`features`] reports the CPU's SIMD features (detected once).
+//! - [`simd_level`] is the level in use: the best the CPU supports, capped by the environment
+//!   variable `THINKER_SIMD=scalar|avx2|avx512` (a cap, never a raise; `avx512` means "no cap"
+//!   since there are no AVX-512 kernels yet).
+//! - [`Kernels`] is a table of safe function pointers for one level; [`Kernels::active`] is
+//!   the one in use and [`Kernels::available`] lists every level this CPU can run (tests compare
+//!   them). The free functions below (`vec_dot_q4_0_q8_0`, ...) check lengths and call the
+//!   active table.
+//! - [`QuantAct`], [`ActFormat`], [`act_format_for`], [`dot_row`] and [`dot_rows`] are the
+//!   type-generic entry the model uses: quantise an activation once, then dot it with rows of
+//!   any supported weight type.
+//!
+//! Dot products use ggml's scheme: the activation is quantised (Q8_0 for Q4_0/Q5_0/Q8_0
+//! weights, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants), then integer dot products per block are
+//! scaled and summed in f32. The activation quantisers are bit-exact with ggml's reference
+//! quantisers on every level.
+
+mod act;
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::OnceLock;
+
+pub use act::{
+    ActFormat, QuantAct, act_format_for, dot_row, dot_rows, gemv_q4_0_q8_0, gemv_q8_0_q8_0,
+};
+
+use crate::quant::{
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
+    BlockQ8_0, BlockQ8_1, BlockQ8K, QK, QK_K,
+};
+
+/// Environment variable that caps the SIMD level (`scalar`, `avx2`, `avx512`).
+pub const SIMD_ENV: &str = "THINKER_SIMD";
+
+/// SIMD features of the running CPU (all `false` on non-x86 targets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuFeatures {
+    /// AVX2.
+    pub avx2: bool,
+    /// FMA3.
+    pub fma: bool,
+    /// F16C (half-precision conversions).
+    pub f16c: bool,
+    /// BMI2.
+    pub bmi2: bool,
+    /// AVX-512 Foundation.
+    pub avx512f: bool,
+    /// AVX-512 byte/word instructions.
+    pub avx512bw: bool,
+    /// AVX-512 vector-length extensions.
+    pub avx512vl: bool,
+    /// AVX-512 VNNI (int8 dot products).
+    pub avx512vnni: bool,
+    /// AVX-VNNI (VEX-encoded int8 dot products).
+    pub avxvnni: bool,
+}
+
+impl CpuFeatures {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            CpuFeatures {
+                avx2: has!("avx2"),
+                fma: has!("fma"),
+                f16c: has!("f16c"),
+                bmi2: has!("bmi2"),
+                avx512f: has!("avx512f"),
+                avx512bw: has!("avx512bw"),
+                avx512vl: has!("avx512vl"),
+                avx512vnni: has!("avx512vnni"),
+                avxvnni: has!("avxvnni"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            CpuFeatures::default()
+        }
+    }
+}
+
+/// The CPU's SIMD features, detected on first use.
+pub fn features() -> &'static CpuFeatures {
+    static F: OnceLock<CpuFeatures> = OnceLock::new();
+    F.get_or_init(CpuFeatures::detect)
+}
+
+/// A kernel implementation level, ordered from slowest to fastest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdLevel {
+    /// Portable Rust ([`scalar`]).
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+}
+
+impl SimdLevel {
+    /// Lower-case name as accepted by `THINKER_SIMD`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar",
+            SimdLevel::Avx2 => "avx2",
+        }
+    }
+
+    /// The best level this CPU can run.
+    pub fn detected() -> SimdLevel {
+        #[cfg(target_arch = "x86_64")]
+        if x86::avx2_supported() {
+            return SimdLevel::Avx2;
+        }
+        SimdLevel::Scalar
+    }
+}
+
+/// Parses a `THINKER_SIMD` value into a cap; `None` for "no cap" (`avx512`) or unknown values.
+fn parse_cap(v: &str) -> Result<Option<SimdLevel>, ()> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "scalar" | "none" | "off" => Ok(Some(SimdLevel::Scalar)),
+        "avx2" => Ok(Some(SimdLevel::Avx2)),
+        "avx512" | "" | "auto" => Ok(None),
+        _ => Err(()),
+    }
+}
+
+/// The level in use: [`SimdLevel::detected`] capped by `THINKER_SIMD` (read once).
+pub fn simd_level() -> SimdLevel {
+    static L: OnceLock<SimdLevel> = OnceLock::new();
+    *L.get_or_init(|| {
+        let best = SimdLevel::detected();
+        let level = match std::env::var(SIMD_ENV) {
+            Ok(v) => match parse_cap(&v) {
+                Ok(Some(cap)) => best.min(cap),
+                Ok(None) => best,
+                Err(()) => {
+                    tracing::warn!(value = %v, "unknown {SIMD_ENV} value, ignoring it");
+                    best
+                }
+            },
+            Err(_) => best,
+        };
+        tracing::debug!(level = level.name(), "kernel SIMD level");
+        level
+    })
+}
+
+/// A table of kernels for one [`SimdLevel`]. Every entry is a safe function; the SIMD tables
+/// can only be obtained on a CPU that supports them.
+///
+/// Entries do not validate lengths (mismatched slices give meaningless results or a panic,
+/// never undefined behaviour); the free functions of this module do.
+#[non_exhaustive]
+#[derive(Debug)]
+pub struct Kernels {
+    /// The level these kernels need.
+    pub level: SimdLevel,
+    /// See [`quantize_row_q8_0`].
+    pub quantize_row_q8_0: fn(&[f32], &mut [BlockQ8_0]),
+    /// See [`quantize_row_q8_1`].
+    pub quantize_row_q8_1: fn(&[f32], &mut [BlockQ8_1]),
+    /// See [`quantize_row_q8_k`].
+    pub quantize_row_q8_k: fn(&[f32], &mut [BlockQ8K]),
+    /// See [`vec_dot_q4_0_q8_0`].
+    pub vec_dot_q4_0_q8_0: fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32,
+    /// See [`vec_dot_q8_0_q8_0`].
+    pub vec_dot_q8_0_q8_0: fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
+    /// See [`vec_dot_q4_1_q8_1`].
+    pub vec_dot_q4_1_q8_1: fn(&[BlockQ4_1], &[BlockQ8_1]) -> f32,
+    /// See [`vec_dot_q5_0_q8_0`].
+    pub vec_dot_q5_0_q8_0: fn(&[BlockQ5_0], &[BlockQ8_0]) -> f32,
+    /// See [`vec_dot_q5_1_q8_1`].
+    pub vec_dot_q5_1_q8_1: fn(&[BlockQ5_1], &[BlockQ8_1]) -> f32,
+    /// See [`vec_dot_q2_k_q8_k`].
+    pub vec_dot_q2_k_q8_k: fn(&[BlockQ2K], &[BlockQ8K]) -> f32,
+    /// See [`vec_dot_q3_k_q8_k`].
+    pub vec_dot_q3_k_q8_k: fn(&[BlockQ3K], &[BlockQ8K]) -> f32,
+    /// See [`vec_dot_q4_k_q8_k`].
+    pub vec_dot_q4_k_q8_k: fn(&[BlockQ4K], &[BlockQ8K]) -> f32,
+    /// See [`vec_dot_q5_k_q8_k`].
+    pub vec_dot_q5_k_q8_k: fn(&[BlockQ5K], &[BlockQ8K]) -> f32,
+    /// See [`vec_dot_q6_k_q8_k`].
+    pub vec_dot_q6_k_q8_k: fn(&[BlockQ6K], &[BlockQ8K]) -> f32,
+    /// `gemv(w, a, out)`: `out[r] = vec_dot(w[r·nb..(r+1)·nb], a)`, `nb = a.len()`.
+    pub gemv_q4_0_q8_0: fn(&[BlockQ4_0], &[BlockQ8_0], &mut [f32]),
+    /// As `gemv_q4_0_q8_0` for Q8_0 weights.
+    pub gemv_q8_0_q8_0: fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]),
+    /// See [`dot_f32`].
+    pub dot_f32: fn(&[f32], &[f32]) -> f32,
+    /// See [`dot_f16_f32`].
+    pub dot_f16_f32: fn(&[u16], &[f32]) -> f32,
+    /// See [`dot_bf16_f32`].
+    pub dot_bf16_f32: fn(&[u16], &[f32]) -> f32,
+    /// See [`axpy_f32`].
+    pub axpy_f32: fn(f32, &[f32], &mut [f32]),
+    /// See [`scale_f32`].
+    pub scale_f32: fn(&mut [f32], f32),
+    /// See [`axpy_q4_0_f32`].
+    pub axpy_q4_0_f32: fn(f32, &[BlockQ4_0], &mut [f32]),
+    /// See [`axpy_q8_0_f32`].
+    pub axpy_q8_0_f32: fn(f32, &[BlockQ8_0], &mut [f32]),
+}
+
+static SCALAR: Kernels = Kernels {
+    level: SimdLevel::Scalar,
+    quantize_row_q8_0: scalar::quantize_row_q8_0,
+    quantize_row_q8_1: scalar::quantize_row_q8_1,
+    quantize_row_q8_k: scalar::quantize_row_q8_k,
+    vec_dot_q4_0_q8_0: scalar::vec_dot_q4_0_q8_0,
+    vec_dot_q8_0_q8_0: scalar::vec_dot_q8_0_q8_0,
+    vec_dot_q4_1_q8_1: scalar::vec_dot_q4_1_q8_1,
+    vec_dot_q5_0_q8_0: scalar::vec_dot_q5_0_q8_0,
+    vec_dot_q5_1_q8_1: scalar::vec_dot_q5_1_q8_1,
+    vec_dot_q2_k_q8_k: scalar::vec_dot_q2_k_q8_k,
+    vec_dot_q3_k_q8_k: scalar::vec_dot_q3_k_q8_k,
+    vec_dot_q4_k_q8_k: scalar::vec_dot_q4_k_q8_k,
+    vec_dot_q5_k_q8_k: scalar::vec_dot_q5_k_q8_k,
+    vec_dot_q6_k_q8_k: scalar::vec_dot_q6_k_q8_k,
+    gemv_q4_0_q8_0: scalar::gemv_q4_0_q8_0,
+    gemv_q8_0_q8_0: scalar::gemv_q8_0_q8_0,
+    dot_f32: scalar::dot_f32,
+    dot_f16_f32: scalar::dot_f16_f32,
+    dot_bf16_f32: scalar::dot_bf16_f32,
+    axpy_f32: scalar::axpy_f32,
+    scale_f32: scalar::scale_f32,
+    axpy_q4_0_f32: scalar::axpy_q4_0_f32,
+    axpy_q8_0_f32: scalar::axpy_q8_0_f32,
+};
+
+impl Kernels {
+    /// The table for `level`, or `None` when this CPU cannot run it.
+    pub fn for_level(level: SimdLevel) -> Option<&'static Kernels> {
+        match level {
+            SimdLevel::Scalar => Some(&SCALAR),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 if x86::avx2_supported() => Some(&x86::AVX2),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The table in use ([`simd_level`]).
+    pub fn active() -> &'static Kernels {
+        static K: OnceLock<&'static Kernels> = OnceLock::new();
+        K.get_or_init(|| Kernels::for_level(simd_level()).unwrap_or(&SCALAR))
+    }
+
+    /// Every table this CPU can run, scalar first (ignores `THINKER_SIMD`).
+    pub fn available() -> Vec<&'static Kernels> {
+        [SimdLevel::Scalar, SimdLevel::Avx2]
+            .into_iter()
+            .filter_map(Kernels::for_level)
+            .collect()
+    }
+}
+
+#[inline]
+fn k() -> &'static Kernels {
+    Kernels::active()
+}
+
+/// Quantises `src` (`32·dst.len()` values) to Q8_0, bit-exactly as ggml's
+/// `quantize_row_q8_0_ref`.
+///
+/// # Panics
+/// If `src.len() != 32 · dst.len()`.
+pub fn quantize_row_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
+    assert_eq!(
+        src.len(),
+        dst.len() * QK,
+        "quantize_row_q8_0: length mismatch"
+    );
+    (k().quantize_row_q8_0)(src, dst)
+}
+
+/// Quantises `src` (`32·dst.len()` values) to Q8_1, bit-exactly as ggml's
+/// `quantize_row_q8_1_ref`.
+///
+/// # Panics
+/// If `src.len() != 32 · dst.len()`.
+pub fn quantize_row_q8_1(src: &[f32], dst: &mut [BlockQ8_1]) {
+    assert_eq!(
+        src.len(),
+        dst.len() * QK,
+        "quantize_row_q8_1: length mismatch"
+    );
+    (k().quantize_row_q8_1)(src, dst)
+}
+
+/// Quantises `src` (`256·dst.len()` values) to Q8_K, bit-exactly as ggml's
+/// `quantize_row_q8_K_ref` (except that all-zero blocks get zero `bsums`).
+///
+/// # Panics
+/// If `src.len() != 256 · dst.len()`.
+pub fn quantize_row_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
+    assert_eq!(
+        src.len(),
+        dst.len() * QK_K,
+        "quantize_row_q8_k: length mismatch"
+    );
+    (k().quantize_row_q8_k)(src, dst)
+}
+
+macro_rules! checked_dot {
+    ($(#[$doc:meta])* $name:ident, $w:ty, $a:ty) => {
+        $(#[$doc])*
+        ///
+        /// # Panics
+        /// If the two slices have different lengths.
+        pub fn $name(w: &[$w], a: &[$a]) -> f32 {
+            assert_eq!(w.len(), a.len(), concat!(stringify!($name), ": length mismatch"));
+            (k().$name)(w, a)
+        }
+    };
+}
+
+checked_dot!(
+    /// Q4_0 weights · Q8_0 activation.
+    vec_dot_q4_0_q8_0, BlockQ4_0, BlockQ8_0
+);
+checked_dot!(
+    /// Q8_0 weights · Q8_0 activation.
+    vec_dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0
+);
+checked_dot!(
+    /// Q4_1 weights · Q8_1 activation.
+    vec_dot_q4_1_q8_1, BlockQ4_1, BlockQ8_1
+);
+checked_dot!(
+    /// Q5_0 weights · Q8_0 activation (scalar on every level).
+    vec_dot_q5_0_q8_0, BlockQ5_0, BlockQ8_0
+);
+checked_dot!(
+    /// Q5_1 weights · Q8_1 activation (scalar on every level).
+    vec_dot_q5_1_q8_1, BlockQ5_1, BlockQ8_1
+);
+checked_dot!(
+    /// Q2_K weights · Q8_K activation (scalar on every level).
+    vec_dot_q2_k_q8_k, BlockQ2K, BlockQ8K
+);
+checked_dot!(
+    /// Q3_K weights · Q8_K activation (scalar on every level).
+    vec_dot_q3_k_q8_k, BlockQ3K, BlockQ8K
+);
+checked_dot!(
+    /// Q4_K weights · Q8_K activation.
+    vec_dot_q4_k_q8_k, BlockQ4K, BlockQ8K
+);
+checked_dot!(
+    /// Q5_K weights · Q8_K activation (scalar on every level).
+    vec_dot_q5_k_q8_k, BlockQ5K, BlockQ8K
+);
+checked_dot!(
+    /// Q6_K weights · Q8_K activation.
+    vec_dot_q6_k_q8_k, BlockQ6K, BlockQ8K
+);
+
+/// Σ a·b in f32.
+///
+/// # Panics
+/// If the slices have different lengths.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f32: length mismatch");
+    (k().dot_f32)(a, b)
+}
+
+/// Σ w·x with `w` as IEEE half bits.
+///
+/// # Panics
+/// If the slices have different lengths.
+pub fn dot_f16_f32(w: &[u16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_f16_f32: length mismatch");
+    (k().dot_f16_f32)(w, x)
+}
+
+/// Σ w·x with `w` as bfloat16 bits.
+///
+/// # Panics
+/// If the slices have different lengths.
+pub fn dot_bf16_f32(w: &[u16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_bf16_f32: length mismatch");
+    (k().dot_bf16_f32)(w, x)
+}
+
+/// `y += alpha·x`.
+///
+/// # Panics
+/// If the slices have different lengths.
+pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy_f32: length mismatch");
+    (k().axpy_f32)(alpha, x, y)
+}
+
+/// `x *= s`.
+pub fn scale_f32(x: &mut [f32], s: f32) {
+    (k().scale_f32)(x, s)
+}
+
+/// `y += alpha·dequantize(w)` for one Q4_0 row (the sparse down-projection of the experts).
+///
+/// # Panics
+/// If `y.len() != 32 · w.len()`.
+pub fn axpy_q4_0_f32(alpha: f32, w: &[BlockQ4_0], y: &mut [f32]) {
+    assert_eq!(y.len(), w.len() * QK, "axpy_q4_0_f32: length mismatch");
+    (k().axpy_q4_0_f32)(alpha, w, y)
+}
+
+/// `y += alpha·dequantize(w)` for one Q8_0 row.
+///
+/// # Panics
+/// If `y.len() != 32 · w.len()`.
+pub fn axpy_q8_0_f32(alpha: f32, w: &[BlockQ8_0], y: &mut [f32]) {
+    assert_eq!(y.len(), w.len() * QK, "axpy_q8_0_f32: length mismatch");
+    (k().axpy_q8_0_f32)(alpha, w, y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_cap_parsing() {
+        assert_eq!(parse_cap("scalar"), Ok(Some(SimdLevel::Scalar)));
+        assert_eq!(parse_cap(" AVX2 "), Ok(Some(SimdLevel::Avx2)));
+        assert_eq!(parse_cap("avx512"), Ok(None));
+        assert_eq!(parse_cap("sse9"), Err(()));
+    }
+
+    #[test]
+    fn active_level_is_supported_and_tables_match_levels() {
+        let active = Kernels::active();
+        assert!(active.level <= SimdLevel::detected());
+        for t in Kernels::available() {
+            assert_eq!(Kernels::for_level(t.level).map(|k| k.level), Some(t.level));
+        }
+        assert_eq!(Kernels::available()[0].level, SimdLevel::Scalar);
+        let f = features();
+        if SimdLevel::detected() == SimdLevel::Avx2 {
+            assert!(f.avx2 && f.fma && f.f16c);
+        }
+    }
+}

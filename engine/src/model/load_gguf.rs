@@ -124,7 +124,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         Some(other) => {
             return Err(Error::BadKey {
                 key: key("expert_gating_func"),
-                what: format!("gating function {other} is not used by SmallThinker (1 softmax, 2 sigmoid)"),
+                what: format!(
+                    "gating function {other} is not used by SmallThinker (1 softmax, 2 sigmoid)"
+                ),
             });
         }
         None => {
@@ -161,7 +163,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     };
     let (layers, layout_source) = if rope_arr.is_some() || slide_arr.is_some() || pattern.is_some()
     {
-        let slide = slide_arr.or(pattern).unwrap_or_else(|| vec![false; n_layers]);
+        let slide = slide_arr
+            .or(pattern)
+            .unwrap_or_else(|| vec![false; n_layers]);
         // Without an explicit RoPE layout, the hybrid design pairs NoPE with global layers.
         let rope = rope_arr.unwrap_or_else(|| {
             if window.is_some() {
@@ -210,8 +214,8 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         d => {
             return Err(Error::BadShape {
                 tensor: embd.name.clone(),
-                found: format!("{d:?}"),
-                expected: "[hidden, vocab]".into(),
+                found: d.to_vec(),
+                expected: vec![hidden as u64, 0],
             });
         }
     };
@@ -251,23 +255,27 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-fn shape_err(t: &TensorInfo, expected: String) -> Error {
+fn shape_err(t: &TensorInfo, expected: &[usize]) -> Error {
     Error::BadShape {
         tensor: t.name.clone(),
-        found: format!("{:?}", t.dims),
-        expected,
+        found: t.dims.clone(),
+        expected: expected.iter().map(|&d| d as u64).collect(),
     }
 }
 
 fn bytes_of(g: &GgufFile, t: &TensorInfo) -> Result<TensorBytes> {
-    TensorBytes::new(g.blob().clone(), t.abs_offset as usize, t.size_bytes as usize)
+    TensorBytes::new(
+        g.blob().clone(),
+        t.abs_offset as usize,
+        t.size_bytes as usize,
+    )
 }
 
 /// A 2-D tensor `[cols, rows]` (ggml order) as a matrix, checking the shape.
 fn matrix(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
     let t = g.require_tensor(name)?;
     if t.dims != [cols as u64, rows as u64] {
-        return Err(shape_err(t, format!("[{cols}, {rows}]")));
+        return Err(shape_err(t, &[cols, rows]));
     }
     Matrix::new(name, t.ty, rows, cols, bytes_of(g, t)?)
 }
@@ -275,7 +283,7 @@ fn matrix(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Matrix> 
 fn vector(g: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>> {
     let t = g.require_tensor(name)?;
     if t.dims != [n as u64] {
-        return Err(shape_err(t, format!("[{n}]")));
+        return Err(shape_err(t, &[n]));
     }
     vector_f32(name, t.ty, g.tensor_data(t), n)
 }
@@ -284,7 +292,7 @@ fn vector(g: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>> {
 fn experts_of(g: &GgufFile, name: &str, ne0: usize, ne1: usize, e: usize) -> Result<Vec<Matrix>> {
     let t = g.require_tensor(name)?;
     if t.dims != [ne0 as u64, ne1 as u64, e as u64] {
-        return Err(shape_err(t, format!("[{ne0}, {ne1}, {e}]")));
+        return Err(shape_err(t, &[ne0, ne1, e]));
     }
     let all = bytes_of(g, t)?;
     let per = all.len() / e.max(1);

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod config;
 pub mod forward;
 pub mod linear;
+pub mod load_gguf;
 pub mod load_hf;
 pub mod ops;
 pub mod weights;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 pub use config::{Gating, LayerKind, LayoutSource, ModelConfig};
 pub use forward::{Logits, Observer, Phase, Probe, Session, SessionConfig};
 pub use linear::ComputeMode;
-pub use weights::{ExpertWeights, LayerWeights, Matrix, Weights};
+pub use weights::{ExpertWeights, LayerWeights, Matrix, WeightBytes, Weights};
 
 use crate::error::{Error, Result};
 
@@ -45,6 +46,8 @@ pub struct Model {
     pub(crate) rope: ops::Rope,
     pub(crate) mode: ComputeMode,
     pub(crate) pool: Arc<rayon::ThreadPool>,
+    /// The GGUF file the model came from (metadata such as the tokenizer), if any.
+    pub gguf: Option<Arc<crate::formats::gguf::GgufFile>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -71,23 +74,30 @@ impl Model {
             weights,
             mode: opts.mode,
             pool: Arc::new(pool),
+            gguf: None,
         })
     }
 
     /// Loads a `.gguf` file or a Hugging Face directory (`config.json` + safetensors).
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Model> {
-        let (config, weights) = if path.is_dir() {
-            load_hf::load_hf_dir(path)?
-        } else {
+        if !path.exists() {
             return Err(Error::Io {
                 path: path.to_path_buf(),
                 source: std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    "GGUF loading is not wired yet",
+                    std::io::ErrorKind::NotFound,
+                    "no such file or directory",
                 ),
             });
-        };
-        Model::from_parts(config, weights, opts)
+        }
+        if path.is_dir() {
+            let (config, weights) = load_hf::load_hf_dir(path)?;
+            Model::from_parts(config, weights, opts)
+        } else {
+            let (config, weights, gguf) = load_gguf::load_gguf(path)?;
+            let mut m = Model::from_parts(config, weights, opts)?;
+            m.gguf = Some(Arc::new(gguf));
+            Ok(m)
+        }
     }
 
     /// The compute mode.

@@ -223,3 +223,89 @@ pub fn vector_f32(name: &str, ty: GgmlType, bytes: &[u8], n: usize) -> Result<Ve
     crate::quant::dequantize_row(ty, bytes, &mut out)?;
     Ok(out)
 }
+
+/// Where a model's weight bytes are, and how many one decoded token reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeightBytes {
+    /// Every weight.
+    pub total: u64,
+    /// The token embedding table.
+    pub embed: u64,
+    /// One embedding row (read per token).
+    pub embed_row: u64,
+    /// The LM head (the embedding table again when tied).
+    pub lm_head: u64,
+    /// Attention projections, all layers.
+    pub attention: u64,
+    /// Routers, all layers.
+    pub routers: u64,
+    /// Norm gains, all layers.
+    pub norms: u64,
+    /// All experts, all layers.
+    pub experts: u64,
+    /// One expert (gate + up + down), the largest in the model.
+    pub expert_one: u64,
+    /// Experts chosen per token, all layers (`n_layers × top-k`).
+    pub active_experts: u64,
+}
+
+impl WeightBytes {
+    /// Bytes a dense decode step reads: embedding row, attention, routers, norms, the chosen
+    /// experts in full, and the LM head.
+    pub fn per_token(&self) -> u64 {
+        self.embed_row
+            + self.attention
+            + self.routers
+            + self.norms
+            + self.expert_one * self.active_experts
+            + self.lm_head
+    }
+
+    /// Bytes that are not experts (what must stay resident when experts are offloaded).
+    pub fn non_expert(&self) -> u64 {
+        self.total - self.experts
+    }
+}
+
+impl Weights {
+    /// Byte accounting for `config`.
+    pub fn bytes(&self, tied: bool, n_experts_used: usize) -> WeightBytes {
+        let len = |m: &Matrix| m.data.len() as u64;
+        let mut b = WeightBytes {
+            embed: len(&self.embed),
+            embed_row: self.embed.row_bytes() as u64,
+            lm_head: len(&self.lm_head),
+            norms: (self.output_norm.len() * 4) as u64,
+            active_experts: (self.layers.len() * n_experts_used) as u64,
+            ..WeightBytes::default()
+        };
+        for l in &self.layers {
+            b.attention += len(&l.wq) + len(&l.wk) + len(&l.wv) + len(&l.wo);
+            b.routers += len(&l.router);
+            b.norms += ((l.attn_norm.len() + l.ffn_norm.len()) * 4) as u64;
+            for e in &l.experts {
+                let one = len(&e.gate) + len(&e.up) + len(&e.down);
+                b.experts += one;
+                b.expert_one = b.expert_one.max(one);
+            }
+        }
+        b.total = b.embed
+            + if tied { 0 } else { b.lm_head }
+            + b.attention
+            + b.routers
+            + b.norms
+            + b.experts;
+        b
+    }
+}
+
+impl Weights {
+    /// A short quantisation label from the dominant expert type (e.g. "q4_0"), for reports.
+    pub fn quant_label(&self) -> String {
+        self.layers
+            .first()
+            .and_then(|l| l.experts.first())
+            .map(|e| e.gate.ty.name().to_lowercase())
+            .unwrap_or_else(|| self.embed.ty.name().to_lowercase())
+    }
+}

@@ -3,6 +3,8 @@
 //! `down(relu(gate(y)) ⊙ up(y))` per expert; the layer output is `Σ_i w_i · e_i`. Experts are
 //! visited in ascending id (the reference's accumulation order), each over the tokens that chose it.
 
+pub mod sparse_down;
+
 use crate::error::Result;
 use crate::model::linear::{ComputeMode, matmul};
 use crate::model::weights::ExpertWeights;

@@ -1,4 +1,8 @@
 //! Engine integration tests, one binary: reference fixtures, formats, kernels, tokenizer.
 
 mod common;
+mod gguf;
+mod kernels;
+mod model_gguf;
 mod model_ref;
+mod quant;

@@ -1,0 +1,158 @@
+//! llama-bench-style tests on a loaded model: `ppN` (one prompt batch of N tokens from an empty
+//! context) and `tgN` (N single-token decode steps from an empty context), repeated, with a
+//! warm-up pass first. Token ids are drawn from a seeded generator, as llama-bench draws random
+//! tokens, so every engine and run sees the same workload.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use engine::model::{Logits, Model, Session, SessionConfig};
+use engine::sampler::Rng;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Prompt lengths (`ppN` tests); 0 entries are ignored.
+    pub n_prompt: Vec<usize>,
+    /// Generation lengths (`tgN` tests).
+    pub n_gen: Vec<usize>,
+    /// Repetitions per test.
+    pub reps: usize,
+    /// Token workload seed.
+    pub seed: u64,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            n_prompt: vec![128],
+            n_gen: vec![64],
+            reps: 3,
+            seed: 1234,
+        }
+    }
+}
+
+/// One test's measurements.
+#[derive(Clone, Debug)]
+pub struct TestResult {
+    /// `ppN` or `tgN`.
+    pub test: String,
+    /// Prompt tokens.
+    pub n_prompt: usize,
+    /// Generated tokens.
+    pub n_gen: usize,
+    /// Tokens/s per repetition.
+    pub samples_tps: Vec<f64>,
+    /// Share of ReGLU neurons exactly zero over the test.
+    pub sparsity: Option<f64>,
+}
+
+/// `n` token ids below `vocab` from `seed`.
+pub fn workload(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| (rng.next_u64() % vocab.max(1) as u64) as u32)
+        .collect()
+}
+
+fn session(model: &Model, positions: usize, batch: usize) -> Result<Session<'_>> {
+    Ok(Session::new(
+        model,
+        SessionConfig {
+            max_positions: positions.max(1),
+            max_batch: batch.max(1),
+            ..SessionConfig::default()
+        },
+    )?)
+}
+
+/// Times one prompt pass of `n` tokens.
+pub fn time_pp(model: &Model, tokens: &[u32]) -> Result<(f64, f64)> {
+    let mut s = session(model, tokens.len(), tokens.len())?;
+    let t = Instant::now();
+    s.forward(tokens, Logits::Last)?;
+    let dt = t.elapsed().as_secs_f64();
+    Ok((tokens.len() as f64 / dt, sparsity(&s)))
+}
+
+/// Times `tokens.len()` decode steps from an empty context.
+pub fn time_tg(model: &Model, tokens: &[u32]) -> Result<(f64, f64)> {
+    let mut s = session(model, tokens.len(), 1)?;
+    let t = Instant::now();
+    for &tok in tokens {
+        s.forward(&[tok], Logits::Last)?;
+    }
+    let dt = t.elapsed().as_secs_f64();
+    Ok((tokens.len() as f64 / dt, sparsity(&s)))
+}
+
+fn sparsity(s: &Session<'_>) -> f64 {
+    let m = s.moe_totals();
+    if m.n_neurons == 0 {
+        f64::NAN
+    } else {
+        1.0 - m.n_active as f64 / m.n_neurons as f64
+    }
+}
+
+/// Runs every test, calling `progress` after each repetition.
+pub fn run(
+    model: &Model,
+    cfg: &BenchConfig,
+    mut progress: impl FnMut(&str, usize),
+) -> Result<Vec<TestResult>> {
+    let vocab = model.config.vocab_size;
+    // Warm-up: page the weights in, spin the thread pool up.
+    time_pp(model, &workload(vocab, 8, cfg.seed ^ 0xfeed))?;
+    time_tg(model, &workload(vocab, 2, cfg.seed ^ 0xbeef))?;
+    let mut out = Vec::new();
+    let tests = cfg
+        .n_prompt
+        .iter()
+        .filter(|&&n| n > 0)
+        .map(|&n| (true, n))
+        .chain(cfg.n_gen.iter().filter(|&&n| n > 0).map(|&n| (false, n)));
+    for (is_pp, n) in tests {
+        let name = if is_pp {
+            format!("pp{n}")
+        } else {
+            format!("tg{n}")
+        };
+        let mut samples = Vec::new();
+        let mut sp = Vec::new();
+        for rep in 0..cfg.reps.max(1) {
+            let toks = workload(vocab, n, cfg.seed.wrapping_add(rep as u64));
+            let (tps, s) = if is_pp {
+                time_pp(model, &toks)?
+            } else {
+                time_tg(model, &toks)?
+            };
+            samples.push(tps);
+            sp.push(s);
+            progress(&name, rep);
+        }
+        let sparsity = Some(sp.iter().sum::<f64>() / sp.len() as f64).filter(|v| v.is_finite());
+        out.push(TestResult {
+            test: name,
+            n_prompt: if is_pp { n } else { 0 },
+            n_gen: if is_pp { 0 } else { n },
+            samples_tps: samples,
+            sparsity,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_is_seeded_and_in_range() {
+        let a = workload(100, 50, 7);
+        assert_eq!(a, workload(100, 50, 7));
+        assert_ne!(a, workload(100, 50, 8));
+        assert!(a.iter().all(|&t| t < 100));
+    }
+}

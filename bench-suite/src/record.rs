@@ -1,0 +1,208 @@
+//! Result records: one JSON object per scenario × test, appended to `results.jsonl`.
+//!
+//! Field names follow llama-bench where it has one (`n_prompt`, `n_gen`, `samples_ts` …
+//! are kept as `samples_tps`, `mean_tps`, `sd_tps`; readers match by name). Appends are fsynced
+//! one line at a time; a torn last line (a run killed mid-write) is skipped on reading, so an
+//! interrupted run loses nothing already measured.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Record schema version.
+pub const SCHEMA: u32 = 1;
+
+/// One measured scenario × test.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Record {
+    /// Schema version ([`SCHEMA`]).
+    pub schema: u32,
+    /// Identifier of the bench run that produced it.
+    pub run_id: String,
+    /// Git commit (with `-dirty` when the tree had changes).
+    pub commit: String,
+    /// RFC 3339 UTC time.
+    pub date: String,
+    /// CPU model name.
+    pub cpu_model: String,
+    /// SIMD features used, comma-separated.
+    pub simd: String,
+    /// Compute threads.
+    pub threads: u32,
+    /// "smallthinker-rs" or a peer ("llama.cpp").
+    pub engine: String,
+    /// Model preset or file stem.
+    pub model: String,
+    /// Quantisation label.
+    pub quant: String,
+    /// Storage profile ("in-memory", "real", "nvme-gen4", …).
+    pub storage: String,
+    /// Memory budget in bytes (`None`: unlimited).
+    pub budget_bytes: Option<u64>,
+    /// Test name, llama-bench style: `pp128`, `tg64`.
+    pub test: String,
+    /// Prompt tokens.
+    pub n_prompt: u32,
+    /// Generated tokens.
+    pub n_gen: u32,
+    /// Tokens per second of every repetition.
+    pub samples_tps: Vec<f64>,
+    /// Mean tokens per second.
+    pub mean_tps: f64,
+    /// Standard deviation of tokens per second.
+    pub sd_tps: f64,
+    /// Median tokens per second.
+    pub median_tps: f64,
+    /// Peak memory of the process.
+    pub peak_mem_bytes: Option<u64>,
+    /// Where the peak comes from: "cgroup" (page cache included) or "rss" (VmHWM).
+    pub mem_source: Option<String>,
+    /// Expert cache hit rate.
+    pub hit_rate: Option<f64>,
+    /// Belady-optimal hit rate for the same trace and capacity.
+    pub belady_hit_rate: Option<f64>,
+    /// Share of expert I/O time hidden behind compute.
+    pub overlap_ratio: Option<f64>,
+    /// Bytes read from storage per token.
+    pub bytes_read_per_token: Option<f64>,
+    /// Weight bytes touched per generated token.
+    pub weight_bytes_per_token: Option<f64>,
+    /// Memory-bandwidth bound in tokens/s, measured in the same run.
+    pub roofline_tps: Option<f64>,
+    /// Measured memory read bandwidth, GB/s.
+    pub bandwidth_gbps: Option<f64>,
+    /// Share of ReGLU neurons that were exactly zero.
+    pub sparsity: Option<f64>,
+    /// Storage I/O time per token, ms.
+    pub io_ms_per_token: Option<f64>,
+    /// Compute time per token, ms.
+    pub compute_ms_per_token: Option<f64>,
+    /// I/O time the compute waited for, per token, ms.
+    pub exposed_io_ms_per_token: Option<f64>,
+    /// Directory with profile artefacts, if any.
+    pub profile_dir: Option<String>,
+    /// Free text (fallbacks taken, limits not applied, …).
+    pub note: Option<String>,
+}
+
+impl Record {
+    /// The key that identifies a scenario × test across runs (for resuming).
+    pub fn key(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}",
+            self.engine,
+            self.model,
+            self.quant,
+            self.storage,
+            self.budget_bytes
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "unlimited".into()),
+            self.threads,
+            self.test
+        )
+    }
+}
+
+/// Mean, sample standard deviation and median.
+pub fn stats(samples: &[f64]) -> (f64, f64, f64) {
+    if samples.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let n = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    let sd = if samples.len() > 1 {
+        (samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let mid = s.len() / 2;
+    let median = if s.len() % 2 == 1 {
+        s[mid]
+    } else {
+        (s[mid - 1] + s[mid]) / 2.0
+    };
+    (mean, sd, median)
+}
+
+/// Appends one record as a JSON line and fsyncs.
+pub fn append(path: &Path, r: &Record) -> Result<()> {
+    let mut line = serde_json::to_string(r)?;
+    line.push('\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(line.as_bytes())
+        .and_then(|_| f.sync_data())
+        .with_context(|| format!("appending to {}", path.display()))
+}
+
+/// Reads a JSONL file; a torn final line is skipped, a bad line elsewhere is an error.
+pub fn read(path: &Path) -> Result<Vec<Record>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(line) {
+            Ok(r) => out.push(r),
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {} // torn last line
+            Err(e) => {
+                return Err(e).with_context(|| format!("{}:{}: bad record", path.display(), i + 1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_are_right() {
+        let (m, sd, med) = stats(&[1.0, 2.0, 3.0, 10.0]);
+        assert_eq!(m, 4.0);
+        assert!((sd - 4.082_482_9).abs() < 1e-6);
+        assert_eq!(med, 2.5);
+        assert_eq!(stats(&[5.0]), (5.0, 0.0, 5.0));
+    }
+
+    #[test]
+    fn append_read_and_torn_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.jsonl");
+        let r = Record {
+            schema: SCHEMA,
+            test: "tg64".into(),
+            samples_tps: vec![1.0, 2.0],
+            budget_bytes: Some(1 << 30),
+            ..Record::default()
+        };
+        append(&p, &r).unwrap();
+        append(&p, &r).unwrap();
+        // Simulate a crash mid-write.
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"schema\":1,\"te").unwrap();
+        let back = read(&p).unwrap();
+        assert_eq!(back, vec![r.clone(), r.clone()]);
+        assert_eq!(back[0].key(), r.key());
+        // A bad line in the middle is an error naming the line.
+        std::fs::write(&p, "{}\nnot json\n{}\n").unwrap();
+        let e = read(&p).unwrap_err().to_string();
+        assert!(e.contains(":2"), "{e}");
+    }
+}

@@ -1,0 +1,178 @@
+//! `thinker bench`: llama-bench-style `ppN` / `tgN` measurements with result records.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use bench_suite::machine::{Machine, now_rfc3339, peak_rss_bytes};
+use bench_suite::measure::{self, BenchConfig};
+use bench_suite::record::{self, Record, SCHEMA};
+
+use crate::args::{ModelArgs, human_bytes};
+
+/// `thinker bench` flags.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt lengths, comma-separated (`ppN` tests; 0 for none).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        default_value = "128",
+        value_delimiter = ','
+    )]
+    n_prompt: Vec<usize>,
+    /// Generation lengths, comma-separated (`tgN` tests; 0 for none).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        default_value = "64",
+        value_delimiter = ','
+    )]
+    n_gen: Vec<usize>,
+    /// Repetitions per test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    reps: usize,
+    /// Output format on stdout.
+    #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "json", "jsonl"])]
+    output: String,
+    /// Append records to this JSONL file as well.
+    #[arg(long)]
+    append: Option<PathBuf>,
+    /// Measure memory bandwidth (this many MiB, after the tests) for roofline figures; 0: skip.
+    #[arg(long, default_value_t = 512)]
+    bandwidth_mib: usize,
+    /// Model label in records (default: file stem).
+    #[arg(long)]
+    label: Option<String>,
+    /// Quantisation label in records (default: from the weights).
+    #[arg(long)]
+    quant: Option<String>,
+    /// Run identifier in records.
+    #[arg(long, default_value = "")]
+    run_id: String,
+    /// Workload seed.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+}
+
+/// Runs the command.
+pub fn main(a: Args) -> Result<()> {
+    if a.reps == 0 {
+        bail!("repetitions must be at least 1");
+    }
+    let model = a.model.load()?;
+    let cfg = BenchConfig {
+        n_prompt: a.n_prompt.clone(),
+        n_gen: a.n_gen.clone(),
+        reps: a.reps,
+        seed: a.seed,
+    };
+    let results = measure::run(&model, &cfg, |name, rep| {
+        eprint!("\r{name} rep {}/{}   ", rep + 1, a.reps);
+    })?;
+    eprintln!();
+    let wb = model
+        .weights
+        .bytes(model.config.tied_embeddings, model.config.n_experts_used);
+    let bw = if a.bandwidth_mib > 0 {
+        Some(bench_suite::membw::read_bandwidth(
+            a.bandwidth_mib << 20,
+            model.threads(),
+            5,
+        )?)
+    } else {
+        None
+    };
+    let machine = Machine::detect();
+    let label = a.label.clone().unwrap_or_else(|| {
+        a.model
+            .model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let quant = a
+        .quant
+        .clone()
+        .unwrap_or_else(|| model.weights.quant_label());
+    let peak = peak_rss_bytes();
+    let mut records = Vec::new();
+    for r in &results {
+        let (mean, sd, median) = record::stats(&r.samples_tps);
+        let per_token = wb.per_token() as f64;
+        records.push(Record {
+            schema: SCHEMA,
+            run_id: a.run_id.clone(),
+            commit: machine.commit.clone(),
+            date: now_rfc3339(),
+            cpu_model: machine.cpu_model.clone(),
+            simd: machine.simd.clone(),
+            threads: model.threads() as u32,
+            engine: "smallthinker-rs".into(),
+            model: label.clone(),
+            quant: quant.clone(),
+            storage: "in-memory".into(),
+            budget_bytes: None,
+            test: r.test.clone(),
+            n_prompt: r.n_prompt as u32,
+            n_gen: r.n_gen as u32,
+            samples_tps: r.samples_tps.clone(),
+            mean_tps: mean,
+            sd_tps: sd,
+            median_tps: median,
+            peak_mem_bytes: peak,
+            mem_source: peak.map(|_| "rss".into()),
+            weight_bytes_per_token: (r.n_gen > 0).then_some(per_token),
+            roofline_tps: bw.filter(|_| r.n_gen > 0).map(|b| b / per_token),
+            bandwidth_gbps: bw.map(|b| b / 1e9),
+            sparsity: r.sparsity,
+            note: Some(format!("mode {:?}", model.mode())),
+            ..Record::default()
+        });
+    }
+    match a.output.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&records)?),
+        "jsonl" => {
+            for r in &records {
+                println!("{}", serde_json::to_string(r)?);
+            }
+        }
+        _ => {
+            println!(
+                "| model | size | threads | mode | test | t/s | roofline share |\n| --- | ---: | ---: | --- | --- | ---: | ---: |"
+            );
+            for r in &records {
+                let share = r
+                    .roofline_tps
+                    .map(|rt| format!("{:.0}%", 100.0 * r.median_tps / rt))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "| {} | {} | {} | {:?} | {} | {:.2} ± {:.2} | {} |",
+                    r.model,
+                    human_bytes(wb.total),
+                    r.threads,
+                    model.mode(),
+                    r.test,
+                    r.mean_tps,
+                    r.sd_tps,
+                    share
+                );
+            }
+            if let Some(b) = bw {
+                println!(
+                    "\nmemory bandwidth {:.1} GB/s; a decode step reads {} of weights → roofline {:.1} t/s",
+                    b / 1e9,
+                    human_bytes(wb.per_token()),
+                    b / wb.per_token() as f64
+                );
+            }
+        }
+    }
+    if let Some(path) = &a.append {
+        for r in &records {
+            record::append(path, r)?;
+        }
+    }
+    Ok(())
+}

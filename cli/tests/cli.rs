@@ -1,0 +1,161 @@
+//! End-to-end tests of the `thinker` binary: real processes, real files.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use engine::formats::npy;
+
+/// Logits written by `thinker logits --exact` against the reference (absolute).
+const LOGIT_TOL: f32 = 1e-4;
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../engine/tests/fixtures")
+        .join(rel)
+}
+
+fn thinker(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_thinker"))
+        .args(args)
+        .output()
+        .expect("run thinker")
+}
+
+fn ids_csv(rel: &str) -> String {
+    let a = npy::read(&fixture(rel)).unwrap().to_i32().unwrap();
+    a.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn logits_match_reference_and_routes_have_the_documented_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("logits.npy");
+    let routes = dir.path().join("routes.npy");
+    let model = fixture("tiny-t1");
+    let o = thinker(&[
+        "logits",
+        "-m",
+        model.to_str().unwrap(),
+        "--tokens",
+        &ids_csv("tiny-t1/prompt_ids.npy"),
+        "--decode-tokens",
+        &ids_csv("tiny-t1/decode_input_ids.npy"),
+        "--exact",
+        "--out",
+        out.to_str().unwrap(),
+        "--routes",
+        routes.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = npy::read(&out).unwrap();
+    assert_eq!(got.shape, vec![48, 512]);
+    let got = got.to_f32().unwrap();
+    let mut want = npy::read(&fixture("tiny-t1/prefill_logits.npy"))
+        .unwrap()
+        .to_f32()
+        .unwrap();
+    want.extend(
+        npy::read(&fixture("tiny-t1/decode_logits.npy"))
+            .unwrap()
+            .to_f32()
+            .unwrap(),
+    );
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(err <= LOGIT_TOL, "max error {err}");
+    let r = npy::read(&routes).unwrap();
+    assert_eq!(r.shape, vec![4, 48, 2]);
+    let want_r = npy::read(&fixture("tiny-t1/router_ids.npy"))
+        .unwrap()
+        .to_i32()
+        .unwrap();
+    assert_eq!(r.to_i32().unwrap(), want_r);
+}
+
+#[test]
+fn inspect_shows_layout_and_costs() {
+    let o = thinker(&["inspect", fixture("tiny-t1").to_str().unwrap()]);
+    assert!(o.status.success());
+    let s = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "layout         GSSS",
+        "top-2",
+        "per token",
+        "KV per token",
+        "q_proj",
+    ] {
+        assert!(s.contains(needle), "missing '{needle}' in:\n{s}");
+    }
+}
+
+#[test]
+fn run_greedy_reproduces_reference_ids() {
+    let o = thinker(&[
+        "run",
+        "-m",
+        fixture("tiny-t1").to_str().unwrap(),
+        "--tokens",
+        &ids_csv("tiny-t1/prompt_ids.npy"),
+        "-n",
+        "9",
+        "--temp",
+        "0",
+        "--exact",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert_eq!(got, ids_csv("tiny-t1/greedy_ids.npy"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("t/s"));
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_nonzero() {
+    let model = fixture("tiny-t1");
+    let m = model.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run", "-m", "/nonexistent/model.gguf", "--tokens", "1"],
+            "/nonexistent/model.gguf",
+        ),
+        (
+            vec!["run", "-m", m, "--tokens", "1,99999"],
+            "outside the vocabulary",
+        ),
+        (vec!["run", "-m", m, "--tokens", "1,x"], "not a token id"),
+        (
+            vec!["run", "-m", m, "--tokens", "1", "--top-p", "0"],
+            "top-p",
+        ),
+        (
+            vec![
+                "logits",
+                "-m",
+                m,
+                "--tokens",
+                "1",
+                "--out",
+                "/nonexistent-dir/x.npy",
+            ],
+            "x.npy",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = thinker(&args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line expected: {err}"
+        );
+        assert!(err.contains(needle), "{args:?}: '{needle}' not in {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,359 @@
+//! The type-generic matrix–vector entry: quantise an activation once ([`QuantAct`]), then dot
+//! it with weight rows of any supported type ([`dot_row`], [`dot_rows`]).
+
+use super::Kernels;
+use crate::error::{Error, Result};
+use crate::quant::blocks::as_blocks;
+use crate::quant::{BlockQ4_0, BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType, QK, QK_K};
+
+/// The activation format a weight type's dot product needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActFormat {
+    /// Plain f32 (for F32, F16 and BF16 weights).
+    F32,
+    /// Q8_0 blocks of 32 (for Q4_0, Q5_0, Q8_0).
+    Q8_0,
+    /// Q8_1 blocks of 32 with sums (for Q4_1, Q5_1).
+    Q8_1,
+    /// Q8_K super-blocks of 256 (for Q2_K … Q6_K).
+    Q8K,
+}
+
+impl ActFormat {
+    /// Elements per block of this format.
+    pub fn block_elems(self) -> usize {
+        match self {
+            ActFormat::F32 => 1,
+            ActFormat::Q8_0 | ActFormat::Q8_1 => QK,
+            ActFormat::Q8K => QK_K,
+        }
+    }
+}
+
+/// The activation format that rows of `ty` are multiplied with.
+///
+/// # Errors
+/// [`Error::UnsupportedType`] for weight types without a dot product.
+pub fn act_format_for(ty: GgmlType) -> Result<ActFormat> {
+    use GgmlType as T;
+    Ok(match ty {
+        T::F32 | T::F16 | T::BF16 => ActFormat::F32,
+        T::Q4_0 | T::Q5_0 | T::Q8_0 => ActFormat::Q8_0,
+        T::Q4_1 | T::Q5_1 => ActFormat::Q8_1,
+        T::Q2_K | T::Q3_K | T::Q4_K | T::Q5_K | T::Q6_K => ActFormat::Q8K,
+        _ => {
+            return Err(Error::UnsupportedType {
+                ty,
+                op: "dot product",
+            });
+        }
+    })
+}
+
+/// An activation vector prepared for dot products: always its f32 values, plus its quantised
+/// form in one [`ActFormat`]. Buffers are reused: after the first call with a given length,
+/// [`QuantAct::quantize`] does not allocate.
+#[derive(Clone, Debug)]
+pub struct QuantAct {
+    fmt: ActFormat,
+    f32: Vec<f32>,
+    q8_0: Vec<BlockQ8_0>,
+    q8_1: Vec<BlockQ8_1>,
+    q8k: Vec<BlockQ8K>,
+}
+
+impl Default for QuantAct {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QuantAct {
+    /// An empty activation (length 0, format F32).
+    pub fn new() -> Self {
+        QuantAct {
+            fmt: ActFormat::F32,
+            f32: Vec::new(),
+            q8_0: Vec::new(),
+            q8_1: Vec::new(),
+            q8k: Vec::new(),
+        }
+    }
+
+    /// An empty activation with room for `n` elements in every format.
+    pub fn with_capacity(n: usize) -> Self {
+        QuantAct {
+            fmt: ActFormat::F32,
+            f32: Vec::with_capacity(n),
+            q8_0: Vec::with_capacity(n / QK),
+            q8_1: Vec::with_capacity(n / QK),
+            q8k: Vec::with_capacity(n / QK_K),
+        }
+    }
+
+    /// Stores `x` and quantises it to `fmt` with the active kernels (bit-exact with ggml's
+    /// reference quantisers).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when `x.len()` is not a multiple of the format's block size.
+    pub fn quantize(&mut self, x: &[f32], fmt: ActFormat) -> Result<()> {
+        let be = fmt.block_elems();
+        if !x.len().is_multiple_of(be) {
+            return Err(Error::InvalidInput(format!(
+                "activation of {} values cannot be quantised to {fmt:?} (blocks of {be})",
+                x.len()
+            )));
+        }
+        let k = Kernels::active();
+        self.f32.clear();
+        self.f32.extend_from_slice(x);
+        self.fmt = fmt;
+        let nb = x.len() / be;
+        match fmt {
+            ActFormat::F32 => {}
+            ActFormat::Q8_0 => {
+                self.q8_0.resize(nb, bytemuck::Zeroable::zeroed());
+                (k.quantize_row_q8_0)(x, &mut self.q8_0);
+            }
+            ActFormat::Q8_1 => {
+                self.q8_1.resize(nb, bytemuck::Zeroable::zeroed());
+                (k.quantize_row_q8_1)(x, &mut self.q8_1);
+            }
+            ActFormat::Q8K => {
+                self.q8k.resize(nb, bytemuck::Zeroable::zeroed());
+                (k.quantize_row_q8_k)(x, &mut self.q8k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.f32.len()
+    }
+
+    /// Whether the activation is empty.
+    pub fn is_empty(&self) -> bool {
+        self.f32.is_empty()
+    }
+
+    /// The quantised format of the last [`QuantAct::quantize`].
+    pub fn format(&self) -> ActFormat {
+        self.fmt
+    }
+
+    /// The f32 values.
+    pub fn f32(&self) -> &[f32] {
+        &self.f32
+    }
+
+    /// The Q8_0 blocks, if that is the current format.
+    pub fn q8_0(&self) -> Option<&[BlockQ8_0]> {
+        (self.fmt == ActFormat::Q8_0).then_some(&self.q8_0[..])
+    }
+
+    /// The Q8_1 blocks, if that is the current format.
+    pub fn q8_1(&self) -> Option<&[BlockQ8_1]> {
+        (self.fmt == ActFormat::Q8_1).then_some(&self.q8_1[..])
+    }
+
+    /// The Q8_K blocks, if that is the current format.
+    pub fn q8k(&self) -> Option<&[BlockQ8K]> {
+        (self.fmt == ActFormat::Q8K).then_some(&self.q8k[..])
+    }
+
+    fn need(&self, ty: GgmlType) -> Result<ActFormat> {
+        let want = act_format_for(ty)?;
+        if want != ActFormat::F32 && want != self.fmt {
+            return Err(Error::InvalidInput(format!(
+                "{ty:?} rows need a {want:?} activation, this one is {:?}",
+                self.fmt
+            )));
+        }
+        Ok(want)
+    }
+}
+
+fn bad_len(ty: GgmlType, what: String) -> Error {
+    Error::BadLength { ty, what }
+}
+
+/// One weight row (`w_row`: raw bytes of `act.len()` elements of `ty`) · the activation.
+///
+/// F32/F16/BF16 rows use the activation's f32 values; quantised rows need the activation in
+/// [`act_format_for`]`(ty)`.
+///
+/// # Errors
+/// [`Error::UnsupportedType`] for types without a dot product, [`Error::BadLength`] when the row
+/// size does not match the activation, [`Error::InvalidInput`] for an activation in the wrong
+/// format.
+pub fn dot_row(ty: GgmlType, w_row: &[u8], act: &QuantAct) -> Result<f32> {
+    act.need(ty)?;
+    let want = ty.row_bytes(act.len() as u64);
+    if want != Some(w_row.len() as u64) {
+        return Err(bad_len(
+            ty,
+            format!(
+                "row of {} bytes for an activation of {} values",
+                w_row.len(),
+                act.len()
+            ),
+        ));
+    }
+    Ok(dot_row_unchecked(Kernels::active(), ty, w_row, act))
+}
+
+/// `dot_row` after validation (lengths and format are known to match).
+fn dot_row_unchecked(k: &Kernels, ty: GgmlType, w: &[u8], act: &QuantAct) -> f32 {
+    use GgmlType as T;
+    fn b<B: crate::quant::QuantBlock>(w: &[u8]) -> &[B] {
+        as_blocks(w).expect("row length checked against the block size")
+    }
+    match ty {
+        T::F32 => {
+            if let Ok(wf) = bytemuck::try_cast_slice::<u8, f32>(w) {
+                (k.dot_f32)(wf, &act.f32)
+            } else {
+                w.chunks_exact(4)
+                    .zip(&act.f32)
+                    .map(|(c, x)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * x)
+                    .sum()
+            }
+        }
+        T::F16 | T::BF16 => {
+            let f = if ty == T::F16 {
+                k.dot_f16_f32
+            } else {
+                k.dot_bf16_f32
+            };
+            if let Ok(wh) = bytemuck::try_cast_slice::<u8, u16>(w) {
+                f(wh, &act.f32)
+            } else {
+                // Odd address: copy through a small aligned buffer.
+                let mut sum = 0.0f32;
+                let mut buf = [0u16; 256];
+                for (c, x) in w.chunks(512).zip(act.f32.chunks(256)) {
+                    let n = c.len() / 2;
+                    for (o, p) in buf.iter_mut().zip(c.chunks_exact(2)) {
+                        *o = u16::from_le_bytes([p[0], p[1]]);
+                    }
+                    sum += f(&buf[..n], x);
+                }
+                sum
+            }
+        }
+        T::Q4_0 => (k.vec_dot_q4_0_q8_0)(b(w), &act.q8_0),
+        T::Q5_0 => (k.vec_dot_q5_0_q8_0)(b(w), &act.q8_0),
+        T::Q8_0 => (k.vec_dot_q8_0_q8_0)(b(w), &act.q8_0),
+        T::Q4_1 => (k.vec_dot_q4_1_q8_1)(b(w), &act.q8_1),
+        T::Q5_1 => (k.vec_dot_q5_1_q8_1)(b(w), &act.q8_1),
+        T::Q2_K => (k.vec_dot_q2_k_q8_k)(b(w), &act.q8k),
+        T::Q3_K => (k.vec_dot_q3_k_q8_k)(b(w), &act.q8k),
+        T::Q4_K => (k.vec_dot_q4_k_q8_k)(b(w), &act.q8k),
+        T::Q5_K => (k.vec_dot_q5_k_q8_k)(b(w), &act.q8k),
+        T::Q6_K => (k.vec_dot_q6_k_q8_k)(b(w), &act.q8k),
+        _ => unreachable!("act_format_for rejected {ty:?}"),
+    }
+}
+
+/// `out[r] = dot_row(ty, rows[r·row_bytes..(r+1)·row_bytes], act)` for every row; Q4_0 and
+/// Q8_0 go through the multi-row gemv kernels.
+///
+/// # Errors
+/// As [`dot_row`], plus [`Error::BadLength`] when `rows.len() != out.len() · row_bytes`.
+pub fn dot_rows(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    act: &QuantAct,
+    out: &mut [f32],
+) -> Result<()> {
+    act.need(ty)?;
+    let want = ty.row_bytes(act.len() as u64);
+    if want != Some(row_bytes as u64) {
+        return Err(bad_len(
+            ty,
+            format!(
+                "rows of {row_bytes} bytes for an activation of {} values",
+                act.len()
+            ),
+        ));
+    }
+    if Some(rows.len()) != out.len().checked_mul(row_bytes) {
+        return Err(bad_len(
+            ty,
+            format!(
+                "{} bytes for {} rows of {row_bytes} bytes",
+                rows.len(),
+                out.len()
+            ),
+        ));
+    }
+    let k = Kernels::active();
+    match ty {
+        GgmlType::Q4_0 => {
+            (k.gemv_q4_0_q8_0)(as_blocks(rows).expect("length checked"), &act.q8_0, out)
+        }
+        GgmlType::Q8_0 => {
+            (k.gemv_q8_0_q8_0)(as_blocks(rows).expect("length checked"), &act.q8_0, out)
+        }
+        _ if row_bytes == 0 => out.fill(0.0),
+        _ => {
+            for (o, r) in out.iter_mut().zip(rows.chunks_exact(row_bytes)) {
+                *o = dot_row_unchecked(k, ty, r, act);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_gemv(ty: GgmlType, rows: &[u8], row_bytes: usize, nb: usize, n_out: usize) -> Result<()> {
+    if row_bytes != nb * ty.block_bytes() {
+        return Err(bad_len(
+            ty,
+            format!("rows of {row_bytes} bytes for an activation of {nb} blocks"),
+        ));
+    }
+    if Some(rows.len()) != n_out.checked_mul(row_bytes) {
+        return Err(bad_len(
+            ty,
+            format!("{} bytes for {n_out} rows of {row_bytes} bytes", rows.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Q4_0 matrix (`out.len()` rows of `row_bytes` raw bytes each) × Q8_0 vector, four rows at a
+/// time.
+///
+/// # Errors
+/// [`Error::BadLength`] unless `row_bytes == 18 · a.len()` and `rows.len() == out.len() ·
+/// row_bytes`.
+pub fn gemv_q4_0_q8_0(
+    rows: &[u8],
+    row_bytes: usize,
+    a: &[BlockQ8_0],
+    out: &mut [f32],
+) -> Result<()> {
+    check_gemv(GgmlType::Q4_0, rows, row_bytes, a.len(), out.len())?;
+    let w: &[BlockQ4_0] = as_blocks(rows).expect("length checked");
+    (Kernels::active().gemv_q4_0_q8_0)(w, a, out);
+    Ok(())
+}
+
+/// Q8_0 matrix × Q8_0 vector (see [`gemv_q4_0_q8_0`]).
+///
+/// # Errors
+/// [`Error::BadLength`] unless `row_bytes == 34 · a.len()` and `rows.len() == out.len() ·
+/// row_bytes`.
+pub fn gemv_q8_0_q8_0(
+    rows: &[u8],
+    row_bytes: usize,
+    a: &[BlockQ8_0],
+    out: &mut [f32],
+) -> Result<()> {
+    check_gemv(GgmlType::Q8_0, rows, row_bytes, a.len(), out.len())?;
+    let w: &[BlockQ8_0] = as_blocks(rows).expect("length checked");
+    (Kernels::active().gemv_q8_0_q8_0)(w, a, out);
+    Ok(())
+}

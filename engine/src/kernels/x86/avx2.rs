@@ -1,0 +1,618 @@
+//! AVX2 + FMA + F16C kernels.
+//!
+//! Every function here is a safe `#[target_feature]` function: calling one from code compiled
+//! without those features is `unsafe`, and the only such callers are the wrappers in
+//! [`super`], which are reachable only after runtime detection. Within this module the only
+//! `unsafe` operations are unaligned loads and stores through pointers derived from references
+//! to fixed-size arrays (the `load*`/`store*` helpers), so their bounds hold by construction.
+//!
+//! Preconditions on slice lengths (equal lengths, `w.len() == a.len() · out.len()` for the
+//! gemv kernels) are checked by the callers; violating them gives wrong results or a panic,
+//! never out-of-bounds access, because all indexing here is bounds-checked or goes through
+//! `zip`/`chunks_exact`.
+
+use std::arch::x86_64::*;
+
+use crate::quant::blocks::scale_min_k4;
+use crate::quant::{
+    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, QK, QK_K, quantize,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Loads, stores and small helpers.
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_i8x32(x: &[i8; 32]) -> __m256i {
+    // SAFETY: `x` refers to 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_u8x32(x: &[u8; 32]) -> __m256i {
+    // SAFETY: `x` refers to 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_u8x16(x: &[u8; 16]) -> __m128i {
+    // SAFETY: `x` refers to 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(x.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_u16x8(x: &[u16; 8]) -> __m128i {
+    // SAFETY: `x` refers to 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(x.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_f32x8(x: &[f32; 8]) -> __m256 {
+    // SAFETY: `x` refers to 8 readable f32; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_f32x8(x: &mut [f32; 8], v: __m256) {
+    // SAFETY: `x` refers to 8 writable f32; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_ps(x.as_mut_ptr(), v) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_i8x32(x: &mut [i8; 32], v: __m256i) {
+    // SAFETY: `x` refers to 32 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_si256(x.as_mut_ptr().cast(), v) }
+}
+
+/// f16 bits → f32 with the F16C instruction.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// f32 → f16 bits, round to nearest even (as `half` / ggml).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn to_f16(x: f32) -> u16 {
+    _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x))) as u16
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hmax_ps(v: __m256) -> f32 {
+    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// The 32 nibbles of a Q4_0/Q4_1 block as unsigned bytes in element order (low nibbles are
+/// elements 0..16, high nibbles 16..32).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(qs: &[u8; 16]) -> __m256i {
+    let v = _mm256_broadcastsi128_si256(load_u8x16(qs));
+    let v = _mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0));
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
+}
+
+/// Σ pairs of signed products `x·y` as eight i32 lanes (the sign trick lets `maddubs`, which
+/// wants an unsigned first operand, multiply two signed vectors; |x| ≤ 128 cannot saturate).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256i {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+}
+
+/// Packs four vectors of eight i32 (values in i8 range) into 32 i8 in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_i32x32_to_i8(i0: __m256i, i1: __m256i, i2: __m256i, i3: __m256i) -> __m256i {
+    let a = _mm256_packs_epi32(i0, i1);
+    let b = _mm256_packs_epi32(i2, i3);
+    let c = _mm256_packs_epi16(a, b);
+    // packs works per 128-bit lane: restore element order.
+    _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantisers (bit-exact with the reference).
+
+/// `roundf` (half away from zero) of every lane, exact: `trunc(x)` plus ±1 when the discarded
+/// fraction (computed exactly) is at least one half.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_half_away(x: __m256) -> __m256 {
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+    let sign = _mm256_set1_ps(-0.0);
+    let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(x, t));
+    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+    let one = _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(x, sign));
+    _mm256_add_ps(t, _mm256_and_ps(up, one))
+}
+
+/// Q8_0/Q8_1 block: returns (d, quants as four i32x8) or `None` when the reciprocal scale is
+/// not finite (subnormal d), which the caller hands to the scalar reference.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_block(x: &[f32; 32]) -> Option<(f32, [__m256i; 4])> {
+    let (c, _) = x.as_chunks::<8>();
+    let v = [
+        load_f32x8(&c[0]),
+        load_f32x8(&c[1]),
+        load_f32x8(&c[2]),
+        load_f32x8(&c[3]),
+    ];
+    let sign = _mm256_set1_ps(-0.0);
+    let m = _mm256_max_ps(
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+    );
+    let amax = hmax_ps(m);
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    if !id.is_finite() {
+        return None;
+    }
+    let idv = _mm256_set1_ps(id);
+    let q = v.map(|v| _mm256_cvtps_epi32(round_half_away(_mm256_mul_ps(v, idv))));
+    Some((d, q))
+}
+
+/// Q8_0 activation quantiser.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn quantize_row_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
+    let (chunks, _) = src.as_chunks::<QK>();
+    for (x, y) in chunks.iter().zip(dst.iter_mut()) {
+        match q8_block(x) {
+            Some((d, q)) => {
+                y.d = to_f16(d);
+                let mut qs = [0i8; 32];
+                store_i8x32(&mut qs, pack_i32x32_to_i8(q[0], q[1], q[2], q[3]));
+                y.qs = qs;
+            }
+            None => quantize::quantize_q8_0(x, std::slice::from_mut(y)),
+        }
+    }
+}
+
+/// Q8_1 activation quantiser.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn quantize_row_q8_1(src: &[f32], dst: &mut [BlockQ8_1]) {
+    let (chunks, _) = src.as_chunks::<QK>();
+    for (x, y) in chunks.iter().zip(dst.iter_mut()) {
+        match q8_block(x) {
+            Some((d, q)) => {
+                y.d = to_f16(d);
+                let mut qs = [0i8; 32];
+                store_i8x32(&mut qs, pack_i32x32_to_i8(q[0], q[1], q[2], q[3]));
+                y.qs = qs;
+                let sum = hsum_epi32(_mm256_add_epi32(
+                    _mm256_add_epi32(q[0], q[1]),
+                    _mm256_add_epi32(q[2], q[3]),
+                ));
+                y.s = to_f16(sum as f32 * d);
+            }
+            None => quantize::quantize_q8_1(x, std::slice::from_mut(y)),
+        }
+    }
+}
+
+/// Q8_K activation quantiser.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn quantize_row_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
+    let (chunks, _) = src.as_chunks::<QK_K>();
+    let sign = _mm256_set1_ps(-0.0);
+    for (x, y) in chunks.iter().zip(dst.iter_mut()) {
+        let (c8, _) = x.as_chunks::<8>();
+        let mut m = _mm256_setzero_ps();
+        for c in c8 {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, load_f32x8(c)));
+        }
+        let amax = hmax_ps(m);
+        // The reference keeps the sign of the first element with the largest magnitude.
+        let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
+        let iscale = -127.0 / max;
+        if amax == 0.0 || !amax.is_finite() || !iscale.is_finite() {
+            // All zero, non-finite input or a subnormal maximum: the reference decides.
+            quantize::quantize_q8_k(x, std::slice::from_mut(y));
+            continue;
+        }
+        let iv = _mm256_set1_ps(iscale);
+        let lim = _mm256_set1_epi32(127);
+        let mut qs = [0i8; QK_K];
+        let mut bsums = [0i16; 16];
+        let (q32, _) = qs.as_chunks_mut::<32>();
+        for (j, out) in q32.iter_mut().enumerate() {
+            let q = [0, 1, 2, 3].map(|k| {
+                let v = _mm256_mul_ps(load_f32x8(&c8[4 * j + k]), iv);
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                _mm256_min_epi32(_mm256_cvtps_epi32(r), lim)
+            });
+            store_i8x32(out, pack_i32x32_to_i8(q[0], q[1], q[2], q[3]));
+            bsums[2 * j] = hsum_epi32(_mm256_add_epi32(q[0], q[1])) as i16;
+            bsums[2 * j + 1] = hsum_epi32(_mm256_add_epi32(q[2], q[3])) as i16;
+        }
+        y.d = 1.0 / iscale;
+        y.qs = qs;
+        y.bsums = bsums;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantised dot products.
+
+/// Dot products of `N` Q4_0 rows with one Q8_0 activation, sharing the activation loads.
+///
+/// Uses the unsigned nibbles directly: `Σ (q−8)·a = Σ q·a − 8·Σ a`, with `8·Σa` computed once
+/// per activation block for all rows (in i16 pair sums, exact: |pair| ≤ 2·15·127).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_0_rows<const N: usize>(w: [&[BlockQ4_0]; N], a: &[BlockQ8_0]) -> [f32; N] {
+    let ones = _mm256_set1_epi16(1);
+    let eight = _mm256_set1_epi8(8);
+    // Equal lengths let the compiler drop the bounds checks below (and make a short row panic
+    // here rather than mid-loop).
+    let w = w.map(|r| &r[..a.len()]);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, y) in a.iter().enumerate() {
+        let qa = load_i8x32(&y.qs);
+        let corr = _mm256_maddubs_epi16(eight, qa);
+        let da = f16(y.d);
+        for k in 0..N {
+            let x = &w[k][b];
+            let p = _mm256_maddubs_epi16(nibbles(&x.qs), qa);
+            let p = _mm256_madd_epi16(_mm256_sub_epi16(p, corr), ones);
+            let d = _mm256_set1_ps(f16(x.d) * da);
+            acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[k]);
+        }
+    }
+    acc.map(|v| hsum_ps(v))
+}
+
+/// Q4_0 × Q8_0 dot product.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    // Two interleaved halves give two independent accumulator chains.
+    let h = a.len() / 2;
+    let [s0] = dot_q4_0_rows([&w[..h]], &a[..h]);
+    let [s1] = dot_q4_0_rows([&w[h..]], &a[h..]);
+    s0 + s1
+}
+
+/// Q4_0 matrix × Q8_0 vector, four rows at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn gemv_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0], out: &mut [f32]) {
+    let nb = a.len();
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let mut rows = w.chunks_exact(nb);
+    let mut outs = out.chunks_exact_mut(4);
+    for o in &mut outs {
+        let r: [&[BlockQ4_0]; 4] = std::array::from_fn(|_| rows.next().unwrap_or(&[]));
+        o.copy_from_slice(&dot_q4_0_rows(r, a));
+    }
+    for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        *o = vec_dot_q4_0_q8_0(r, a);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0_rows<const N: usize>(w: [&[BlockQ8_0]; N], a: &[BlockQ8_0]) -> [f32; N] {
+    let w = w.map(|r| &r[..a.len()]);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, y) in a.iter().enumerate() {
+        let qa = load_i8x32(&y.qs);
+        let da = f16(y.d);
+        for k in 0..N {
+            let x = &w[k][b];
+            let p = mul_sum_i8(load_i8x32(&x.qs), qa);
+            let d = _mm256_set1_ps(f16(x.d) * da);
+            acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[k]);
+        }
+    }
+    acc.map(|v| hsum_ps(v))
+}
+
+/// Q8_0 × Q8_0 dot product.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let h = a.len() / 2;
+    let [s0] = dot_q8_0_rows([&w[..h]], &a[..h]);
+    let [s1] = dot_q8_0_rows([&w[h..]], &a[h..]);
+    s0 + s1
+}
+
+/// Q8_0 matrix × Q8_0 vector, four rows at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn gemv_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0], out: &mut [f32]) {
+    let nb = a.len();
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let mut rows = w.chunks_exact(nb);
+    let mut outs = out.chunks_exact_mut(4);
+    for o in &mut outs {
+        let r: [&[BlockQ8_0]; 4] = std::array::from_fn(|_| rows.next().unwrap_or(&[]));
+        o.copy_from_slice(&dot_q8_0_rows(r, a));
+    }
+    for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        *o = vec_dot_q8_0_q8_0(r, a);
+    }
+}
+
+/// Q4_1 × Q8_1 dot product.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn vec_dot_q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0.0f32;
+    for (x, y) in w.iter().zip(a) {
+        let p = _mm256_maddubs_epi16(nibbles(&x.qs), load_i8x32(&y.qs));
+        let p = _mm256_madd_epi16(p, ones);
+        let d = _mm256_set1_ps(f16(x.d) * f16(y.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        summs += f16(x.m) * f16(y.s);
+    }
+    hsum_ps(acc) + summs
+}
+
+/// Q4_K × Q8_K dot product.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn vec_dot_q4_k_q8_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0.0f32;
+    for (x, y) in w.iter().zip(a) {
+        let bsums = y.bsums;
+        let mut sc = [0i16; 8];
+        let mut summ = 0i32;
+        for (s, out) in sc.iter_mut().enumerate() {
+            let (scale, m) = scale_min_k4(s, &x.scales);
+            *out = scale as i16;
+            summ += m as i32 * (bsums[2 * s] as i32 + bsums[2 * s + 1] as i32);
+        }
+        let (qs, _) = x.qs.as_chunks::<32>();
+        let (ys, _) = y.qs.as_chunks::<32>();
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..4 {
+            let q4 = load_u8x32(&qs[c]);
+            let lo = _mm256_and_si256(q4, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
+            let plo = _mm256_maddubs_epi16(lo, load_i8x32(&ys[2 * c]));
+            let phi = _mm256_maddubs_epi16(hi, load_i8x32(&ys[2 * c + 1]));
+            let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c]));
+            let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+        }
+        let yd = y.d;
+        let d = _mm256_set1_ps(yd * f16(x.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        acc_m += yd * f16(x.dmin) * summ as f32;
+    }
+    hsum_ps(acc) - acc_m
+}
+
+/// Q6_K × Q8_K dot product. The −32 offset is applied through the activation block sums:
+/// `Σ sc·(q−32)·a = Σ sc·q·a − 32·Σ_j sc_j·bsums_j`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn vec_dot_q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in w.iter().zip(a) {
+        let bsums = y.bsums;
+        let corr: i32 = x
+            .scales
+            .iter()
+            .zip(bsums)
+            .map(|(&s, b)| s as i32 * b as i32)
+            .sum();
+        let (ql, _) = x.ql.as_chunks::<32>();
+        let (qh, _) = x.qh.as_chunks::<32>();
+        let (ys, _) = y.qs.as_chunks::<32>();
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let h = load_u8x32(&qh[n]);
+            let l0 = load_u8x32(&ql[2 * n]);
+            let l1 = load_u8x32(&ql[2 * n + 1]);
+            let lows = [
+                _mm256_and_si256(l0, m4),
+                _mm256_and_si256(l1, m4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4),
+            ];
+            let highs = [
+                _mm256_and_si256(h, m2),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(h), m2),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(h), m2),
+                _mm256_and_si256(_mm256_srli_epi16::<6>(h), m2),
+            ];
+            for g in 0..4 {
+                let q = _mm256_or_si256(lows[g], _mm256_slli_epi16::<4>(highs[g]));
+                let p = _mm256_maddubs_epi16(q, load_i8x32(&ys[4 * n + g]));
+                let s0 = x.scales[8 * n + 2 * g] as i16;
+                let s1 = x.scales[8 * n + 2 * g + 1] as i16;
+                let scv = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv));
+            }
+        }
+        let sumi = _mm256_sub_epi32(sumi, _mm256_setr_epi32(32 * corr, 0, 0, 0, 0, 0, 0, 0));
+        let d = _mm256_set1_ps(y.d * f16(x.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float kernels.
+
+/// Σ a·b.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let (ca, ra) = a.as_chunks::<32>();
+    let (cb, rb) = b.as_chunks::<32>();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (x, y) in ca.iter().zip(cb) {
+        let (x8, _) = x.as_chunks::<8>();
+        let (y8, _) = y.as_chunks::<8>();
+        for k in 0..4 {
+            acc[k] = _mm256_fmadd_ps(load_f32x8(&x8[k]), load_f32x8(&y8[k]), acc[k]);
+        }
+    }
+    let mut sum = hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// Σ w·x with f16 weights.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_f16_f32(w: &[u16], x: &[f32]) -> f32 {
+    let (cw, rw) = w.as_chunks::<16>();
+    let (cx, rx) = x.as_chunks::<16>();
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for (a, b) in cw.iter().zip(cx) {
+        let (a8, _) = a.as_chunks::<8>();
+        let (b8, _) = b.as_chunks::<8>();
+        for k in 0..2 {
+            let wf = _mm256_cvtph_ps(load_u16x8(&a8[k]));
+            acc[k] = _mm256_fmadd_ps(wf, load_f32x8(&b8[k]), acc[k]);
+        }
+    }
+    let mut sum = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
+    for (&a, b) in rw.iter().zip(rx) {
+        sum += f16(a) * b;
+    }
+    sum
+}
+
+/// Σ w·x with bf16 weights.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_bf16_f32(w: &[u16], x: &[f32]) -> f32 {
+    let (cw, rw) = w.as_chunks::<16>();
+    let (cx, rx) = x.as_chunks::<16>();
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for (a, b) in cw.iter().zip(cx) {
+        let (a8, _) = a.as_chunks::<8>();
+        let (b8, _) = b.as_chunks::<8>();
+        for k in 0..2 {
+            let wi = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(load_u16x8(&a8[k])));
+            let wf = _mm256_castsi256_ps(wi);
+            acc[k] = _mm256_fmadd_ps(wf, load_f32x8(&b8[k]), acc[k]);
+        }
+    }
+    let mut sum = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
+    for (&a, b) in rw.iter().zip(rx) {
+        sum += f32::from_bits((a as u32) << 16) * b;
+    }
+    sum
+}
+
+/// `y += alpha·x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let av = _mm256_set1_ps(alpha);
+    let (cx, rx) = x.as_chunks::<8>();
+    let (cy, ry) = y.as_chunks_mut::<8>();
+    for (a, b) in cx.iter().zip(cy.iter_mut()) {
+        store_f32x8(b, _mm256_fmadd_ps(av, load_f32x8(a), load_f32x8(b)));
+    }
+    for (a, b) in rx.iter().zip(ry.iter_mut()) {
+        *b += alpha * a;
+    }
+}
+
+/// `x *= s`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn scale_f32(x: &mut [f32], s: f32) {
+    let sv = _mm256_set1_ps(s);
+    let (cx, rx) = x.as_chunks_mut::<8>();
+    for a in cx.iter_mut() {
+        store_f32x8(a, _mm256_mul_ps(load_f32x8(a), sv));
+    }
+    for a in rx {
+        *a *= s;
+    }
+}
+
+/// `y += alpha·dequant(w)` for a Q4_0 row.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn axpy_q4_0_f32(alpha: f32, w: &[BlockQ4_0], y: &mut [f32]) {
+    let (cy, _) = y.as_chunks_mut::<32>();
+    for (b, out) in w.iter().zip(cy.iter_mut()) {
+        let d = _mm256_set1_ps(alpha * f16(b.d));
+        let q = _mm256_sub_epi8(nibbles(&b.qs), _mm256_set1_epi8(8));
+        let lo = _mm256_castsi256_si128(q);
+        let hi = _mm256_extracti128_si256::<1>(q);
+        let parts = [
+            _mm256_cvtepi8_epi32(lo),
+            _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(lo)),
+            _mm256_cvtepi8_epi32(hi),
+            _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(hi)),
+        ];
+        let (o8, _) = out.as_chunks_mut::<8>();
+        for k in 0..4 {
+            let v = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(parts[k]), load_f32x8(&o8[k]));
+            store_f32x8(&mut o8[k], v);
+        }
+    }
+}
+
+/// `y += alpha·dequant(w)` for a Q8_0 row.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn axpy_q8_0_f32(alpha: f32, w: &[BlockQ8_0], y: &mut [f32]) {
+    let (cy, _) = y.as_chunks_mut::<32>();
+    for (b, out) in w.iter().zip(cy.iter_mut()) {
+        let d = _mm256_set1_ps(alpha * f16(b.d));
+        let q = load_i8x32(&b.qs);
+        let lo = _mm256_castsi256_si128(q);
+        let hi = _mm256_extracti128_si256::<1>(q);
+        let parts = [
+            _mm256_cvtepi8_epi32(lo),
+            _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(lo)),
+            _mm256_cvtepi8_epi32(hi),
+            _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(hi)),
+        ];
+        let (o8, _) = out.as_chunks_mut::<8>();
+        for k in 0..4 {
+            let v = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(parts[k]), load_f32x8(&o8[k]));
+            store_f32x8(&mut o8[k], v);
+        }
+    }
+}
