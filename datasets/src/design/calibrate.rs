@@ -45,8 +45,16 @@ pub enum Gating {
 #[derive(Clone, Debug)]
 pub struct RouterCalibration {
     /// Offset of the expert of popularity rank `r` (index 0 = most popular), in units of the
-    /// logit noise's standard deviation.
+    /// logit noise's standard deviation, at layers with context.
     pub delta: Vec<f64>,
+    /// The same at layers without context (`φ = 0`).
+    pub delta_no_context: Vec<f64>,
+    /// Unit direction in token-feature space of each rank's token noise.
+    pub token_dirs: Vec<Vec<f64>>,
+    /// Unit direction in token-feature space of each rank's context noise.
+    pub context_dirs: Vec<Vec<f64>>,
+    /// Reuse targeted at layers with context.
+    pub reuse_target_context: f64,
     /// Share of the logit noise's variance that comes from the context (`ζ`) at layers that have
     /// context.
     pub phi: f64,
@@ -80,6 +88,8 @@ pub struct RouterTarget {
 }
 
 struct Sim {
+    a: Vec<Vec<f64>>,
+    c: Vec<Vec<f64>>,
     e: usize,
     k: usize,
     /// Token noise `a_e · z_t`, `[token × expert]`.
@@ -133,6 +143,8 @@ impl Sim {
             }
         }
         Sim {
+            a,
+            c,
             e,
             k: t.k,
             tok,
@@ -211,24 +223,34 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Indices of the `out.len()` largest values, ties toward the lower index.
+/// Indices of the `out.len()` largest values in descending order, ties toward the lower index.
 fn top_k(v: &[f64], out: &mut [usize]) {
-    for slot in 0..out.len() {
-        let mut best = usize::MAX;
-        for (i, &x) in v.iter().enumerate() {
-            if out[..slot].contains(&i) {
-                continue;
-            }
-            if best == usize::MAX || x > v[best] {
-                best = i;
-            }
+    let k = out.len();
+    let mut n = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if n == k && x <= v[out[k - 1]] {
+            continue;
         }
-        out[slot] = best;
+        let mut pos = n.min(k - 1);
+        if n < k {
+            n += 1;
+        }
+        while pos > 0 && x > v[out[pos - 1]] {
+            out[pos] = out[pos - 1];
+            pos -= 1;
+        }
+        out[pos] = i;
     }
 }
 
-/// Calibrates the router offsets and the context share for `t`.
-pub fn calibrate_router(t: &RouterTarget, kernel: &RecencyKernel, seed: u64) -> RouterCalibration {
+/// Calibrates the router offsets and the context share for `t`. `context_target` maps the reuse
+/// of layers without context (found first) to the reuse wanted at layers with context.
+pub fn calibrate_router(
+    t: &RouterTarget,
+    kernel: &RecencyKernel,
+    seed: u64,
+    context_target: impl Fn(f64) -> f64,
+) -> RouterCalibration {
     let sim = Sim::new(t, kernel, seed);
     let target = zipf_popularity(t.n_experts, t.k, t.zipf_s);
     // Initial offsets: the normal quantile of each expert's share, a good start for top-k.
@@ -238,15 +260,17 @@ pub fn calibrate_router(t: &RouterTarget, kernel: &RecencyKernel, seed: u64) -> 
         .map(|x| -x)
         .collect();
     let base = sim.fit_delta(&mut delta, &target, 0.0, t);
+    let delta_no_context = delta.clone();
     let reuse_no_context = base.reuse;
+    let want = context_target(reuse_no_context);
     let mut phi = 0.0;
     let mut ev = base;
-    if t.reuse > reuse_no_context {
+    if want > reuse_no_context {
         let (mut lo, mut hi) = (0.0f64, 0.995f64);
         for _ in 0..PHI_STEPS {
             let mid = 0.5 * (lo + hi);
             let e = sim.fit_delta(&mut delta, &target, mid, t);
-            if e.reuse < t.reuse {
+            if e.reuse < want {
                 lo = mid;
             } else {
                 hi = mid;
@@ -258,6 +282,10 @@ pub fn calibrate_router(t: &RouterTarget, kernel: &RecencyKernel, seed: u64) -> 
     RouterCalibration {
         zipf_exponent: -super::stats::zipf_slope(&ev.freq, 1e-9),
         delta,
+        delta_no_context,
+        token_dirs: sim.a,
+        context_dirs: sim.c,
+        reuse_target_context: want,
         phi,
         reuse_context: ev.reuse,
         reuse_no_context,
@@ -281,7 +309,8 @@ pub struct GateCalibration {
 /// Finds `τ̄` so that the mean of `P(Z > τ̄ + spread·ξ)` over neurons is `1 − zero_share`.
 pub fn calibrate_gates(zero_share: f64, spread: f64) -> GateCalibration {
     let xi = normal_quadrature(GATE_NODES);
-    let active = |m: f64| xi.iter().map(|&x| normal_tail(m + spread * x)).sum::<f64>() / xi.len() as f64;
+    let active =
+        |m: f64| xi.iter().map(|&x| normal_tail(m + spread * x)).sum::<f64>() / xi.len() as f64;
     let want = 1.0 - zero_share;
     let tau_mean = bisect(|m| active(m) - want, -20.0, 20.0);
     let relu_moment = xi
@@ -318,7 +347,7 @@ mod tests {
                 logit_scale: 1.0,
                 gating: Gating::Sigmoid,
             };
-            let c = calibrate_router(&t, &kernel, 1);
+            let c = calibrate_router(&t, &kernel, 1, |_| 0.45);
             eprintln!(
                 "E{e} k{k}: phi {:.3} reuse {:.3} (no ctx {:.3}) zipf {:.3} Σw² {:.3} δ {:?}",
                 c.phi,
@@ -326,7 +355,10 @@ mod tests {
                 c.reuse_no_context,
                 c.zipf_exponent,
                 c.mean_sum_w2,
-                c.delta.iter().map(|d| (d * 100.0).round() / 100.0).collect::<Vec<_>>()
+                c.delta
+                    .iter()
+                    .map(|d| (d * 100.0).round() / 100.0)
+                    .collect::<Vec<_>>()
             );
             assert!((c.reuse_context - 0.45).abs() < REUSE_TOL);
             assert!((c.zipf_exponent - 0.8).abs() < ZIPF_TOL);

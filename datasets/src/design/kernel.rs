@@ -84,7 +84,9 @@ impl RecencyKernel {
         let score: Vec<f64> = (0..n)
             .map(|dd| {
                 let d = dd as f64;
-                (0..pairs).map(|i| pair_weights[i] * (freqs[i] * d).cos()).sum()
+                (0..pairs)
+                    .map(|i| pair_weights[i] * (freqs[i] * d).cos())
+                    .sum()
             })
             .collect();
         let alpha = softmax(&score);
@@ -194,7 +196,14 @@ mod explore {
     #[test]
     fn explore_profiles() {
         for hd in [128usize] {
-            for (lambda, drop, far) in [(0.5, 18.0, 1.0), (0.6, 18.0, 1.0), (0.7, 18.0, 1.0), (0.7, 24.0, 1.0), (0.6, 18.0, 3.0), (0.7, 18.0, 3.0)] {
+            for (lambda, drop, far) in [
+                (0.5, 18.0, 1.0),
+                (0.6, 18.0, 1.0),
+                (0.7, 18.0, 1.0),
+                (0.7, 24.0, 1.0),
+                (0.6, 18.0, 3.0),
+                (0.7, 18.0, 3.0),
+            ] {
                 let k = RecencyKernel::design_with(hd, 1.5e6, lambda, 4096, drop, far);
                 eprint!("drop {drop} far {far} λ {lambda}: ");
                 for t in [4usize, 16, 32, 128, 512, 2048, 4096] {
