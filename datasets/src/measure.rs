@@ -29,6 +29,8 @@ pub struct RoutingStats {
     pub active: Vec<u64>,
     /// Largest residual RMS seen leaving each layer.
     pub max_rms: Vec<f64>,
+    /// Sum of residual RMS leaving each layer (divide by `tokens` for the mean).
+    pub sum_rms: Vec<f64>,
     /// Whether any non-finite value left any layer.
     pub non_finite: bool,
 }
@@ -46,6 +48,7 @@ impl RoutingStats {
             neurons: vec![0; n_layers],
             active: vec![0; n_layers],
             max_rms: vec![0.0; n_layers],
+            sum_rms: vec![0.0; n_layers],
             non_finite: false,
         }
     }
@@ -97,6 +100,11 @@ impl RoutingStats {
         1.0 - a as f64 / n.max(1) as f64
     }
 
+    /// Mean residual RMS leaving layer `l`.
+    pub fn mean_rms(&self, l: usize) -> f64 {
+        self.sum_rms[l] / self.tokens[l].max(1) as f64
+    }
+
     /// Share of tokens that chose the most popular expert of layer `l`.
     pub fn top_share(&self, l: usize) -> f64 {
         self.frequencies(l).into_iter().fold(0.0, f64::max)
@@ -104,14 +112,15 @@ impl RoutingStats {
 
     /// A per-layer table (layer, zipf, reuse, zero share, top share, max rms).
     pub fn table(&self) -> String {
-        let mut s = String::from("layer  zipf   reuse  zero   top    max_rms\n");
+        let mut s = String::from("layer  zipf   reuse  zero   top    rms    max_rms\n");
         for l in 0..self.n_layers() {
             s.push_str(&format!(
-                "{l:>5}  {:.3}  {:.3}  {:.3}  {:.3}  {:.2}\n",
+                "{l:>5}  {:.3}  {:.3}  {:.3}  {:.3}  {:.2}  {:.2}\n",
                 self.zipf_exponent(l),
                 self.reuse(l),
                 self.zero_share(l),
                 self.top_share(l),
+                self.mean_rms(l),
                 self.max_rms[l]
             ));
         }
@@ -173,6 +182,7 @@ impl Observer for StatsObserver {
                 self.stats.non_finite = true;
             }
             self.stats.max_rms[l] = self.stats.max_rms[l].max(ms.sqrt());
+            self.stats.sum_rms[l] += ms.sqrt();
         }
     }
 

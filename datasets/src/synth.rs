@@ -139,7 +139,7 @@ const TAU_STREAM: u64 = 0x7A0;
 /// Stream id of the token features.
 const FEATURE_STREAM: u64 = 0xFEA;
 /// Per-element standard deviation (in q/k units) of the recency heads' content noise.
-const QK_CONTENT_NOISE: f64 = 0.1;
+const QK_CONTENT_NOISE: f64 = 0.0;
 
 /// Fills `out` (`n · def.cols` values) with rows `row0 .. row0 + n` of `def`.
 pub fn fill_rows(plan: &Plan, def: &TensorDef, row0: usize, out: &mut [f32]) {
@@ -197,7 +197,12 @@ fn fill_row(plan: &Plan, def: &TensorDef, r: usize, row: &mut [f32]) {
                 fill_normal(k, row, sd as f32);
                 zero_reserved(plan, row);
                 let y_u = plan.m / lp.rms_attn;
-                row[plan.coord_u] = (plan.qk[j] / y_u) as f32;
+                let v = if def.kind == Kind::AttnQ {
+                    &plan.q
+                } else {
+                    &plan.k
+                };
+                row[plan.coord_u] = (v[j] / y_u) as f32;
             } else {
                 fill_normal(k, row, (1.0 / h.sqrt()) as f32);
                 zero_reserved(plan, row);

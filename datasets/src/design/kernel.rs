@@ -80,7 +80,15 @@ impl RecencyKernel {
             }
         }
         let x = nnls_cd(&g, &b, nv, pairs);
-        let pair_weights = x[..pairs].to_vec();
+        let mut pair_weights = x[..pairs].to_vec();
+        // Shift the score so that its peak is 0: the lowest-frequency pair is constant over any
+        // practical context (θ·Δ < 0.01), so a negative weight there is an offset. Scores near
+        // the peak are then near 0, and per-token scale changes of q and k (the RMS of the
+        // stream varies from token to token) barely move the weights of recent positions.
+        let peak: f64 = pair_weights.iter().sum();
+        if let Some(w) = pair_weights.last_mut() {
+            *w -= peak;
+        }
         let score: Vec<f64> = (0..n)
             .map(|dd| {
                 let d = dd as f64;
@@ -110,13 +118,16 @@ impl RecencyKernel {
 
     /// Constant query and key vectors (one head, RoPE's NeoX layout: pair `i` is elements `i`
     /// and `i + d/2`) whose rotated dot product, scaled by `1/√d`, is the kernel's score.
-    pub fn query_key(&self, head_dim: usize) -> Vec<f64> {
+    pub fn query_key(&self, head_dim: usize) -> (Vec<f64>, Vec<f64>) {
         let mut q = vec![0.0; head_dim];
+        let mut k = vec![0.0; head_dim];
         let s = (head_dim as f64).sqrt();
         for (i, &w) in self.pair_weights.iter().enumerate() {
-            q[i] = (w * s).sqrt();
+            let a = (w.abs() * s).sqrt();
+            q[i] = a;
+            k[i] = if w < 0.0 { -a } else { a };
         }
-        q
+        (q, k)
     }
 }
 
@@ -163,7 +174,7 @@ mod tests {
     #[test]
     fn kernel_is_local_correlated_and_stationary() {
         let k = RecencyKernel::design(128, 1.5e6, 0.7, 4096);
-        assert!(k.pair_weights.iter().all(|&w| w >= 0.0));
+        assert!(k.pair_weights[..63].iter().all(|&w| w >= 0.0));
         assert!(k.lag1 > 0.85 && k.lag1 < 0.97, "lag1 {}", k.lag1);
         let var_at = |t: usize| k.alpha_at(t).iter().map(|a| a * a).sum::<f64>();
         let (v32, v4k) = (var_at(32), var_at(4096));
@@ -171,10 +182,11 @@ mod tests {
         // Monotone decay over the first positions: recency, not a revival.
         assert!(k.alpha.windows(2).take(20).all(|w| w[0] >= w[1]));
         // The query/key pair reproduces the score differences.
-        let q = k.query_key(128);
+        let (q, kk) = k.query_key(128);
+        assert!(k.score[0].abs() < 1e-3, "peak shifted to 0: {}", k.score[0]);
         let s = |d: f64| -> f64 {
             (0..64)
-                .map(|i| q[i] * q[i] * (k.freqs[i] * d).cos())
+                .map(|i| q[i] * kk[i] * (k.freqs[i] * d).cos())
                 .sum::<f64>()
                 / (128f64).sqrt()
         };

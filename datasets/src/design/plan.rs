@@ -82,8 +82,10 @@ pub struct Plan {
     pub sigma_noise: f64,
     /// The recency kernel of RoPE layers.
     pub kernel: RecencyKernel,
-    /// Constant query/key of a recency head (one head; all heads share it).
-    pub qk: Vec<f64>,
+    /// Constant query of a recency head (one head; all heads share it).
+    pub q: Vec<f64>,
+    /// Constant key of a recency head.
+    pub k: Vec<f64>,
     /// Router calibration.
     pub router: RouterCalibration,
     /// Gate calibration.
@@ -156,7 +158,7 @@ impl Plan {
             RECENCY_LAMBDA,
             KERNEL_HORIZON,
         );
-        let qk = kernel.query_key(spec.head_dim);
+        let (q, k) = kernel.query_key(spec.head_dim);
 
         // Context gains: equal per recency layer, the total sized by ENERGY_CONTEXT.
         let n_layers = spec.n_layers;
@@ -295,7 +297,8 @@ impl Plan {
             sigma_t,
             sigma_noise,
             kernel,
-            qk,
+            q,
+            k,
             router,
             gates,
             layers,
