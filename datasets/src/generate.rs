@@ -10,7 +10,6 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use engine::formats::gguf::{
@@ -25,14 +24,17 @@ use crate::error::{Error, Result};
 use crate::spec::{ModelSpec, OutType, Overrides};
 use crate::synth::{TensorDef, fill_rows, tensor_defs};
 use crate::tokenizer::{CHATML_TEMPLATE, qwen_tokenizer};
+use engine::formats::gguf::GgufLayout;
 
 /// Version of the weight design; part of the fingerprint, so files from an older design are
 /// rebuilt rather than reused.
 pub const DESIGN_VERSION: u32 = 1;
 /// Metadata key holding the request's fingerprint.
 pub const KEY_FINGERPRINT: &str = "smallthinker_rs.gen.fingerprint";
-/// Elements generated per work item (bounds each worker's buffer to 4 MiB of f32).
-const CHUNK_ELEMS: usize = 1 << 20;
+/// Bytes of the file each work item produces (a multiple of [`IO_ALIGN`]).
+const WINDOW_BYTES: usize = 8 << 20;
+/// Alignment of O_DIRECT buffers, offsets and lengths.
+const IO_ALIGN: usize = 4096;
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -104,6 +106,9 @@ pub struct GenOptions {
     pub threads: usize,
     /// Data alignment (32, llama.cpp's default; 4096 makes every tensor O_DIRECT-readable).
     pub alignment: u64,
+    /// Write with O_DIRECT when the file system allows it (bypasses the page cache, which on
+    /// some machines is far slower than the disk); falls back to buffered writes otherwise.
+    pub direct_io: bool,
 }
 
 impl Default for GenOptions {
@@ -112,6 +117,7 @@ impl Default for GenOptions {
             force: false,
             threads: 0,
             alignment: DEFAULT_ALIGNMENT,
+            direct_io: true,
         }
     }
 }
@@ -302,11 +308,102 @@ impl Drop for TempGuard {
     }
 }
 
-/// One chunk of rows of one tensor.
-struct Job {
-    tensor: usize,
-    row0: usize,
-    rows: usize,
+/// Opens the temporary output, with O_DIRECT if asked and supported.
+fn open_output(path: &Path, direct: bool) -> Result<(File, bool)> {
+    let mut o = OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    if direct {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut od = o.clone();
+        od.custom_flags(libc::O_DIRECT);
+        if let Ok(f) = od.open(path) {
+            return Ok((f, true));
+        }
+    }
+    Ok((o.open(path).map_err(|e| Error::io(path, e))?, false))
+}
+
+/// Per-worker buffers.
+#[derive(Default)]
+struct WindowBufs {
+    raw: Vec<u8>,
+    row_f32: Vec<f32>,
+    row_q: Vec<u8>,
+}
+
+/// A zeroed, [`IO_ALIGN`]-aligned slice of `len` bytes of `raw` (grown as needed).
+fn aligned_window(raw: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if raw.len() < len + IO_ALIGN {
+        *raw = vec![0u8; len + IO_ALIGN];
+    }
+    let off = raw.as_ptr().align_offset(IO_ALIGN);
+    let buf = &mut raw[off..off + len];
+    buf.fill(0);
+    buf
+}
+
+/// What a window needs to produce its bytes.
+struct WindowCtx<'a> {
+    plan: &'a Plan,
+    defs: &'a [TensorDef],
+    header: &'a [u8],
+    layout: &'a GgufLayout,
+}
+
+impl WindowCtx<'_> {
+    /// Produces file bytes `start .. start + out.len()` (header, tensor data; padding stays 0).
+    fn fill_window(
+        &self,
+        start: u64,
+        out: &mut [u8],
+        row_f32: &mut Vec<f32>,
+        row_q: &mut Vec<u8>,
+    ) -> Result<()> {
+        let end = start + out.len() as u64;
+        let hl = self.header.len() as u64;
+        if start < hl {
+            let n = (hl.min(end) - start) as usize;
+            out[..n].copy_from_slice(&self.header[start as usize..start as usize + n]);
+        }
+        let base = self.layout.data_offset;
+        // Tensors are laid out in order; find the first one ending after `start`.
+        let first = self
+            .layout
+            .tensor_offsets
+            .iter()
+            .zip(&self.layout.tensor_sizes)
+            .position(|(&o, &z)| base + o + z > start)
+            .unwrap_or(self.defs.len());
+        for ti in first..self.defs.len() {
+            let t0 = base + self.layout.tensor_offsets[ti];
+            if t0 >= end {
+                break;
+            }
+            let d = &self.defs[ti];
+            let rb =
+                d.ty.row_bytes(d.cols as u64)
+                    .ok_or_else(|| Error::Spec(format!("{}: bad row length", d.name)))?;
+            let lo = start.saturating_sub(t0) / rb;
+            let hi = ((end - t0).div_ceil(rb)).min(d.rows as u64);
+            row_f32.resize(d.cols, 0.0);
+            row_q.resize(rb as usize, 0);
+            for r in lo..hi {
+                let r0 = t0 + r * rb;
+                fill_rows(self.plan, d, r as usize, row_f32);
+                if r0 >= start && r0 + rb <= end {
+                    let o = (r0 - start) as usize;
+                    crate::quant::quantize_row(d.ty, row_f32, &mut out[o..o + rb as usize])?;
+                } else {
+                    crate::quant::quantize_row(d.ty, row_f32, row_q)?;
+                    let a = r0.max(start);
+                    let b = (r0 + rb).min(end);
+                    out[(a - start) as usize..(b - start) as usize]
+                        .copy_from_slice(&row_q[(a - r0) as usize..(b - r0) as usize]);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Generates the model `req` describes at `path`.
@@ -371,62 +468,42 @@ pub fn generate(req: &GenRequest, path: &Path, opts: &GenOptions) -> Result<GenR
         path: tmp.clone(),
         done: false,
     };
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?;
-    file.set_len(layout.total_len)
-        .map_err(|e| Error::io(&tmp, e))?;
-    file.write_all_at(&header, 0)
-        .map_err(|e| Error::io(&tmp, e))?;
-
-    let mut jobs = Vec::new();
-    for (i, d) in defs.iter().enumerate() {
-        let per = (CHUNK_ELEMS / d.cols).max(1);
-        let mut r = 0;
-        while r < d.rows {
-            let n = per.min(d.rows - r);
-            jobs.push(Job {
-                tensor: i,
-                row0: r,
-                rows: n,
-            });
-            r += n;
-        }
-    }
-    let written = AtomicU64::new(0);
+    let (file, direct) = open_output(&tmp, opts.direct_io)?;
+    let total = layout.total_len;
+    let windows = total.div_ceil(WINDOW_BYTES as u64) as usize;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads)
         .thread_name(|i| format!("gen-{i}"))
         .build()
         .map_err(|e| Error::Spec(format!("cannot start worker threads: {e}")))?;
-    let data_offset = layout.data_offset;
+    let ctx = WindowCtx {
+        plan: &plan,
+        defs: &defs,
+        header: &header,
+        layout: &layout,
+    };
     pool.install(|| {
-        jobs.par_iter().try_for_each_init(
-            || (Vec::<f32>::new(), Vec::<u8>::new()),
-            |(vals, bytes), job| -> Result<()> {
-                let d: &TensorDef = &defs[job.tensor];
-                let row_bytes =
-                    d.ty.row_bytes(d.cols as u64)
-                        .ok_or_else(|| Error::Spec(format!("{}: bad row length", d.name)))?
-                        as usize;
-                vals.resize(job.rows * d.cols, 0.0);
-                bytes.resize(job.rows * row_bytes, 0);
-                fill_rows(&plan, d, job.row0, vals);
-                for (src, dst) in vals.chunks(d.cols).zip(bytes.chunks_mut(row_bytes)) {
-                    engine::quant::quantize_row(d.ty, src, dst)?;
-                }
-                let off =
-                    data_offset + layout.tensor_offsets[job.tensor] + (job.row0 * row_bytes) as u64;
-                file.write_all_at(bytes, off)
-                    .map_err(|e| Error::io(&tmp, e))?;
-                written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Ok(())
+        (0..windows).into_par_iter().try_for_each_init(
+            WindowBufs::default,
+            |bufs, w| -> Result<()> {
+                let start = w as u64 * WINDOW_BYTES as u64;
+                let len = (total - start).min(WINDOW_BYTES as u64) as usize;
+                // O_DIRECT needs block-aligned lengths: the tail is written rounded up and the
+                // file truncated afterwards.
+                let write_len = if direct {
+                    len.next_multiple_of(IO_ALIGN)
+                } else {
+                    len
+                };
+                let buf = aligned_window(&mut bufs.raw, write_len);
+                ctx.fill_window(start, &mut buf[..len], &mut bufs.row_f32, &mut bufs.row_q)?;
+                buf[len..].fill(0);
+                file.write_all_at(buf, start)
+                    .map_err(|e| Error::io(&tmp, e))
             },
         )
     })?;
+    file.set_len(total).map_err(|e| Error::io(&tmp, e))?;
     file.sync_all().map_err(|e| Error::io(&tmp, e))?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
@@ -445,7 +522,7 @@ pub fn generate(req: &GenRequest, path: &Path, opts: &GenOptions) -> Result<GenR
     tracing::info!(
         path = %path.display(),
         bytes = layout.total_len,
-        tensor_bytes = written.load(Ordering::Relaxed),
+        direct,
         plan_secs,
         write_secs,
         "generated"

@@ -15,6 +15,7 @@ pub mod error;
 pub mod generate;
 pub mod measure;
 pub mod prompts;
+pub mod quant;
 pub mod rng;
 pub mod spec;
 pub mod synth;

@@ -177,11 +177,21 @@ fn fill_row(plan: &Plan, def: &TensorDef, r: usize, row: &mut [f32]) {
         Kind::Output => fill_normal(k, row, plan.head_scale as f32),
         Kind::OutputNorm => {
             if s.tied_embeddings {
-                // Random signs: the tied head then has no bias toward repeating the input token.
+                // A tied head scores `Σ g_i x_i e_v,i`: symmetric in the input token (whose
+                // embedding is in x) and the candidate. Random signs remove the bias toward
+                // repeating the input token, and zero gain on the reserved coordinates (large
+                // token features) keeps the symmetric part small against the experts' outputs,
+                // so greedy decoding does not fall into two-token cycles.
                 let g = plan.head_scale as f32;
                 for (i, x) in row.iter_mut().enumerate() {
                     let bit = mix64(k ^ (i as u64).wrapping_mul(0x9E37_79B9)) & 1;
-                    *x = if bit == 0 { g } else { -g };
+                    *x = if plan.reserved[i] {
+                        0.0
+                    } else if bit == 0 {
+                        g
+                    } else {
+                        -g
+                    };
                 }
             } else {
                 row.fill(1.0);

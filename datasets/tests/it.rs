@@ -365,3 +365,23 @@ fn tiny_residual_diag() {
         .fold(0.0f32, f32::max);
     eprintln!("max |moe| on reserved at layer1: {maxmoe}");
 }
+
+#[test]
+fn b4_explore() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = GenRequest::new("4b-a0.6b", OutType::Q4_0, 0);
+    req.overrides.layers = Some(4);
+    req.overrides.vocab = Some(4096);
+    let path = dir.path().join(req.default_file_name());
+    let t = std::time::Instant::now();
+    let rep = generate(&req, &path, &GenOptions::default()).unwrap();
+    eprintln!("{rep:?} total {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let model = load(&path);
+    let prompts: Vec<Vec<u32>> = (0..6)
+        .map(|s| synthetic_prompt(s, 192, 4096, TokenDist::Uniform))
+        .collect();
+    let (stats, generated) = measure(&model, &prompts, 16).unwrap();
+    eprintln!("{}\nmeasure {:?}", stats.table(), t.elapsed());
+    eprintln!("gen {:?}", &generated[0]);
+}
