@@ -6,7 +6,9 @@ mod bench;
 mod r#gen;
 mod inspect;
 mod logits;
+mod profile;
 mod run;
+mod tokenize;
 
 use std::process::ExitCode;
 
@@ -30,6 +32,10 @@ enum Cmd {
     Logits(logits::Args),
     /// Generates tokens from a prompt and reports prompt and generation speed.
     Run(run::Args),
+    /// Encodes text with a model's tokenizer and prints the ids.
+    Tokenize(tokenize::Args),
+    /// Runs a generation under the profiler: timeline, routing, cache curves, KV, latency.
+    Profile(profile::Args),
     /// llama-bench-style prompt (ppN) and generation (tgN) throughput, with result records.
     Bench(bench::Args),
 }
@@ -42,6 +48,8 @@ fn main() -> ExitCode {
         Cmd::Logits(a) => logits::main(a),
         Cmd::Run(a) => run::main(a),
         Cmd::Bench(a) => bench::main(a),
+        Cmd::Profile(a) => profile::main(a),
+        Cmd::Tokenize(a) => tokenize::main(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

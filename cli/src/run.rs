@@ -15,8 +15,11 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     /// Prompt token ids, e.g. `1,2,3`.
-    #[arg(long)]
-    tokens: String,
+    #[arg(long, conflicts_with = "prompt", required_unless_present = "prompt")]
+    tokens: Option<String>,
+    /// Prompt text (encoded with the model's tokenizer; output printed as text).
+    #[arg(short = 'p', long)]
+    prompt: Option<String>,
     /// Tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 32)]
     n_predict: usize,
@@ -51,7 +54,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn main(a: Args) -> Result<()> {
-    let prompt = parse_ids(&a.tokens)?;
+    let text_mode = a.prompt.is_some();
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -62,6 +65,27 @@ pub fn main(a: Args) -> Result<()> {
         seed: a.seed,
     })?;
     let model = a.model.load()?;
+    let tok = if text_mode {
+        Some(crate::tokenize::load_tokenizer(&a.model.model)?)
+    } else {
+        None
+    };
+    let prompt = match (&a.tokens, &a.prompt, &tok) {
+        (Some(ids), _, _) => parse_ids(ids)?,
+        (None, Some(text), Some(t)) => {
+            let ids = t.encode_prompt(text)?;
+            if ids.is_empty() {
+                bail!("the prompt encodes to no tokens");
+            }
+            ids
+        }
+        _ => bail!("give --tokens or --prompt"),
+    };
+    let mut stream = tok.as_ref().map(|t| t.stream_decoder(true));
+    let stops: Vec<u32> = match &tok {
+        Some(t) => t.stop_ids().to_vec(),
+        None => model.config.eos_token_ids.clone(),
+    };
     let ctx = a.ctx.unwrap_or(prompt.len() + a.n_predict);
     if ctx < prompt.len() + a.n_predict {
         bail!(
@@ -88,14 +112,25 @@ pub fn main(a: Args) -> Result<()> {
     for i in 0..a.n_predict {
         let id = sampler.sample(&logits)?;
         generated += 1;
-        write!(out, "{}{id}", if i == 0 { "" } else { "," })?;
+        let stop = !a.ignore_eos && stops.contains(&id);
+        match &mut stream {
+            Some(sd) => {
+                if let Some(text) = sd.push(id)? {
+                    write!(out, "{text}")?;
+                }
+            }
+            None => write!(out, "{}{id}", if i == 0 { "" } else { "," })?,
+        }
         out.flush()?;
-        if !a.ignore_eos && model.config.eos_token_ids.contains(&id) {
+        if stop {
             break;
         }
         if i + 1 < a.n_predict {
             logits = s.forward(&[id], Logits::Last)?;
         }
+    }
+    if let Some(text) = stream.as_mut().and_then(|sd| sd.flush()) {
+        write!(out, "{text}")?;
     }
     writeln!(out)?;
     let t_gen = t1.elapsed();

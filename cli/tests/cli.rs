@@ -159,3 +159,48 @@ fn bad_input_is_one_clear_line_and_nonzero() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn tokenize_gguf_and_json_agree_and_json_output_parses() {
+    let text = "Hello world, this is SmallThinker. 你好 <|im_end|>";
+    let run = |tok: PathBuf, extra: &[&str]| {
+        let mut args = vec![
+            "tokenize",
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--text",
+            text,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = thinker(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Vec<u32>>(&o.stdout).unwrap()
+    };
+    let a = run(fixture("tiny-t1-gguf/tiny-t1-Q8_0.gguf"), &[]);
+    let b = run(fixture("tiny-t1/tokenizer.json"), &[]);
+    assert_eq!(a, b);
+    let special = run(fixture("tiny-t1"), &["--parse-special"]);
+    assert!(
+        special.contains(&511),
+        "<|im_end|> is id 511 in the tiny vocabulary: {special:?}"
+    );
+    assert!(!a.contains(&511));
+}
+
+#[test]
+fn run_with_text_prompt_prints_text() {
+    let o = thinker(&[
+        "run",
+        "-m",
+        fixture("tiny-t1-gguf/tiny-t1-F32.gguf").to_str().unwrap(),
+        "-p",
+        "Once upon a time",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!o.stdout.is_empty());
+}

@@ -106,6 +106,15 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// A tokenizer description (GGUF `tokenizer.ggml.*` metadata or `tokenizer.json`) is invalid or
+    /// unsupported.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// A chat template failed to compile or to render.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
     /// The memory budget cannot hold what the model needs.
     #[error("memory budget {budget_bytes} B is too small: at least {min_bytes} B needed ({what})")]
     BudgetTooSmall {

@@ -9,6 +9,8 @@
 //! - [`kernels`]: dot products and other hot loops; scalar reference plus SIMD variants chosen at
 //!   run time.
 //! - [`model`]: hyperparameters, weights, the forward pass, KV cache.
+//! - [`tokenizer`]: Qwen2-family byte-level BPE (from GGUF metadata or `tokenizer.json`), streaming
+//!   detokenisation and chat templates.
 //! - [`sampler`]: greedy / temperature / top-k / top-p / min-p / repetition penalty.
 //!
 //! The engine emits `tracing` spans (see `docs/spans.md`) and never installs a subscriber.
@@ -22,6 +24,7 @@ pub mod model;
 pub mod moe;
 pub mod quant;
 pub mod sampler;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use model::{Model, ModelOptions};

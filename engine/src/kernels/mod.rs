@@ -20,6 +20,7 @@
 
 mod act;
 pub mod scalar;
+pub mod wf32;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -13,7 +13,7 @@
 use tracing::{Level, debug_span, event};
 
 use super::Model;
-use super::linear::matmul;
+use super::linear::{LinearScratch, matmul};
 use super::ops::{rms_norm, route};
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvCacheConfig, KvType};
@@ -114,7 +114,7 @@ struct Scratch {
     o: Vec<f32>,
     rl: Vec<f32>,
     moe: Vec<f32>,
-    tmp: Vec<f32>,
+    lin: LinearScratch,
     cos: Vec<f32>,
     sin: Vec<f32>,
     routes: Routes,
@@ -282,7 +282,7 @@ impl<'m> Session<'m> {
                 // 1. Router on the residual entering the layer.
                 {
                     let _sp = debug_span!("compute.router", layer = l).entered();
-                    matmul(&lw.router, &s.x, n, &mut s.rl, model.mode, &mut s.tmp)?;
+                    matmul(&lw.router, &s.x, n, &mut s.rl, model.mode, &mut s.lin)?;
                     let k = c.n_experts_used;
                     s.routes.k = k;
                     s.routes.ids.resize(n * k, 0);
@@ -330,9 +330,9 @@ impl<'m> Session<'m> {
                             &mut s.h[t * hd..(t + 1) * hd],
                         );
                     }
-                    matmul(&lw.wq, &s.h, n, &mut s.q, model.mode, &mut s.tmp)?;
-                    matmul(&lw.wk, &s.h, n, &mut s.k, model.mode, &mut s.tmp)?;
-                    matmul(&lw.wv, &s.h, n, &mut s.v, model.mode, &mut s.tmp)?;
+                    matmul(&lw.wq, &s.h, n, &mut s.q, model.mode, &mut s.lin)?;
+                    matmul(&lw.wk, &s.h, n, &mut s.k, model.mode, &mut s.lin)?;
+                    matmul(&lw.wv, &s.h, n, &mut s.v, model.mode, &mut s.lin)?;
                     if kind.rope {
                         for t in 0..n {
                             let p = pos0 + t;
@@ -374,7 +374,7 @@ impl<'m> Session<'m> {
                         c.head_dim,
                         &mut s.att,
                     );
-                    matmul(&lw.wo, &s.att, n, &mut s.o, model.mode, &mut s.tmp)?;
+                    matmul(&lw.wo, &s.att, n, &mut s.o, model.mode, &mut s.lin)?;
                 }
                 if wants(&obs, Probe::AttnOut)
                     && let Some(o) = obs.as_deref_mut()
@@ -410,14 +410,14 @@ impl<'m> Session<'m> {
                         &mut s.moe_scratch,
                         &mut s.moe,
                     )?;
-                    self.moe_totals.n_neurons += stats.n_neurons;
-                    self.moe_totals.n_active += stats.n_active;
+                    self.moe_totals.add(&stats);
                     event!(
                         target: "engine::moe",
                         Level::DEBUG,
                         layer = l,
                         active = stats.n_active,
                         total = stats.n_neurons,
+                        bytes_skipped = stats.bytes_skipped,
                         "sparsity"
                     );
                     if let Some(o) = obs.as_deref_mut() {
@@ -481,7 +481,7 @@ impl<'m> Session<'m> {
                 rows,
                 &mut out,
                 model.mode,
-                &mut s.tmp,
+                &mut s.lin,
             )
         })?;
         Ok(out)

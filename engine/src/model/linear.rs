@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::weights::Matrix;
 use crate::error::Result;
+use crate::kernels::{QuantAct, act_format_for, dot_rows, wf32};
 
 /// How products are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -19,8 +20,20 @@ pub enum ComputeMode {
     Fast,
 }
 
-/// Rows handled per parallel task.
+/// Rows handled per parallel task in exact mode.
 const ROWS_PER_TASK: usize = 16;
+
+/// Smallest number of rows a fast-mode task gets (amortises scheduling).
+const MIN_ROWS_PER_TASK: usize = 32;
+
+/// Scratch for products, reused across calls (no allocation once warm).
+#[derive(Default)]
+pub struct LinearScratch {
+    /// Transposition buffer for batches.
+    pub tmp: Vec<f32>,
+    /// Quantised activations, one per token.
+    pub acts: Vec<QuantAct>,
+}
 
 /// `out[t · rows + r] = m.row(r) · x[t · cols ..]` for `n_tokens` tokens.
 ///
@@ -30,12 +43,26 @@ pub fn matmul(
     x: &[f32],
     n_tokens: usize,
     out: &mut [f32],
-    _mode: ComputeMode,
-    tmp: &mut Vec<f32>,
+    mode: ComputeMode,
+    scratch: &mut LinearScratch,
 ) -> Result<()> {
     let (rows, cols) = (m.rows, m.cols);
     debug_assert_eq!(x.len(), n_tokens * cols);
     debug_assert_eq!(out.len(), n_tokens * rows);
+    if mode == ComputeMode::Fast && wf32::supports(m.ty) {
+        return matmul_f32act(m, x, n_tokens, out, &mut scratch.tmp);
+    }
+    if mode == ComputeMode::Fast {
+        if scratch.acts.len() < n_tokens {
+            scratch.acts.resize_with(n_tokens, QuantAct::new);
+        }
+        let fmt = act_format_for(m.ty)?;
+        for (t, act) in scratch.acts[..n_tokens].iter_mut().enumerate() {
+            act.quantize(&x[t * cols..(t + 1) * cols], fmt)?;
+        }
+        return matmul_quantised(m, &scratch.acts[..n_tokens], out, &mut scratch.tmp);
+    }
+    let tmp = &mut scratch.tmp;
     if n_tokens == 1 {
         return matvec_exact(m, x, out);
     }
@@ -60,6 +87,97 @@ pub fn matmul(
     for t in 0..n_tokens {
         for r in 0..rows {
             out[t * rows + r] = tmp[r * n_tokens + t];
+        }
+    }
+    Ok(())
+}
+
+/// Rows per task so that every thread gets a few tasks.
+pub fn rows_per_task(rows: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    rows.div_ceil(threads * 4).max(MIN_ROWS_PER_TASK)
+}
+
+/// Fast product with f32 activations (weights dequantised in registers, see [`wf32`]).
+pub fn matmul_f32act(
+    m: &Matrix,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    tmp: &mut Vec<f32>,
+) -> Result<()> {
+    let (rows, cols) = (m.rows, m.cols);
+    let rb = m.row_bytes();
+    let bytes = m.bytes();
+    let chunk = rows_per_task(rows);
+    if n == 1 {
+        return out
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .try_for_each(|(task, o)| {
+                let r0 = task * chunk;
+                wf32::gemm(m.ty, &bytes[r0 * rb..(r0 + o.len()) * rb], rb, x, cols, o)
+            });
+    }
+    tmp.clear();
+    tmp.resize(rows * n, 0.0);
+    tmp.par_chunks_mut(chunk * n)
+        .enumerate()
+        .try_for_each(|(task, dst)| {
+            let r0 = task * chunk;
+            let nr = dst.len() / n;
+            wf32::gemm(m.ty, &bytes[r0 * rb..(r0 + nr) * rb], rb, x, cols, dst)
+        })?;
+    for (task, src) in tmp.chunks(chunk * n).enumerate() {
+        let r0 = task * chunk;
+        let nr = src.len() / n;
+        for t in 0..n {
+            out[t * rows + r0..t * rows + r0 + nr].copy_from_slice(&src[t * nr..(t + 1) * nr]);
+        }
+    }
+    Ok(())
+}
+
+/// `out[t · rows + r] = m.row(r) · acts[t]` with activations already quantised for `m.ty`.
+pub fn matmul_quantised(
+    m: &Matrix,
+    acts: &[QuantAct],
+    out: &mut [f32],
+    tmp: &mut Vec<f32>,
+) -> Result<()> {
+    let (rows, n) = (m.rows, acts.len());
+    let rb = m.row_bytes();
+    let bytes = m.bytes();
+    let chunk = rows_per_task(rows);
+    if n == 1 {
+        return out
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .try_for_each(|(task, o)| {
+                let r0 = task * chunk;
+                dot_rows(m.ty, &bytes[r0 * rb..(r0 + o.len()) * rb], rb, &acts[0], o)
+            });
+    }
+    // Row chunks outermost so a chunk of weights is reused from cache by every token.
+    tmp.clear();
+    tmp.resize(rows * n, 0.0);
+    tmp.par_chunks_mut(chunk * n)
+        .enumerate()
+        .try_for_each(|(task, dst)| -> Result<()> {
+            let r0 = task * chunk;
+            let nr = dst.len() / n;
+            let w = &bytes[r0 * rb..(r0 + nr) * rb];
+            for (t, act) in acts.iter().enumerate() {
+                dot_rows(m.ty, w, rb, act, &mut dst[t * nr..(t + 1) * nr])?;
+            }
+            Ok(())
+        })?;
+    // tmp holds, per task, [token][row-in-chunk]; scatter into [token][row].
+    for (task, src) in tmp.chunks(chunk * n).enumerate() {
+        let r0 = task * chunk;
+        let nr = src.len() / n;
+        for t in 0..n {
+            out[t * rows + r0..t * rows + r0 + nr].copy_from_slice(&src[t * nr..(t + 1) * nr]);
         }
     }
     Ok(())

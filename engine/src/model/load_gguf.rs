@@ -341,6 +341,7 @@ pub fn weights_from_gguf(g: &GgufFile, cfg: &ModelConfig) -> Result<Weights> {
                 up,
                 down,
                 down_transposed,
+                down_planes: None,
             })
             .collect();
         layers.push(LayerWeights {

@@ -164,6 +164,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<(ModelConfig, Weights)> {
                 up: st.matrix(&format!("{ep}.up.weight"), f, h)?,
                 down: st.matrix(&format!("{ep}.down.weight"), h, f)?,
                 down_transposed: false,
+                down_planes: None,
             });
         }
         layers.push(LayerWeights {

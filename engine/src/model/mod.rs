@@ -61,13 +61,20 @@ impl std::fmt::Debug for Model {
 
 impl Model {
     /// Builds a model from parts (used by the loaders and by tests).
-    pub fn from_parts(config: ModelConfig, weights: Weights, opts: &ModelOptions) -> Result<Model> {
+    pub fn from_parts(
+        config: ModelConfig,
+        mut weights: Weights,
+        opts: &ModelOptions,
+    ) -> Result<Model> {
         config.validate()?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.threads)
             .thread_name(|i| format!("compute-{i}"))
             .build()
             .map_err(|e| Error::Model(format!("cannot start compute threads: {e}")))?;
+        if opts.mode == ComputeMode::Fast {
+            pool.install(|| repack_down(&mut weights))?;
+        }
         Ok(Model {
             rope: ops::Rope::new(config.head_dim, config.rope_theta),
             config,
@@ -100,6 +107,26 @@ impl Model {
         }
     }
 
+    /// Switches between exact and fast arithmetic (fast needs the repacked layout built at load;
+    /// a model loaded in exact mode builds it on the first switch).
+    pub fn set_mode(&mut self, mode: ComputeMode) -> Result<()> {
+        if mode == ComputeMode::Fast && self.mode != ComputeMode::Fast {
+            let pool = self.pool.clone();
+            pool.install(|| repack_down(&mut self.weights))?;
+        }
+        self.mode = mode;
+        Ok(())
+    }
+
+    /// The model's tokenizer: from the GGUF metadata, or `tokenizer.json` in a Hugging Face
+    /// directory (`dir` is where the model was loaded from).
+    pub fn tokenizer(&self, dir: &Path) -> Result<crate::tokenizer::Tokenizer> {
+        match &self.gguf {
+            Some(g) => crate::tokenizer::Tokenizer::from_gguf(g),
+            None => crate::tokenizer::Tokenizer::from_json_file(dir.join("tokenizer.json")),
+        }
+    }
+
     /// The compute mode.
     pub fn mode(&self) -> ComputeMode {
         self.mode
@@ -109,4 +136,25 @@ impl Model {
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
     }
+}
+
+/// Builds the neuron-major down planes of every Q4_0/Q8_0 expert (in parallel) and releases the
+/// original down pages of mapped files, so the repacked copy replaces rather than duplicates them.
+fn repack_down(w: &mut Weights) -> Result<()> {
+    use rayon::prelude::*;
+    let _sp = tracing::debug_span!("load.repack_down").entered();
+    w.layers
+        .par_iter_mut()
+        .flat_map(|l| l.experts.par_iter_mut())
+        .try_for_each(|e| -> Result<()> {
+            if e.down_transposed || e.down_planes.is_some() {
+                return Ok(());
+            }
+            if let Some(p) = crate::moe::sparse_down::DownPlanes::from_down(&e.down)? {
+                e.down_planes = Some(Arc::new(p));
+                let (blob, start) = e.down.data.location();
+                blob.release_pages(start, e.down.data.len());
+            }
+            Ok(())
+        })
 }

@@ -157,6 +157,17 @@ impl Matrix {
     }
 }
 
+impl ExpertWeights {
+    /// Outputs of the down projection (the hidden size).
+    pub fn down_rows_out(&self) -> usize {
+        if self.down_transposed {
+            self.down.cols
+        } else {
+            self.down.rows
+        }
+    }
+}
+
 /// One expert's three matrices.
 #[derive(Clone, Debug)]
 pub struct ExpertWeights {
@@ -168,6 +179,8 @@ pub struct ExpertWeights {
     pub down: Matrix,
     /// Down stored neuron-major (PowerInfer's `--transpose-down`): row f is neuron f's output column.
     pub down_transposed: bool,
+    /// The fast path's lossless neuron-major copy of `down` (built at load in fast mode).
+    pub down_planes: Option<std::sync::Arc<crate::moe::sparse_down::DownPlanes>>,
 }
 
 /// Weights of one decoder layer.

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use engine::Error;
 use engine::error::GgufError;
 use engine::formats::gguf::{
-    Array, DEFAULT_ALIGNMENT, GgufFile, GgufWriter, MAX_ARRAY_DEPTH, MAX_STRING_LEN, TensorSpec,
-    Value, encode_header,
+    Array, DEFAULT_ALIGNMENT, GgufFile, GgufWriter, MAX_ARRAY_DEPTH, MAX_STRING_LEN,
+    MAX_TENSOR_NAME_WRITE, TensorSpec, Value, encode_header,
 };
 use engine::formats::mmap::Blob;
 use engine::quant::GgmlType;
@@ -878,6 +878,17 @@ fn writer_rejects_bad_alignment_and_metadata() {
             "{spec:?}"
         );
     }
+    let long = TensorSpec::new("n".repeat(MAX_TENSOR_NAME_WRITE), vec![8], GgmlType::F32);
+    assert!(matches!(
+        encode_header(&md, &[long], 32),
+        Err(Error::InvalidInput(_))
+    ));
+    let longest = TensorSpec::new(
+        "n".repeat(MAX_TENSOR_NAME_WRITE - 1),
+        vec![8],
+        GgmlType::F32,
+    );
+    assert!(encode_header(&md, &[longest], 32).is_ok());
     let twice = [
         TensorSpec::new("x", vec![8], GgmlType::F32),
         TensorSpec::new("x", vec![8], GgmlType::F32),
@@ -945,7 +956,8 @@ fn writer_refuses_extra_bytes_and_incomplete_files_and_leaves_nothing_behind() {
 // ---------------------------------------------------------------------------------------------
 // Mutation testing
 
-/// Parses `bytes`; if that succeeds, uses everything the parse produced.
+/// Parses `bytes`; if that succeeds, uses everything the parse produced, and checks that the
+/// content re-encodes to a file that parses back and re-encodes to the same header.
 fn exercise(bytes: Vec<u8>) {
     let Ok(f) = parse(bytes) else { return };
     for t in f.tensors() {
@@ -965,6 +977,19 @@ fn exercise(bytes: Vec<u8>) {
         let _ = v.type_name();
     }
     let _ = f.architecture();
+
+    let specs: Vec<TensorSpec> = f.tensors().iter().map(TensorSpec::from).collect();
+    // Encoding refuses what the reader tolerates: long tensor names, a non-u32 alignment key.
+    let Ok((header, layout)) = encode_header(f.metadata(), &specs, f.alignment()) else {
+        return;
+    };
+    let mut again = header.clone();
+    again.resize(layout.total_len as usize, 0);
+    let g = parse(again).expect("a re-encoded file parses");
+    let specs2: Vec<TensorSpec> = g.tensors().iter().map(TensorSpec::from).collect();
+    assert_eq!(specs, specs2);
+    let (header2, _) = encode_header(g.metadata(), &specs2, g.alignment()).unwrap();
+    assert!(header == header2, "encode(parse(encode(x))) != encode(x)");
 }
 
 #[derive(Debug, Clone)]

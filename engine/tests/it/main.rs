@@ -6,3 +6,4 @@ mod kernels;
 mod model_gguf;
 mod model_ref;
 mod quant;
+mod tokenizer;

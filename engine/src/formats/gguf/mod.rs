@@ -21,7 +21,7 @@ mod write;
 
 pub use read::{GgufFile, TensorInfo};
 pub use value::{Array, Value};
-pub use write::{GgufLayout, GgufWriter, TensorSpec, encode_header};
+pub use write::{GgufLayout, GgufWriter, MAX_TENSOR_NAME_WRITE, TensorSpec, encode_header};
 
 /// The four magic bytes at offset 0.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";

@@ -175,7 +175,9 @@ fn put_value(out: &mut Vec<u8>, key: &str, v: &Value) -> Result<()> {
 }
 
 /// Encodes a GGUF v3 header for `metadata` (written in the given order) and `tensors` (laid out
-/// back to back in the given order, each padded to `alignment`, as llama.cpp does).
+/// back to back in the given order, each padded to `alignment`, as llama.cpp does). Tensor
+/// shapes are validated as the reader does, and names must be shorter than
+/// [`MAX_TENSOR_NAME_WRITE`] bytes.
 ///
 /// `alignment` must be a power of two up to [`MAX_ALIGNMENT`]. The `general.alignment` key is
 /// written only if `metadata` contains it, in which case it must be a u32 equal to `alignment`;
@@ -251,10 +253,12 @@ pub fn encode_header(
                 t.name
             )));
         }
-        if t.name.len() as u64 > MAX_STRING_LEN {
+        if t.name.len() >= MAX_TENSOR_NAME_WRITE {
             return Err(Error::InvalidInput(format!(
-                "tensor name of {} bytes is too long",
-                t.name.len()
+                "tensor name '{}' has {} bytes; llama.cpp reads at most {}",
+                t.name,
+                t.name.len(),
+                MAX_TENSOR_NAME_WRITE - 1
             )));
         }
         let size = t.size_bytes()?;
@@ -290,6 +294,10 @@ pub fn encode_header(
 }
 
 const ZEROS: [u8; 4096] = [0; 4096];
+
+/// Tensor names must be shorter than this to be written (ggml's `GGML_MAX_NAME`: llama.cpp
+/// refuses longer names). The reader accepts any name up to [`MAX_STRING_LEN`].
+pub const MAX_TENSOR_NAME_WRITE: usize = 64;
 
 /// Streams a GGUF file: the header is written by [`GgufWriter::create`], then the tensors' bytes
 /// in spec order via [`GgufWriter::write_chunk`] / [`GgufWriter::write_tensor`], and
