@@ -406,6 +406,28 @@ impl WindowCtx<'_> {
     }
 }
 
+/// Writes only the header of the model `req` describes, with a sparse, all-zero data section of
+/// the right size: a file with exactly the real metadata and tensor table (what `thinker
+/// inspect` and any loader's shape checks see) that costs no disk space and no time. Returns
+/// the file size. Not for running: every weight is zero.
+pub fn write_skeleton(req: &GenRequest, path: &Path) -> Result<u64> {
+    let spec = req.spec()?;
+    req.targets.validate()?;
+    let plan = Plan::new(&spec, &req.targets, req.seed);
+    let defs = tensor_defs(&spec, req.out_type);
+    let meta = metadata(req, &spec, &plan, DEFAULT_ALIGNMENT)?;
+    let specs: Vec<TensorSpec> = defs
+        .iter()
+        .map(|d| TensorSpec::new(d.name.clone(), d.dims.clone(), d.ty))
+        .collect();
+    let (header, layout) = encode_header(&meta, &specs, DEFAULT_ALIGNMENT)?;
+    let f = File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all_at(&header, 0).map_err(|e| Error::io(path, e))?;
+    f.set_len(layout.total_len)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(layout.total_len)
+}
+
 /// Generates the model `req` describes at `path`.
 pub fn generate(req: &GenRequest, path: &Path, opts: &GenOptions) -> Result<GenReport> {
     let spec = req.spec()?;
