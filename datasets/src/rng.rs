@@ -55,7 +55,7 @@ fn hash32(mut x: u32) -> u32 {
 /// Mean of a sum of four bytes.
 const BYTES_MEAN: f32 = 4.0 * 127.5;
 /// Standard deviation of a sum of four bytes: `sqrt(4 · (256² − 1) / 12)`.
-const BYTES_STD: f32 = 147.801_89;
+const BYTES_STD: f32 = 147.8019;
 
 /// Fills `out` with approximately normal values of standard deviation `std`: element `i` is the
 /// centred, scaled sum of the four bytes of `hash32(hash32(i·γ ^ k₀) ^ k₁)` (Irwin–Hall with four
@@ -125,7 +125,7 @@ impl Rng {
 
     /// Uniform integer in `0..n` (`n > 0`; negligible bias for the small `n` used here).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
     /// A uniformly random permutation of `0..n` (Fisher–Yates).

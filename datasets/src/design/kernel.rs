@@ -193,37 +193,3 @@ mod tests {
         assert!(((s(0.0) - s(5.0)) - (k.score[0] - k.score[5])).abs() < 1e-9);
     }
 }
-
-#[cfg(test)]
-mod explore {
-    use super::*;
-    fn stats_at(k: &RecencyKernel, t: usize) -> (f64, f64) {
-        let a = k.alpha_at(t);
-        let b = k.alpha_at(t - 1);
-        let var: f64 = a.iter().map(|x| x * x).sum();
-        let vb: f64 = b.iter().map(|x| x * x).sum();
-        let cov: f64 = (0..t).map(|d| a[d + 1] * b[d]).sum();
-        (var, cov / (var * vb).sqrt())
-    }
-    #[test]
-    fn explore_profiles() {
-        for hd in [128usize] {
-            for (lambda, drop, far) in [
-                (0.5, 18.0, 1.0),
-                (0.6, 18.0, 1.0),
-                (0.7, 18.0, 1.0),
-                (0.7, 24.0, 1.0),
-                (0.6, 18.0, 3.0),
-                (0.7, 18.0, 3.0),
-            ] {
-                let k = RecencyKernel::design_with(hd, 1.5e6, lambda, 4096, drop, far);
-                eprint!("drop {drop} far {far} λ {lambda}: ");
-                for t in [4usize, 16, 32, 128, 512, 2048, 4096] {
-                    let (v, l) = stats_at(&k, t);
-                    eprint!(" t{t}: v{:.4} l{:.3}", v, l);
-                }
-                eprintln!();
-            }
-        }
-    }
-}
