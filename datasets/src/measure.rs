@@ -17,6 +17,10 @@ pub struct RoutingStats {
     pub k: usize,
     /// `counts[l][e]`: tokens that chose expert `e` at layer `l`.
     pub counts: Vec<Vec<u64>>,
+    /// The same counted over every second sequence only (for the split-half estimate).
+    pub counts_odd: Vec<Vec<u64>>,
+    /// Tokens routed per layer in those sequences.
+    pub tokens_odd: Vec<u64>,
     /// Tokens routed per layer.
     pub tokens: Vec<u64>,
     /// Experts shared with the previous position's choice, summed per layer.
@@ -42,6 +46,8 @@ impl RoutingStats {
             n_experts,
             k,
             counts: vec![vec![0; n_experts]; n_layers],
+            counts_odd: vec![vec![0; n_experts]; n_layers],
+            tokens_odd: vec![0; n_layers],
             tokens: vec![0; n_layers],
             shared: vec![0; n_layers],
             pairs: vec![0; n_layers],
@@ -74,6 +80,40 @@ impl RoutingStats {
     pub fn mean_zipf_exponent(&self) -> f64 {
         let n = self.n_layers();
         (0..n).map(|l| self.zipf_exponent(l)).sum::<f64>() / n.max(1) as f64
+    }
+
+    /// Split-half Zipf exponent of layer `l`: experts ranked by their frequency in one half of
+    /// the sequences, frequencies taken from the other half (both ways, averaged). Sorting a
+    /// sample by its own noisy frequencies steepens the fit ([`RoutingStats::zipf_exponent`] is
+    /// biased up on small samples); ranking on independent data removes that bias (and, with
+    /// noisy ranks, leans slightly the other way). `None` without sequences in both halves.
+    pub fn zipf_exponent_split(&self, l: usize) -> Option<f64> {
+        let (na, nb) = (self.tokens[l] - self.tokens_odd[l], self.tokens_odd[l]);
+        if na == 0 || nb == 0 {
+            return None;
+        }
+        let fa: Vec<f64> = (0..self.n_experts)
+            .map(|e| (self.counts[l][e] - self.counts_odd[l][e]) as f64 / na as f64)
+            .collect();
+        let fb: Vec<f64> = (0..self.n_experts)
+            .map(|e| self.counts_odd[l][e] as f64 / nb as f64)
+            .collect();
+        let floor = 0.5 / na.min(nb) as f64;
+        let cross = |rank_by: &[f64], values: &[f64]| {
+            let mut order: Vec<usize> = (0..self.n_experts).collect();
+            order.sort_by(|&a, &b| rank_by[b].total_cmp(&rank_by[a]).then(a.cmp(&b)));
+            let v: Vec<f64> = order.iter().map(|&e| values[e]).collect();
+            -crate::design::stats::log_log_slope(&v, floor)
+        };
+        Some(0.5 * (cross(&fa, &fb) + cross(&fb, &fa)))
+    }
+
+    /// Mean split-half Zipf exponent over layers (see [`RoutingStats::zipf_exponent_split`]).
+    pub fn mean_zipf_exponent_split(&self) -> Option<f64> {
+        let v: Option<Vec<f64>> = (0..self.n_layers())
+            .map(|l| self.zipf_exponent_split(l))
+            .collect();
+        v.map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64)
     }
 
     /// Share of layer `l`'s chosen experts that the previous position also chose.
@@ -112,11 +152,13 @@ impl RoutingStats {
 
     /// A per-layer table (layer, zipf, reuse, zero share, top share, max rms).
     pub fn table(&self) -> String {
-        let mut s = String::from("layer  zipf   reuse  zero   top    rms    max_rms\n");
+        let mut s = String::from("layer  zipf   zipf×  reuse  zero   top    rms    max_rms\n");
+        let split = |v: Option<f64>| v.map_or_else(|| "  -  ".to_string(), |z| format!("{z:.3}"));
         for l in 0..self.n_layers() {
             s.push_str(&format!(
-                "{l:>5}  {:.3}  {:.3}  {:.3}  {:.3}  {:.2}  {:.2}\n",
+                "{l:>5}  {:.3}  {}  {:.3}  {:.3}  {:.3}  {:.2}  {:.2}\n",
                 self.zipf_exponent(l),
+                split(self.zipf_exponent_split(l)),
                 self.reuse(l),
                 self.zero_share(l),
                 self.top_share(l),
@@ -125,8 +167,9 @@ impl RoutingStats {
             ));
         }
         s.push_str(&format!(
-            "  all  {:.3}  {:.3}  {:.3}\n",
+            "  all  {:.3}  {}  {:.3}  {:.3}\n",
             self.mean_zipf_exponent(),
+            split(self.mean_zipf_exponent_split()),
             self.mean_reuse(),
             self.mean_zero_share()
         ));
@@ -141,6 +184,8 @@ pub struct StatsObserver {
     hidden: usize,
     /// Per layer: the last position seen and its experts.
     prev: Vec<Option<(usize, Vec<u32>)>>,
+    /// Sequences started so far.
+    sequences: usize,
 }
 
 impl StatsObserver {
@@ -150,12 +195,14 @@ impl StatsObserver {
             stats: RoutingStats::new(n_layers, n_experts, k),
             hidden,
             prev: vec![None; n_layers],
+            sequences: 0,
         }
     }
 
     /// Forgets the previous positions (a new sequence starts).
     pub fn new_sequence(&mut self) {
         self.prev.iter_mut().for_each(|p| *p = None);
+        self.sequences += 1;
     }
 }
 
@@ -191,12 +238,19 @@ impl Observer for StatsObserver {
         for t in 0..routes.n_tokens() {
             let ids = routes.ids_of(t);
             let pos = pos0 + t;
+            let odd = self.sequences.is_multiple_of(2);
             for &e in ids {
                 if let Some(c) = st.counts[layer].get_mut(e as usize) {
                     *c += 1;
                 }
+                if odd && let Some(c) = st.counts_odd[layer].get_mut(e as usize) {
+                    *c += 1;
+                }
             }
             st.tokens[layer] += 1;
+            if odd {
+                st.tokens_odd[layer] += 1;
+            }
             if let Some((p, prev)) = &self.prev[layer]
                 && *p + 1 == pos
             {

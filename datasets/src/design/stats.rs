@@ -99,6 +99,11 @@ pub fn zipf_popularity(n: usize, k: usize, s: f64) -> Vec<f64> {
 pub fn zipf_slope(freqs: &[f64], floor: f64) -> f64 {
     let mut f: Vec<f64> = freqs.to_vec();
     f.sort_by(|a, b| b.total_cmp(a));
+    log_log_slope(&f, floor)
+}
+
+/// Least-squares slope of `ln(values[i])` against `ln(i + 1)`, values floored at `floor`.
+pub fn log_log_slope(f: &[f64], floor: f64) -> f64 {
     let pts: Vec<(f64, f64)> = f
         .iter()
         .enumerate()
