@@ -263,6 +263,13 @@ pub fn calibrate_router(
     let delta_no_context = delta.clone();
     let reuse_no_context = base.reuse;
     let want = context_target(reuse_no_context);
+    if t.reuse < reuse_no_context {
+        tracing::warn!(
+            target_reuse = t.reuse,
+            floor = reuse_no_context,
+            "reuse target is below what popularity alone gives; using no context"
+        );
+    }
     let mut phi = 0.0;
     let mut ev = base;
     if want > reuse_no_context {
