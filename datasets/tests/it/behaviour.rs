@@ -122,3 +122,37 @@ fn other_targets_are_met_too() {
     let (stats, _) = measure(&model, &prompts, 0).unwrap();
     check(&stats, &req.targets, "tiny, zipf 1.2 reuse 0.6 zero 0.9");
 }
+
+#[test]
+fn deep_models_stay_healthy_over_long_contexts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = GenRequest::new("21b-a3b", OutType::Q8_0, 2);
+    // The 21B's 52-layer hybrid layout at tiny widths.
+    req.overrides = datasets::Overrides {
+        hidden: Some(256),
+        heads: Some(2),
+        kv_heads: Some(1),
+        vocab: Some(512),
+        experts: Some(32),
+        experts_used: Some(4),
+        ffn: Some(64),
+        ..Default::default()
+    };
+    let path = dir.path().join(req.default_file_name());
+    generate(&req, &path, &GenOptions::default()).unwrap();
+    let model = crate::load(&path);
+    assert_eq!(model.config.n_layers, 52);
+    let prompts = vec![synthetic_prompt(9, 1200, 512, TokenDist::Uniform)];
+    let (stats, _) = measure(&model, &prompts, 8).unwrap();
+    eprintln!("52 layers, 1200 tokens\n{}", stats.table());
+    assert!(!stats.non_finite);
+    for l in 0..52 {
+        assert!(
+            stats.max_rms[l] < MAX_RMS,
+            "layer {l}: {}",
+            stats.max_rms[l]
+        );
+    }
+    assert!((stats.mean_zero_share() - req.targets.zero_share).abs() < ZERO_TOL);
+    assert!((stats.mean_reuse() - req.targets.reuse).abs() < REUSE_TOL);
+}
