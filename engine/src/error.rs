@@ -115,6 +115,33 @@ pub enum Error {
     #[error("chat template: {0}")]
     ChatTemplate(String),
 
+    /// A positioned read of a byte range of a file (an expert's weights) failed or came up short:
+    /// the file was truncated, removed or became unreadable. Never returns partial data.
+    #[error("{}: reading bytes {offset}..{end}{context}: {source}", path.display(), end = offset.saturating_add(*len))]
+    ReadRange {
+        /// The file.
+        path: PathBuf,
+        /// First byte of the range.
+        offset: u64,
+        /// Length of the range in bytes.
+        len: u64,
+        /// What the range holds, e.g. " (layer 3 expert 7 gate)"; may be empty.
+        context: String,
+        /// The underlying error (`UnexpectedEof` for a truncated file, `NotFound` for a removed
+        /// one).
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A large buffer could not be allocated.
+    #[error("cannot allocate {bytes} bytes for {what}")]
+    OutOfMemory {
+        /// Bytes requested.
+        bytes: u64,
+        /// What the buffer was for.
+        what: &'static str,
+    },
+
     /// The memory budget cannot hold what the model needs.
     #[error("memory budget {budget_bytes} B is too small: at least {min_bytes} B needed ({what})")]
     BudgetTooSmall {

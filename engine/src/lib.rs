@@ -11,6 +11,8 @@
 //! - [`model`]: hyperparameters, weights, the forward pass, KV cache.
 //! - [`tokenizer`]: Qwen2-family byte-level BPE (from GGUF metadata or `tokenizer.json`), streaming
 //!   detokenisation and chat templates.
+//! - [`offload`]: expert offloading: expert file reads, storage profiles, I/O threads, expert
+//!   cache, memory budget, prefetcher.
 //! - [`sampler`]: greedy / temperature / top-k / top-p / min-p / repetition penalty.
 //!
 //! The engine emits `tracing` spans (see `docs/spans.md`) and never installs a subscriber.
@@ -22,6 +24,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod model;
 pub mod moe;
+pub mod offload;
 pub mod quant;
 pub mod sampler;
 pub mod tokenizer;

@@ -1,7 +1,15 @@
 //! `cargo xtask`: project automation. `main` only dispatches; each command has its own module.
 
+mod bench;
+mod cgroup;
+mod ci;
 mod gen_model;
+mod profile_data;
+mod report;
+mod scenario;
 mod tidy;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -17,19 +25,36 @@ struct Cli {
 enum Cmd {
     /// Formatting check, clippy with -D warnings, and the file-header rule.
     Tidy,
-    /// Writes a synthetic model with `thinker gen` (release build) into `models/`, e.g.
-    /// `cargo xtask gen-model --preset 4b-a0.6b --type q4_0`.
+    /// The main job: generate models, run the scenario matrix, write the HTML report.
+    Bench(bench::Args),
+    /// Rebuild a report from existing result records.
+    Report(report::Args),
+    /// Deterministic regression gate against the committed baseline.
+    Ci(ci::Args),
+    /// Generate a synthetic model (`thinker gen` on a release build; into `models/` unless
+    /// `--out` is given), e.g. `cargo xtask gen-model --preset 4b-a0.6b --type q4_0`.
     GenModel {
-        /// Arguments for `thinker gen` (see `thinker gen --help`).
+        /// Arguments passed to `thinker gen` (e.g. --preset 4b-a0.6b --type q4_0 --out PATH).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// The workspace root (the parent of this crate's manifest directory).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Tidy => tidy::run(),
+        Cmd::Bench(a) => bench::main(a),
+        Cmd::Report(a) => report::main(a),
+        Cmd::Ci(a) => ci::main(a),
         Cmd::GenModel { args } => gen_model::run(&args),
     }
 }

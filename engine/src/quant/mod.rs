@@ -7,7 +7,8 @@
 //! - [`dequantize_row`]: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
 //!   Q6_K (and Q8_1/Q8_K, the activation formats). Bit-identical to ggml's scalar code.
 //! - [`quantize_row`]: F32, F16, BF16, Q4_0, Q8_0 (and Q8_1/Q8_K), bit-exact with ggml's
-//!   reference quantisers (`quantize_row_*_ref`).
+//!   reference quantisers (`quantize_row_*_ref`); Q4_K and Q6_K with ggml's reference
+//!   algorithm (not verified bit-for-bit: no golden vectors).
 //!
 //! Block structs live in [`blocks`]; the typed per-format functions in [`dequant`] and
 //! [`quantize`].
@@ -153,12 +154,12 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 ///
 /// # Errors
 /// [`Error::BadLength`] on mismatched lengths; [`Error::UnsupportedType`] for types without a
-/// quantiser here (K-quants other than Q8_K, Q4_1, Q5_x, ...).
+/// quantiser here (Q2_K, Q3_K, Q5_K, Q4_1, Q5_x, the IQ types, ...).
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     use GgmlType as T;
     if !matches!(
         ty,
-        T::F32 | T::F16 | T::BF16 | T::Q4_0 | T::Q8_0 | T::Q8_1 | T::Q8_K
+        T::F32 | T::F16 | T::BF16 | T::Q4_0 | T::Q8_0 | T::Q8_1 | T::Q4_K | T::Q6_K | T::Q8_K
     ) {
         return Err(Error::UnsupportedType {
             ty,
@@ -185,6 +186,8 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         T::Q4_0 => quantize::quantize_q4_0(src, cast_mut(dst)),
         T::Q8_0 => quantize::quantize_q8_0(src, cast_mut(dst)),
         T::Q8_1 => quantize::quantize_q8_1(src, cast_mut(dst)),
+        T::Q4_K => quantize::quantize_q4_k(src, cast_mut(dst)),
+        T::Q6_K => quantize::quantize_q6_k(src, cast_mut(dst)),
         T::Q8_K => quantize::quantize_q8_k(src, cast_mut(dst)),
         _ => unreachable!("filtered above"),
     }
@@ -269,7 +272,7 @@ mod tests {
             Err(Error::UnsupportedType { .. })
         ));
         assert!(matches!(
-            quantize_row(GgmlType::Q6_K, &[0f32; 256], &mut [0u8; 210]),
+            quantize_row(GgmlType::Q5_K, &[0f32; 256], &mut [0u8; 176]),
             Err(Error::UnsupportedType { .. })
         ));
         assert!(matches!(

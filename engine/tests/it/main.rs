@@ -5,5 +5,6 @@ mod gguf;
 mod kernels;
 mod model_gguf;
 mod model_ref;
+mod offload;
 mod quant;
 mod tokenizer;

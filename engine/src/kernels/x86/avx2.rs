@@ -5,6 +5,7 @@
 //! [`super`], which are reachable only after runtime detection. Within this module the only
 //! `unsafe` operations are unaligned loads and stores through pointers derived from references
 //! to fixed-size arrays (the `load*`/`store*` helpers), so their bounds hold by construction.
+//! Prefetches are issued only for addresses inside a live slice.
 //!
 //! Preconditions on slice lengths (equal lengths, `w.len() == a.len() · out.len()` for the
 //! gemv kernels) are checked by the callers; violating them gives wrong results or a panic,
@@ -68,6 +69,16 @@ fn store_f32x8(x: &mut [f32; 8], v: __m256) {
 fn store_i8x32(x: &mut [i8; 32], v: __m256i) {
     // SAFETY: `x` refers to 32 writable bytes; `storeu` has no alignment requirement.
     unsafe { _mm256_storeu_si256(x.as_mut_ptr().cast(), v) }
+}
+
+/// Hints the cache line holding `buf[i]` into L1 (no-op when `i` is out of range).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch(buf: &[u8], i: usize) {
+    if let Some(p) = buf.get(i) {
+        // A prefetch never faults and has no architectural effect (a safe intrinsic).
+        _mm_prefetch::<_MM_HINT_T0>((p as *const u8).cast());
+    }
 }
 
 /// f16 bits → f32 with the F16C instruction.
@@ -269,42 +280,97 @@ pub fn quantize_row_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
 // ---------------------------------------------------------------------------------------------
 // Quantised dot products.
 
-/// Dot products of `N` Q4_0 rows with one Q8_0 activation, sharing the activation loads.
-///
-/// Uses the unsigned nibbles directly: `Σ (q−8)·a = Σ q·a − 8·Σ a`, with `8·Σa` computed once
-/// per activation block for all rows (in i16 pair sums, exact: |pair| ≤ 2·15·127).
+/// Four f16 scales → f32, times `da`, each broadcast to a full vector.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_0_rows<const N: usize>(w: [&[BlockQ4_0]; N], a: &[BlockQ8_0]) -> [f32; N] {
-    let ones = _mm256_set1_epi16(1);
-    let eight = _mm256_set1_epi8(8);
-    // Equal lengths let the compiler drop the bounds checks below (and make a short row panic
-    // here rather than mid-loop).
-    let w = w.map(|r| &r[..a.len()]);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (b, y) in a.iter().enumerate() {
-        let qa = load_i8x32(&y.qs);
-        let corr = _mm256_maddubs_epi16(eight, qa);
-        let da = f16(y.d);
-        for k in 0..N {
-            let x = &w[k][b];
-            let p = _mm256_maddubs_epi16(nibbles(&x.qs), qa);
-            let p = _mm256_madd_epi16(_mm256_sub_epi16(p, corr), ones);
-            let d = _mm256_set1_ps(f16(x.d) * da);
-            acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[k]);
-        }
-    }
-    acc.map(|v| hsum_ps(v))
+fn scales4(d: [u16; 4], da: f32) -> [__m256; 4] {
+    let h = _mm_set_epi64x(
+        0,
+        ((d[3] as i64) << 48) | ((d[2] as i64) << 32) | ((d[1] as i64) << 16) | d[0] as i64,
+    );
+    let f = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(h), _mm_set1_ps(da)));
+    [
+        _mm256_permutevar8x32_ps(f, _mm256_set1_epi32(0)),
+        _mm256_permutevar8x32_ps(f, _mm256_set1_epi32(1)),
+        _mm256_permutevar8x32_ps(f, _mm256_set1_epi32(2)),
+        _mm256_permutevar8x32_ps(f, _mm256_set1_epi32(3)),
+    ]
 }
 
-/// Q4_0 × Q8_0 dot product.
+/// `Σ (q−8)·a` of one Q4_0 block as eight i32 lanes, given `corr = maddubs(8, a)`.
+///
+/// Uses the unsigned nibbles directly: `Σ (q−8)·a = Σ q·a − 8·Σ a`, in i16 pair sums (exact:
+/// |pair| ≤ 2·15·127), so `corr` can be shared by every row multiplied with the same block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_block_dot(qs: &[u8; 16], qa: __m256i, corr: __m256i) -> __m256i {
+    let p = _mm256_maddubs_epi16(nibbles(qs), qa);
+    _mm256_madd_epi16(_mm256_sub_epi16(p, corr), _mm256_set1_epi16(1))
+}
+
+/// Four Q4_0 rows · one Q8_0 activation, sharing the activation loads and correction, while
+/// prefetching `next` (the following four rows): rows are contiguous, so the hardware sees four
+/// interleaved streams; the explicit prefetch lets a DRAM-resident matrix reach memory bandwidth.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8_0], next: &[u8]) -> [f32; 4] {
+    let eight = _mm256_set1_epi8(8);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let rows = a.iter().zip(w[0]).zip(w[1]).zip(w[2]).zip(w[3]);
+    // Spread prefetches of the next four rows (`next`) over this group's iterations.
+    let step = next.len().div_ceil(a.len().max(1));
+    for (b, ((((y, x0), x1), x2), x3)) in rows.enumerate() {
+        prefetch(next, b * step);
+        prefetch(next, b * step + 64);
+        let qa = load_i8x32(&y.qs);
+        let corr = _mm256_maddubs_epi16(eight, qa);
+        let d = scales4([x0.d, x1.d, x2.d, x3.d], f16(y.d));
+        let p = [
+            q4_0_block_dot(&x0.qs, qa, corr),
+            q4_0_block_dot(&x1.qs, qa, corr),
+            q4_0_block_dot(&x2.qs, qa, corr),
+            q4_0_block_dot(&x3.qs, qa, corr),
+        ];
+        for k in 0..4 {
+            acc[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(p[k]), acc[k]);
+        }
+    }
+    [
+        hsum_ps(acc[0]),
+        hsum_ps(acc[1]),
+        hsum_ps(acc[2]),
+        hsum_ps(acc[3]),
+    ]
+}
+
+/// Q4_0 × Q8_0 dot product: four blocks per step into four independent accumulators.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    // Two interleaved halves give two independent accumulator chains.
-    let h = a.len() / 2;
-    let [s0] = dot_q4_0_rows([&w[..h]], &a[..h]);
-    let [s1] = dot_q4_0_rows([&w[h..]], &a[h..]);
-    s0 + s1
+    let eight = _mm256_set1_epi8(8);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (w4, wr) = w.as_chunks::<4>();
+    let (a4, ar) = a.as_chunks::<4>();
+    for (x, y) in w4.iter().zip(a4) {
+        let d = scales4([x[0].d, x[1].d, x[2].d, x[3].d], 1.0);
+        for k in 0..4 {
+            let qa = load_i8x32(&y[k].qs);
+            let corr = _mm256_maddubs_epi16(eight, qa);
+            let p = q4_0_block_dot(&x[k].qs, qa, corr);
+            let dk = _mm256_mul_ps(d[k], _mm256_set1_ps(f16(y[k].d)));
+            acc[k] = _mm256_fmadd_ps(dk, _mm256_cvtepi32_ps(p), acc[k]);
+        }
+    }
+    for (x, y) in wr.iter().zip(ar) {
+        let qa = load_i8x32(&y.qs);
+        let corr = _mm256_maddubs_epi16(eight, qa);
+        let p = q4_0_block_dot(&x.qs, qa, corr);
+        let d = _mm256_set1_ps(f16(x.d) * f16(y.d));
+        acc[0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[0]);
+    }
+    hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ))
 }
 
 /// Q4_0 matrix × Q8_0 vector, four rows at a time.
@@ -317,40 +383,81 @@ pub fn gemv_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0], out: &mut [f32]) {
     }
     let mut rows = w.chunks_exact(nb);
     let mut outs = out.chunks_exact_mut(4);
-    for o in &mut outs {
-        let r: [&[BlockQ4_0]; 4] = std::array::from_fn(|_| rows.next().unwrap_or(&[]));
-        o.copy_from_slice(&dot_q4_0_rows(r, a));
+    let bytes: &[u8] = bytemuck::cast_slice(w);
+    let group_bytes = 4 * nb * std::mem::size_of::<BlockQ4_0>();
+    for (g, o) in (&mut outs).enumerate() {
+        let (Some(r0), Some(r1), Some(r2), Some(r3)) =
+            (rows.next(), rows.next(), rows.next(), rows.next())
+        else {
+            break;
+        };
+        let next_start = ((g + 1) * group_bytes).min(bytes.len());
+        let next_end = ((g + 2) * group_bytes).min(bytes.len());
+        o.copy_from_slice(&dot4_q4_0(
+            [r0, r1, r2, r3],
+            a,
+            &bytes[next_start..next_end],
+        ));
     }
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
         *o = vec_dot_q4_0_q8_0(r, a);
     }
 }
 
+/// Four Q8_0 rows · one Q8_0 activation.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q8_0_rows<const N: usize>(w: [&[BlockQ8_0]; N], a: &[BlockQ8_0]) -> [f32; N] {
-    let w = w.map(|r| &r[..a.len()]);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (b, y) in a.iter().enumerate() {
+fn dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8_0], next: &[u8]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let rows = a.iter().zip(w[0]).zip(w[1]).zip(w[2]).zip(w[3]);
+    let step = next.len().div_ceil(a.len().max(1));
+    for (b, ((((y, x0), x1), x2), x3)) in rows.enumerate() {
+        prefetch(next, b * step);
+        prefetch(next, b * step + 64);
+        prefetch(next, b * step + 128);
         let qa = load_i8x32(&y.qs);
-        let da = f16(y.d);
-        for k in 0..N {
-            let x = &w[k][b];
-            let p = mul_sum_i8(load_i8x32(&x.qs), qa);
-            let d = _mm256_set1_ps(f16(x.d) * da);
-            acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[k]);
+        let d = scales4([x0.d, x1.d, x2.d, x3.d], f16(y.d));
+        let p = [
+            mul_sum_i8(load_i8x32(&x0.qs), qa),
+            mul_sum_i8(load_i8x32(&x1.qs), qa),
+            mul_sum_i8(load_i8x32(&x2.qs), qa),
+            mul_sum_i8(load_i8x32(&x3.qs), qa),
+        ];
+        for k in 0..4 {
+            acc[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(p[k]), acc[k]);
         }
     }
-    acc.map(|v| hsum_ps(v))
+    [
+        hsum_ps(acc[0]),
+        hsum_ps(acc[1]),
+        hsum_ps(acc[2]),
+        hsum_ps(acc[3]),
+    ]
 }
 
-/// Q8_0 × Q8_0 dot product.
+/// Q8_0 × Q8_0 dot product: four blocks per step into four independent accumulators.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let h = a.len() / 2;
-    let [s0] = dot_q8_0_rows([&w[..h]], &a[..h]);
-    let [s1] = dot_q8_0_rows([&w[h..]], &a[h..]);
-    s0 + s1
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (w4, wr) = w.as_chunks::<4>();
+    let (a4, ar) = a.as_chunks::<4>();
+    for (x, y) in w4.iter().zip(a4) {
+        let d = scales4([x[0].d, x[1].d, x[2].d, x[3].d], 1.0);
+        for k in 0..4 {
+            let p = mul_sum_i8(load_i8x32(&x[k].qs), load_i8x32(&y[k].qs));
+            let dk = _mm256_mul_ps(d[k], _mm256_set1_ps(f16(y[k].d)));
+            acc[k] = _mm256_fmadd_ps(dk, _mm256_cvtepi32_ps(p), acc[k]);
+        }
+    }
+    for (x, y) in wr.iter().zip(ar) {
+        let p = mul_sum_i8(load_i8x32(&x.qs), load_i8x32(&y.qs));
+        let d = _mm256_set1_ps(f16(x.d) * f16(y.d));
+        acc[0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[0]);
+    }
+    hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ))
 }
 
 /// Q8_0 matrix × Q8_0 vector, four rows at a time.
@@ -363,9 +470,21 @@ pub fn gemv_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0], out: &mut [f32]) {
     }
     let mut rows = w.chunks_exact(nb);
     let mut outs = out.chunks_exact_mut(4);
-    for o in &mut outs {
-        let r: [&[BlockQ8_0]; 4] = std::array::from_fn(|_| rows.next().unwrap_or(&[]));
-        o.copy_from_slice(&dot_q8_0_rows(r, a));
+    let bytes: &[u8] = bytemuck::cast_slice(w);
+    let group_bytes = 4 * nb * std::mem::size_of::<BlockQ8_0>();
+    for (g, o) in (&mut outs).enumerate() {
+        let (Some(r0), Some(r1), Some(r2), Some(r3)) =
+            (rows.next(), rows.next(), rows.next(), rows.next())
+        else {
+            break;
+        };
+        let next_start = ((g + 1) * group_bytes).min(bytes.len());
+        let next_end = ((g + 2) * group_bytes).min(bytes.len());
+        o.copy_from_slice(&dot4_q8_0(
+            [r0, r1, r2, r3],
+            a,
+            &bytes[next_start..next_end],
+        ));
     }
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
         *o = vec_dot_q8_0_q8_0(r, a);

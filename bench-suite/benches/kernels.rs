@@ -1,0 +1,200 @@
+//! Kernel micro benchmarks at SmallThinker-4B shapes (hidden H = 1536, expert FFN F = 768),
+//! for every SIMD level this CPU supports (scalar and AVX2 side by side).
+//!
+//! Throughput is reported in weight bytes read (criterion `Throughput::Bytes`), so the numbers
+//! compare directly with memory bandwidth: decode is memory-bound, and a kernel that cannot
+//! stream its weights at close to bandwidth from cache is compute-bound.
+//!
+//! Run briefly: `cargo bench -p bench-suite --bench kernels -- --warm-up-time 1
+//! --measurement-time 2`.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use engine::kernels::{Kernels, QuantAct, act_format_for, dot_rows};
+use engine::quant::{self, BlockQ4_0, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8K, GgmlType};
+
+/// Hidden size of the 4B model.
+const H: usize = 1536;
+/// Expert FFN width of the 4B model.
+const F: usize = 768;
+/// Rows of the "out of cache" matrix: 40,000 × 1536 in Q4_0 is 34.6 MB, beyond the 32 MB L3.
+const BIG_ROWS: usize = 40_000;
+
+/// Deterministic pseudo-random normal-ish values (xorshift + sum of uniforms).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..n)
+        .map(|_| (next() + next() + next() + next() - 2.0) * 0.05)
+        .collect()
+}
+
+/// `rows` rows of `cols` values quantised to `ty`.
+fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let rb = ty.row_bytes(cols as u64).expect("row size") as usize;
+    let x = values(cols, seed);
+    let mut row = vec![0u8; rb];
+    let mut out = Vec::with_capacity(rb * rows);
+    for r in 0..rows {
+        // Rotate one source row so rows differ without quantising rows·cols values.
+        let mut xr = x.clone();
+        xr.rotate_left(r % cols);
+        quant::quantize_row(ty, &xr, &mut row).unwrap();
+        out.extend_from_slice(&row);
+    }
+    out
+}
+
+fn q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
+    let mut a = vec![bytemuck::Zeroable::zeroed(); x.len() / 32];
+    quant::quantize::quantize_q8_0(x, &mut a);
+    a
+}
+
+fn q8k(x: &[f32]) -> Vec<BlockQ8K> {
+    let mut a = vec![bytemuck::Zeroable::zeroed(); x.len() / 256];
+    quant::quantize::quantize_q8_k(x, &mut a);
+    a
+}
+
+fn bench_dots(c: &mut Criterion) {
+    let x = values(H, 1);
+    let a = q8_0(&x);
+    let ak = q8k(&x);
+    let w4 = matrix(GgmlType::Q4_0, 1, H, 2);
+    let w8 = matrix(GgmlType::Q8_0, 1, H, 3);
+    let wk4 = matrix(GgmlType::Q4_K, 1, H, 4);
+    let wk6 = matrix(GgmlType::Q6_K, 1, H, 5);
+    let wf: Vec<f32> = values(H, 6);
+    let wh: Vec<u16> = wf.iter().map(|&v| quant::f32_to_f16(v)).collect();
+
+    let mut g = c.benchmark_group("dot_row_1536");
+    for k in Kernels::available() {
+        let lvl = k.level.name();
+        let w4b: &[BlockQ4_0] = bytemuck::cast_slice(&w4);
+        g.throughput(Throughput::Bytes(w4.len() as u64));
+        g.bench_function(BenchmarkId::new("q4_0_q8_0", lvl), |b| {
+            b.iter(|| (k.vec_dot_q4_0_q8_0)(black_box(w4b), black_box(&a)))
+        });
+        let w8b: &[BlockQ8_0] = bytemuck::cast_slice(&w8);
+        g.throughput(Throughput::Bytes(w8.len() as u64));
+        g.bench_function(BenchmarkId::new("q8_0_q8_0", lvl), |b| {
+            b.iter(|| (k.vec_dot_q8_0_q8_0)(black_box(w8b), black_box(&a)))
+        });
+        let wk4b: &[BlockQ4K] = bytemuck::cast_slice(&wk4);
+        g.throughput(Throughput::Bytes(wk4.len() as u64));
+        g.bench_function(BenchmarkId::new("q4_k_q8_k", lvl), |b| {
+            b.iter(|| (k.vec_dot_q4_k_q8_k)(black_box(wk4b), black_box(&ak)))
+        });
+        let wk6b: &[BlockQ6K] = bytemuck::cast_slice(&wk6);
+        g.throughput(Throughput::Bytes(wk6.len() as u64));
+        g.bench_function(BenchmarkId::new("q6_k_q8_k", lvl), |b| {
+            b.iter(|| (k.vec_dot_q6_k_q8_k)(black_box(wk6b), black_box(&ak)))
+        });
+        g.throughput(Throughput::Bytes((wf.len() * 4) as u64));
+        g.bench_function(BenchmarkId::new("f32", lvl), |b| {
+            b.iter(|| (k.dot_f32)(black_box(&wf), black_box(&x)))
+        });
+        g.throughput(Throughput::Bytes((wh.len() * 2) as u64));
+        g.bench_function(BenchmarkId::new("f16_f32", lvl), |b| {
+            b.iter(|| (k.dot_f16_f32)(black_box(&wh), black_box(&x)))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("quantize_act_1536");
+    g.throughput(Throughput::Bytes((H * 4) as u64));
+    for k in Kernels::available() {
+        let mut out = a.clone();
+        g.bench_function(BenchmarkId::new("q8_0", k.level.name()), |b| {
+            b.iter(|| (k.quantize_row_q8_0)(black_box(&x), black_box(&mut out)))
+        });
+        let mut outk = ak.clone();
+        g.bench_function(BenchmarkId::new("q8_k", k.level.name()), |b| {
+            b.iter(|| (k.quantize_row_q8_k)(black_box(&x), black_box(&mut outk)))
+        });
+    }
+    g.finish();
+}
+
+fn bench_gemv(c: &mut Criterion) {
+    // Expert gate/up: F rows × H; expert down (transposed for sparse use, as PowerInfer stores
+    // it, or plain for dense): H rows × F. Both are 663,552 bytes in Q4_0.
+    let xh = values(H, 11);
+    let xf = values(F, 12);
+    let ah = q8_0(&xh);
+    let af = q8_0(&xf);
+    let gate = matrix(GgmlType::Q4_0, F, H, 13);
+    let down = matrix(GgmlType::Q4_0, H, F, 14);
+    let gate8 = matrix(GgmlType::Q8_0, F, H, 15);
+    let big = matrix(GgmlType::Q4_0, BIG_ROWS, H, 16);
+
+    let mut g = c.benchmark_group("gemv");
+    for k in Kernels::available() {
+        let lvl = k.level.name();
+        let cases: [(&str, &[u8], &[BlockQ8_0], usize); 3] = [
+            ("q4_0_768x1536", &gate, &ah, F),
+            ("q4_0_1536x768", &down, &af, H),
+            ("q4_0_40000x1536_dram", &big, &ah, BIG_ROWS),
+        ];
+        for (name, w, a, rows) in cases {
+            let wb: &[BlockQ4_0] = bytemuck::cast_slice(w);
+            let mut out = vec![0f32; rows];
+            g.throughput(Throughput::Bytes(w.len() as u64));
+            g.bench_function(BenchmarkId::new(name, lvl), |b| {
+                b.iter(|| (k.gemv_q4_0_q8_0)(black_box(wb), black_box(a), black_box(&mut out)))
+            });
+        }
+        let wb: &[BlockQ8_0] = bytemuck::cast_slice(&gate8);
+        let mut out = vec![0f32; F];
+        g.throughput(Throughput::Bytes(gate8.len() as u64));
+        g.bench_function(BenchmarkId::new("q8_0_768x1536", lvl), |b| {
+            b.iter(|| (k.gemv_q8_0_q8_0)(black_box(wb), black_box(&ah), black_box(&mut out)))
+        });
+    }
+    g.finish();
+
+    // The generic entry the model uses, on the active level (Q6_K goes row by row).
+    let mut g = c.benchmark_group("dot_rows_active");
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q6_K] {
+        let w = matrix(ty, F, H, 21);
+        let rb = ty.row_bytes(H as u64).unwrap() as usize;
+        let mut act = QuantAct::with_capacity(H);
+        act.quantize(&xh, act_format_for(ty).unwrap()).unwrap();
+        let mut out = vec![0f32; F];
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        g.bench_function(BenchmarkId::new(ty.name(), "768x1536"), |b| {
+            b.iter(|| dot_rows(ty, black_box(&w), rb, &act, black_box(&mut out)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// Plain memory-read baselines over the same buffers, so kernel GB/s can be compared with what
+/// the machine delivers at the moment of the run (shared machines vary a lot).
+fn bench_baseline(c: &mut Criterion) {
+    let small = matrix(GgmlType::Q4_0, F, H, 31);
+    let big = matrix(GgmlType::Q4_0, BIG_ROWS, H, 32);
+    let mut g = c.benchmark_group("baseline_read");
+    for (name, buf) in [("663KB", &small), ("34.6MB_dram", &big)] {
+        g.throughput(Throughput::Bytes(buf.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let (chunks, _) = black_box(buf.as_slice()).as_chunks::<8>();
+                chunks
+                    .iter()
+                    .fold(0u64, |s, c| s.wrapping_add(u64::from_le_bytes(*c)))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_baseline, bench_dots, bench_gemv);
+criterion_main!(benches);

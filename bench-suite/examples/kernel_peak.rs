@@ -1,0 +1,98 @@
+//! Best-of-N kernel throughput at 4B shapes, for every SIMD level this CPU supports.
+//!
+//! Criterion reports means, which on a shared machine mostly measure the other tenants. The
+//! minimum over many repetitions approximates what a quiet core does. Prints weight GB/s.
+//!
+//! `cargo run --release -p bench-suite --example kernel_peak`
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use engine::kernels::Kernels;
+use engine::quant::{self, BlockQ4_0, BlockQ8_0, GgmlType};
+
+const H: usize = 1536;
+const F: usize = 768;
+const REPS: usize = 300;
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+        })
+        .collect()
+}
+
+fn matrix(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let rb = ty.row_bytes(cols as u64).expect("row size") as usize;
+    let mut out = vec![0u8; rb * rows];
+    for (r, row) in out.chunks_exact_mut(rb).enumerate() {
+        quant::quantize_row(ty, &values(cols, r as u64 + 1), row).expect("quantise");
+    }
+    out
+}
+
+/// Best time in seconds of `f` over `REPS` runs.
+fn best(mut f: impl FnMut()) -> f64 {
+    let mut t = f64::INFINITY;
+    for _ in 0..REPS {
+        let s = Instant::now();
+        f();
+        t = t.min(s.elapsed().as_secs_f64());
+    }
+    t
+}
+
+fn main() {
+    let x = values(H, 99);
+    let mut a = vec![BlockQ8_0 { d: 0, qs: [0; 32] }; H / 32];
+    quant::quantize::quantize_q8_0(&x, &mut a);
+    let gate4 = matrix(GgmlType::Q4_0, F, H);
+    let gate8 = matrix(GgmlType::Q8_0, F, H);
+    let big = matrix(GgmlType::Q4_0, 40_000, H);
+    let report = |what: &str, bytes: usize, t: f64| {
+        println!(
+            "{what:40} {:9.1} µs {:7.2} GB/s",
+            t * 1e6,
+            bytes as f64 / t / 1e9
+        );
+    };
+    for (name, buf) in [
+        ("read u64 sum 663KB", &gate4),
+        ("read u64 sum 34.6MB", &big),
+    ] {
+        let t = best(|| {
+            let (c, _) = black_box(buf.as_slice()).as_chunks::<8>();
+            black_box(
+                c.iter()
+                    .fold(0u64, |s, c| s.wrapping_add(u64::from_le_bytes(*c))),
+            );
+        });
+        report(name, buf.len(), t);
+    }
+    for k in Kernels::available() {
+        let lvl = k.level.name();
+        let row: &[BlockQ4_0] = bytemuck::cast_slice(&gate4[..H / 32 * 18]);
+        let t = best(|| {
+            for _ in 0..100 {
+                black_box((k.vec_dot_q4_0_q8_0)(black_box(row), &a));
+            }
+        }) / 100.0;
+        report(&format!("{lvl} vec_dot_q4_0_q8_0 1536"), H / 32 * 18, t);
+        let w: &[BlockQ4_0] = bytemuck::cast_slice(&gate4);
+        let mut out = vec![0f32; F];
+        let t = best(|| (k.gemv_q4_0_q8_0)(black_box(w), &a, &mut out));
+        report(&format!("{lvl} gemv_q4_0 768x1536"), gate4.len(), t);
+        let w8: &[BlockQ8_0] = bytemuck::cast_slice(&gate8);
+        let t = best(|| (k.gemv_q8_0_q8_0)(black_box(w8), &a, &mut out));
+        report(&format!("{lvl} gemv_q8_0 768x1536"), gate8.len(), t);
+        let wb: &[BlockQ4_0] = bytemuck::cast_slice(&big);
+        let mut outb = vec![0f32; 40_000];
+        let t = best(|| (k.gemv_q4_0_q8_0)(black_box(wb), &a, &mut outb));
+        report(&format!("{lvl} gemv_q4_0 40000x1536 (DRAM)"), big.len(), t);
+    }
+}

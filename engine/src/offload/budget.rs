@@ -1,0 +1,412 @@
+//! The memory budget (`--memory-budget SIZE`) and the planner that splits it at load time
+//! between what must stay resident and the expert cache.
+//!
+//! Everything the process holds counts: resident weights (embeddings, attention, norms,
+//! routers, LM head), the KV cache, scratch buffers, I/O buffers (page-cache slack for buffered
+//! reads; none with `O_DIRECT`, where reads land in cache slots), a reserve for the process
+//! itself (code, thread stacks, allocator slack), and the expert cache, which gets the rest.
+//! The smallest workable budget holds everything but the cache plus one layer's active
+//! experts (top-k slots); below it the planner fails with [`Error::BudgetTooSmall`] stating
+//! the minimum.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// A memory budget in bytes, parsed from sizes like `1GiB`, `512MiB`, `1.5GB`, `800M`.
+///
+/// Units (case-insensitive): none or `B` = bytes; `KiB`/`MiB`/`GiB`/`TiB` = powers of 1024;
+/// `KB`/`MB`/`GB`/`TB` = powers of 1000; bare `K`/`M`/`G`/`T` = powers of 1024, as cgroup
+/// `memory.max`, `docker --memory` and `ulimit` read them. Fractions are allowed (`1.5GiB`);
+/// the result is rounded down to whole bytes and must be positive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemoryBudget(pub u64);
+
+impl MemoryBudget {
+    /// Bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+const UNITS: [(&str, u64); 17] = [
+    ("", 1),
+    ("b", 1),
+    ("k", 1 << 10),
+    ("kib", 1 << 10),
+    ("kb", 1_000),
+    ("m", 1 << 20),
+    ("mib", 1 << 20),
+    ("mb", 1_000_000),
+    ("g", 1 << 30),
+    ("gib", 1 << 30),
+    ("gb", 1_000_000_000),
+    ("t", 1 << 40),
+    ("tib", 1 << 40),
+    ("tb", 1_000_000_000_000),
+    ("ki", 1 << 10),
+    ("mi", 1 << 20),
+    ("gi", 1 << 30),
+];
+
+impl FromStr for MemoryBudget {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::InvalidInput(format!(
+                "memory budget '{s}': {why} (examples: 1GiB, 512MiB, 1.5GB, 800M)"
+            ))
+        };
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        if num.is_empty() {
+            return Err(bad("no number"));
+        }
+        let unit = unit.trim().to_ascii_lowercase();
+        let mult = UNITS
+            .iter()
+            .find(|(u, _)| *u == unit)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                bad(&format!(
+                    "unknown unit '{unit}'; use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB, K, M, G or T"
+                ))
+            })?;
+        let bytes = match num.split_once('.') {
+            None => num
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(mult))
+                .ok_or_else(|| bad("too large"))?,
+            Some((int, frac)) => {
+                if frac.contains('.') || (int.is_empty() && frac.is_empty()) {
+                    return Err(bad("not a number"));
+                }
+                // Exact decimal arithmetic: int·mult + frac·mult / 10^len(frac).
+                let int: u128 = if int.is_empty() {
+                    0
+                } else {
+                    int.parse().map_err(|_| bad("not a number"))?
+                };
+                let digits = frac.len().min(18);
+                let frac_v: u128 = if digits == 0 {
+                    0
+                } else {
+                    frac[..digits].parse().map_err(|_| bad("not a number"))?
+                };
+                let scale = 10u128.pow(digits as u32);
+                let b = int * u128::from(mult) + frac_v * u128::from(mult) / scale;
+                u64::try_from(b).map_err(|_| bad("too large"))?
+            }
+        };
+        if bytes == 0 {
+            return Err(bad("must be positive"));
+        }
+        Ok(MemoryBudget(bytes))
+    }
+}
+
+impl fmt::Display for MemoryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_bytes(self.0))
+    }
+}
+
+/// `1.50 GiB`, `512.0 MiB`, `37.0 KiB`, `100 B`.
+pub fn format_bytes(b: u64) -> String {
+    const K: f64 = 1024.0;
+    let x = b as f64;
+    if x >= K * K * K {
+        format!("{:.2} GiB", x / (K * K * K))
+    } else if x >= K * K {
+        format!("{:.1} MiB", x / (K * K))
+    } else if x >= K {
+        format!("{:.1} KiB", x / K)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// What the planner needs to know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PlanInput {
+    /// The budget.
+    pub budget_bytes: u64,
+    /// Non-expert weights (embeddings, attention, norms, routers, LM head).
+    pub resident_bytes: u64,
+    /// KV cache at the planned context length.
+    pub kv_bytes: u64,
+    /// Activations and other scratch.
+    pub scratch_bytes: u64,
+    /// I/O staging beyond the cache slots (page-cache slack for buffered reads; 0 with
+    /// `O_DIRECT`).
+    pub io_buffer_bytes: u64,
+    /// Reads in flight (I/O threads); they land in cache slots.
+    pub io_threads: u32,
+    /// Process overhead: code, thread stacks, allocator slack.
+    pub reserve_bytes: u64,
+    /// Bytes of one expert cache slot (an expert's three matrices, aligned).
+    pub slot_bytes: u64,
+    /// Experts per layer.
+    pub n_experts: u32,
+    /// Experts chosen per token (top-k).
+    pub top_k: u32,
+    /// Layers.
+    pub n_layers: u32,
+}
+
+impl PlanInput {
+    /// Everything but the expert cache.
+    pub fn fixed_bytes(&self) -> u64 {
+        self.resident_bytes
+            .saturating_add(self.kv_bytes)
+            .saturating_add(self.scratch_bytes)
+            .saturating_add(self.io_buffer_bytes)
+            .saturating_add(self.reserve_bytes)
+    }
+
+    /// All experts of the model.
+    pub fn total_experts(&self) -> u64 {
+        u64::from(self.n_experts) * u64::from(self.n_layers)
+    }
+
+    /// The smallest budget that works: fixed part + one layer's active experts.
+    pub fn min_bytes(&self) -> u64 {
+        self.fixed_bytes()
+            .saturating_add(u64::from(self.top_k.max(1)).saturating_mul(self.slot_bytes))
+    }
+}
+
+/// The split of a budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The inputs.
+    pub input: PlanInput,
+    /// Expert cache slots.
+    pub cache_slots: u64,
+    /// Bytes of the expert cache.
+    pub cache_bytes: u64,
+    /// Reads in flight (into cache slots).
+    pub io_buffers: u32,
+    /// Whether every expert fits (no offloading needed).
+    pub all_resident: bool,
+    /// Budget left over.
+    pub unused_bytes: u64,
+}
+
+impl Plan {
+    /// Splits `input.budget_bytes`; errors with [`Error::BudgetTooSmall`] when it cannot hold the
+    /// fixed part plus one layer's active experts.
+    pub fn new(input: PlanInput) -> Result<Plan> {
+        if input.slot_bytes == 0 || input.n_layers == 0 || input.n_experts == 0 {
+            return Err(Error::InvalidInput(format!(
+                "memory plan: slot_bytes, n_layers and n_experts must be positive ({input:?})"
+            )));
+        }
+        let min = input.min_bytes();
+        if input.budget_bytes < min {
+            return Err(Error::BudgetTooSmall {
+                budget_bytes: input.budget_bytes,
+                min_bytes: min,
+                what: format!(
+                    "resident weights {} + KV cache {} + scratch {} + I/O buffers {} + reserve {} + one layer's {} active experts x {}",
+                    format_bytes(input.resident_bytes),
+                    format_bytes(input.kv_bytes),
+                    format_bytes(input.scratch_bytes),
+                    format_bytes(input.io_buffer_bytes),
+                    format_bytes(input.reserve_bytes),
+                    input.top_k.max(1),
+                    format_bytes(input.slot_bytes)
+                ),
+            });
+        }
+        let room = input.budget_bytes - input.fixed_bytes();
+        let cache_slots = (room / input.slot_bytes).min(input.total_experts());
+        let cache_bytes = cache_slots * input.slot_bytes;
+        Ok(Plan {
+            input,
+            cache_slots,
+            cache_bytes,
+            io_buffers: input.io_threads,
+            all_resident: cache_slots == input.total_experts(),
+            unused_bytes: room - cache_bytes,
+        })
+    }
+
+    /// Fraction of all experts the cache holds.
+    pub fn cache_fraction(&self) -> f64 {
+        self.cache_slots as f64 / self.input.total_experts().max(1) as f64
+    }
+
+    /// Whether a per-layer split gives every layer at least its top-k slots.
+    pub fn per_layer_feasible(&self) -> bool {
+        self.cache_slots >= u64::from(self.input.n_layers) * u64::from(self.input.top_k.max(1))
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.input;
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, b: u64, note: &str| {
+            writeln!(f, "  {name:<17}{:>12}{note}", format_bytes(b))
+        };
+        writeln!(
+            f,
+            "memory budget      {:>12} ({} B)",
+            format_bytes(i.budget_bytes),
+            i.budget_bytes
+        )?;
+        row(f, "resident weights", i.resident_bytes, "")?;
+        row(f, "KV cache", i.kv_bytes, "")?;
+        row(f, "scratch", i.scratch_bytes, "")?;
+        row(
+            f,
+            "I/O buffers",
+            i.io_buffer_bytes,
+            &format!("  ({} reads in flight, into cache slots)", self.io_buffers),
+        )?;
+        row(f, "reserve", i.reserve_bytes, "")?;
+        row(
+            f,
+            "expert cache",
+            self.cache_bytes,
+            &format!(
+                "  = {} slots x {} ({:.1}% of {} experts, {:.1} per layer, top-{}){}",
+                self.cache_slots,
+                format_bytes(i.slot_bytes),
+                100.0 * self.cache_fraction(),
+                i.total_experts(),
+                self.cache_slots as f64 / f64::from(i.n_layers.max(1)),
+                i.top_k,
+                if self.all_resident {
+                    ", all resident"
+                } else {
+                    ""
+                }
+            ),
+        )?;
+        row(f, "unused", self.unused_bytes, "")?;
+        write!(
+            f,
+            "  minimum budget   {:>12} (everything above but the cache, plus {} experts)",
+            format_bytes(i.min_bytes()),
+            i.top_k.max(1)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> u64 {
+        s.parse::<MemoryBudget>().unwrap().bytes()
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse("1GiB"), 1 << 30);
+        assert_eq!(parse("512MiB"), 512 << 20);
+        assert_eq!(parse("1.5GB"), 1_500_000_000);
+        assert_eq!(parse("800M"), 800 << 20);
+        assert_eq!(parse("800m"), 800 << 20);
+        assert_eq!(parse(" 2 gib "), 2 << 30);
+        assert_eq!(parse("4096"), 4096);
+        assert_eq!(parse("1.5GiB"), 3 << 29);
+        assert_eq!(parse("0.5K"), 512);
+        assert_eq!(parse("10kb"), 10_000);
+        assert_eq!(parse("1T"), 1 << 40);
+    }
+
+    #[test]
+    fn bad_sizes_explain_themselves() {
+        for s in [
+            "",
+            "GiB",
+            "1XB",
+            "-1G",
+            "0",
+            "1..5G",
+            "99999999999999999999",
+            "0.0M",
+            "1.2.3G",
+        ] {
+            let e = s.parse::<MemoryBudget>().unwrap_err().to_string();
+            assert!(
+                e.contains("memory budget") && e.contains("examples"),
+                "{s}: {e}"
+            );
+        }
+        assert!(
+            "1XB"
+                .parse::<MemoryBudget>()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown unit 'xb'")
+        );
+        assert_eq!(MemoryBudget(3 << 29).to_string(), "1.50 GiB");
+    }
+
+    /// SmallThinker-4B Q4_0-like numbers.
+    fn input(budget: u64) -> PlanInput {
+        PlanInput {
+            budget_bytes: budget,
+            resident_bytes: 300 << 20,
+            kv_bytes: 32 << 20,
+            scratch_bytes: 8 << 20,
+            io_buffer_bytes: 0,
+            io_threads: 4,
+            reserve_bytes: 32 << 20,
+            slot_bytes: 1_994_752,
+            n_experts: 32,
+            top_k: 4,
+            n_layers: 32,
+        }
+    }
+
+    #[test]
+    fn the_cache_gets_what_is_left() {
+        let p = Plan::new(input(1 << 30)).unwrap();
+        let room = (1u64 << 30) - (372 << 20);
+        assert_eq!(p.cache_slots, room / 1_994_752);
+        assert_eq!(p.cache_bytes + p.unused_bytes + (372 << 20), 1 << 30);
+        assert!(!p.all_resident);
+        assert!(p.per_layer_feasible());
+        let text = p.to_string();
+        assert!(
+            text.contains("expert cache") && text.contains("top-4"),
+            "{text}"
+        );
+        // A huge budget caps at all experts.
+        let p = Plan::new(input(64 << 30)).unwrap();
+        assert_eq!(p.cache_slots, 1024);
+        assert!(p.all_resident);
+    }
+
+    #[test]
+    fn a_budget_below_the_minimum_names_the_minimum() {
+        let i = input(0);
+        let min = i.min_bytes();
+        assert_eq!(min, (372 << 20) + 4 * 1_994_752);
+        let mut i = input(min - 1);
+        let e = Plan::new(i).unwrap_err();
+        match &e {
+            Error::BudgetTooSmall {
+                min_bytes,
+                budget_bytes,
+                what,
+            } => {
+                assert_eq!((*min_bytes, *budget_bytes), (min, min - 1));
+                assert!(what.contains("resident weights 300.0 MiB"), "{what}");
+            }
+            other => panic!("{other}"),
+        }
+        i.budget_bytes = min;
+        assert_eq!(Plan::new(i).unwrap().cache_slots, 4);
+    }
+}

@@ -1,0 +1,152 @@
+//! The offload module's only `unsafe` code: page-aligned heap buffers for `O_DIRECT`, and two
+//! thin libc calls (`posix_fadvise`, the per-thread timer slack).
+//!
+//! Everything else in [`crate::offload`] is safe code on top of these.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+
+use crate::error::{Error, Result};
+
+/// Alignment of [`AlignedBuf`] and of every `O_DIRECT` transfer: file offset, length and memory
+/// address. 4096 covers both 512-byte and 4 KiB logical sectors and equals the page size on
+/// x86-64 and most arm64 kernels.
+pub const ALIGN: usize = 4096;
+
+/// A zero-initialised heap buffer whose address and length are multiples of [`ALIGN`].
+///
+/// Allocated once (a cache slot, an I/O buffer) and reused; it owns its memory like a
+/// `Vec<u8>`.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `AlignedBuf` uniquely owns its allocation (like `Vec<u8>`); shared access only hands out
+// `&[u8]` and mutation requires `&mut self`, so moving or sharing it across threads is sound.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: see `Send`; there is no interior mutability.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A buffer of at least `len` bytes (rounded up to a multiple of [`ALIGN`], at least one
+    /// block), zero-filled. Fails with [`Error::OutOfMemory`] if the allocation is refused.
+    pub fn new(len: usize) -> Result<AlignedBuf> {
+        let oom = || Error::OutOfMemory {
+            bytes: len as u64,
+            what: "aligned I/O buffer",
+        };
+        let len = len.max(1).checked_next_multiple_of(ALIGN).ok_or_else(oom)?;
+        let layout = std::alloc::Layout::from_size_align(len, ALIGN).map_err(|_| oom())?;
+        // SAFETY: `layout` has a non-zero size (len >= ALIGN) and a power-of-two alignment.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).ok_or_else(oom)?;
+        Ok(AlignedBuf { ptr, len })
+    }
+
+    /// Length in bytes (a multiple of [`ALIGN`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a buffer holds at least one block.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialised (zeroed at allocation) bytes owned by `self`,
+        // borrowed immutably for the lifetime of `&self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // The same layout `new` allocated with; `new` checked it is valid.
+        if let Ok(layout) = std::alloc::Layout::from_size_align(self.len, ALIGN) {
+            // SAFETY: `ptr` was returned by `alloc_zeroed` with exactly this layout and is freed
+            // only here, once.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf({} B)", self.len)
+    }
+}
+
+/// Advice for [`fadvise`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Advice {
+    /// `POSIX_FADV_RANDOM`: no readahead for this file.
+    Random,
+    /// `POSIX_FADV_DONTNEED`: drop the range's clean pages from the page cache.
+    DontNeed,
+}
+
+/// `posix_fadvise(file, offset, len, advice)`; `len == 0` means "to the end of the file".
+pub fn fadvise(file: &File, offset: u64, len: u64, advice: Advice) -> std::io::Result<()> {
+    let adv = match advice {
+        Advice::Random => libc::POSIX_FADV_RANDOM,
+        Advice::DontNeed => libc::POSIX_FADV_DONTNEED,
+    };
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: `posix_fadvise` only reads its integer arguments; the descriptor is open for the
+    // lifetime of `file`.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), off, n, adv) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Sets the calling thread's timer slack (Linux `PR_SET_TIMERSLACK`) so sleeps wake close to
+/// their deadline; storage emulation uses it. Errors are ignored (the default slack is 50 µs).
+pub fn set_thread_timer_slack_ns(ns: u64) {
+    let ns = libc::c_ulong::try_from(ns.max(1)).unwrap_or(1);
+    // SAFETY: `prctl(PR_SET_TIMERSLACK, n)` takes plain integers and only affects this thread.
+    let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0, 0, 0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buf_is_aligned_zeroed_and_rounded_up() {
+        let mut b = AlignedBuf::new(5000).unwrap();
+        assert_eq!(b.len(), 2 * ALIGN);
+        assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        b.as_mut_slice()[4999] = 7;
+        assert_eq!(b.as_slice()[4999], 7);
+        assert_eq!(AlignedBuf::new(0).unwrap().len(), ALIGN);
+    }
+
+    #[test]
+    fn absurd_sizes_are_an_error_not_an_abort() {
+        let err = AlignedBuf::new(usize::MAX - 10).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+    }
+
+    #[test]
+    fn fadvise_accepts_a_regular_file() {
+        let f = tempfile::tempfile().unwrap();
+        fadvise(&f, 0, 0, Advice::Random).unwrap();
+        fadvise(&f, 0, 4096, Advice::DontNeed).unwrap();
+    }
+}

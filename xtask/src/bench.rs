@@ -1,0 +1,394 @@
+//! `cargo xtask bench`: builds `thinker`, generates the synthetic models, runs the scenario matrix
+//! (each scenario in its own process, inside a cgroup memory limit when it has a budget), appends
+//! one record per test to `results.jsonl`, profiles one run, and renders the HTML report.
+//!
+//! Resuming: a scenario whose records (same key, same commit) are already in `results.jsonl` is
+//! skipped, so a re-run after Ctrl-C finishes the rest. Records are appended and fsynced one at a
+//! time, so an interruption loses nothing already measured.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bench_suite::machine::{Machine, now_rfc3339};
+use bench_suite::record::{self, Record};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cgroup::Cgroup;
+use crate::scenario::{Matrix, Scenario, default_matrix};
+use crate::{profile_data, report, workspace_root};
+
+/// `cargo xtask bench` flags.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Add the 21B model and longer tests (needs ~15 GB of disk and much longer).
+    #[arg(long)]
+    full: bool,
+    /// A user-defined scenario matrix (TOML; see `xtask/src/scenario.rs`).
+    #[arg(long)]
+    scenarios: Option<PathBuf>,
+    /// Only the tiny preset, one repetition: a smoke run of the whole pipeline (seconds).
+    #[arg(long)]
+    quick: bool,
+    /// Where `results.jsonl` lives (default `target/bench`).
+    #[arg(long)]
+    results_dir: Option<PathBuf>,
+    /// Where generated models go (default `target/models`).
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+    /// Compute threads (default: the matrix's, 0 = all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Repetitions per test (default: the matrix's).
+    #[arg(short = 'r', long)]
+    reps: Option<usize>,
+    /// Re-measure scenarios already in `results.jsonl` for this commit.
+    #[arg(long)]
+    fresh: bool,
+    /// Compare against the records in this JSONL file in the report.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Skip the profiled run.
+    #[arg(long)]
+    no_profile: bool,
+}
+
+/// A rough per-scenario time estimate, seconds (for the plan printed up front).
+fn estimate_secs(s: &Scenario, reps: usize, tiny: bool) -> f64 {
+    if tiny {
+        return 2.0;
+    }
+    let runs = (reps + 1) as f64;
+    let offload = s.budget.is_some();
+    let pp: f64 = s.pp.iter().map(|&n| n as f64 / 40.0).sum();
+    let tg: f64 =
+        s.tg.iter()
+            .map(|&n| n as f64 / if offload { 4.0 } else { 15.0 })
+            .sum();
+    5.0 + runs * (pp + tg)
+}
+
+/// What the built `thinker` supports (older builds lack offload flags).
+struct Capabilities {
+    offload: bool,
+}
+
+fn capabilities(thinker: &Path) -> Result<Capabilities> {
+    let o = Command::new(thinker)
+        .args(["bench", "--help"])
+        .output()
+        .context("running thinker bench --help")?;
+    let help = String::from_utf8_lossy(&o.stdout);
+    Ok(Capabilities {
+        offload: help.contains("--memory-budget"),
+    })
+}
+
+/// Builds the release `thinker` and returns its path.
+pub fn build_thinker(root: &Path) -> Result<PathBuf> {
+    eprintln!("building thinker (release)…");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "--quiet", "-p", "thinker"])
+        .status()
+        .context("running cargo build")?;
+    if !st.success() {
+        bail!("cargo build --release -p thinker failed");
+    }
+    Ok(root.join("target/release/thinker"))
+}
+
+/// Generates (or reuses) a preset model.
+pub fn ensure_model(thinker: &Path, preset: &str, quant: &str, path: &Path) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let st = Command::new(thinker)
+        .args(["gen", "--preset", preset, "--type", quant, "--out"])
+        .arg(path)
+        .status()
+        .context("running thinker gen")?;
+    if !st.success() {
+        bail!("thinker gen --preset {preset} --type {quant} failed");
+    }
+    Ok(())
+}
+
+fn drop_caches() -> bool {
+    std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
+}
+
+/// Runs one scenario's `thinker bench`; returns its records.
+fn run_scenario(
+    thinker: &Path,
+    s: &Scenario,
+    threads: usize,
+    reps: usize,
+    run_id: &str,
+    caps: &Capabilities,
+) -> Result<Vec<Record>> {
+    let mut cmd = Command::new(thinker);
+    cmd.arg("bench")
+        .arg("-m")
+        .arg(&s.model_path)
+        .args(["-t", &threads.to_string()])
+        .args(["-r", &reps.to_string()])
+        .args(["-o", "jsonl", "--run-id", run_id])
+        .args(["--label", &s.model_label, "--quant", &s.quant])
+        .args(["-p", &join(&s.pp, "0"), "-n", &join(&s.tg, "0")]);
+    let mut note = Vec::new();
+    let mut cgroup = None;
+    if let Some(b) = s.budget {
+        if !caps.offload {
+            bail!("this build of thinker has no --memory-budget (offload not available)");
+        }
+        cmd.args(["--memory-budget", &b.to_string(), "--storage", &s.storage]);
+        // Measure without the bandwidth probe's buffer inside the budget.
+        cmd.args(["--bandwidth-mib", "0"]);
+        if drop_caches() {
+            note.push("page cache dropped before the run".to_string());
+        } else {
+            note.push("could not drop the page cache (not root?): storage may be warm".to_string());
+        }
+        // Limit at budget + 5%: the engine plans for the budget, the cgroup proves it.
+        match Cgroup::create("smallthinker-bench", b + b / 20) {
+            Ok(cg) => cgroup = Some(cg),
+            Err(e) => note.push(format!("no cgroup limit ({e}); peak is the process RSS")),
+        }
+    }
+    let out = match &cgroup {
+        Some(cg) => cg.run(&mut cmd)?,
+        None => cmd
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running thinker bench")?,
+    };
+    if !out.status.success() {
+        let killed = cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
+        bail!(
+            "thinker bench failed ({}){}",
+            out.status,
+            if killed {
+                ": killed by the cgroup memory limit"
+            } else {
+                ""
+            }
+        );
+    }
+    let peak = cgroup.as_ref().and_then(|cg| cg.max_usage());
+    let mut recs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut r: Record = serde_json::from_str(line)
+            .with_context(|| format!("bad record from thinker: {line}"))?;
+        r.storage = s.storage.clone();
+        r.budget_bytes = s.budget;
+        if let Some(p) = peak {
+            r.peak_mem_bytes = Some(p);
+            r.mem_source = Some("cgroup".into());
+        }
+        if !note.is_empty() {
+            let prev = r.note.take().unwrap_or_default();
+            r.note = Some(
+                format!("{prev}; {}", note.join("; "))
+                    .trim_start_matches("; ")
+                    .to_string(),
+            );
+        }
+        recs.push(r);
+    }
+    Ok(recs)
+}
+
+fn join(v: &[usize], empty: &str) -> String {
+    if v.is_empty() {
+        return empty.to_string();
+    }
+    v.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs the command.
+pub fn main(a: Args) -> Result<()> {
+    let root = workspace_root();
+    let results_dir = a
+        .results_dir
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench"));
+    let models_dir = a
+        .models_dir
+        .clone()
+        .unwrap_or_else(|| root.join("target/models"));
+    std::fs::create_dir_all(&results_dir)?;
+    let mut matrix: Matrix = match &a.scenarios {
+        Some(p) => toml::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))?,
+        None if a.quick => {
+            let mut m = default_matrix(false);
+            m.groups.truncate(1);
+            m.groups[0].preset = Some("tiny".into());
+            m.groups[0].tests = vec!["pp32".into(), "tg16".into()];
+            m.reps = 1;
+            m
+        }
+        None => default_matrix(a.full),
+    };
+    if let Some(t) = a.threads {
+        matrix.threads = t;
+    }
+    if let Some(r) = a.reps {
+        matrix.reps = r;
+    }
+    let scenarios = matrix.expand(&models_dir)?;
+    let machine = Machine::detect();
+    let threads = if matrix.threads == 0 {
+        machine.cores
+    } else {
+        matrix.threads
+    };
+    let run_id = format!("{}-{}", now_rfc3339().replace(':', ""), machine.commit);
+    let results = results_dir.join("results.jsonl");
+
+    let thinker = build_thinker(&root)?;
+    let caps = capabilities(&thinker)?;
+
+    // Plan.
+    let done: HashSet<String> = if a.fresh {
+        HashSet::new()
+    } else {
+        record::read(&results)?
+            .into_iter()
+            .filter(|r| r.commit == machine.commit)
+            .map(|r| r.key())
+            .collect()
+    };
+    let tiny = a.quick;
+    println!(
+        "== cargo xtask bench: {} scenarios, {threads} threads, {} reps",
+        scenarios.len(),
+        matrix.reps
+    );
+    let mut total_est = 0.0;
+    let mut todo = Vec::new();
+    for s in &scenarios {
+        let finished = s.keys(threads as u32).iter().all(|k| done.contains(k));
+        let skip = s.budget.is_some() && !caps.offload;
+        let est = estimate_secs(s, matrix.reps, tiny);
+        let status = if finished {
+            "done (resumed)"
+        } else if skip {
+            "skipped: offload not in this build"
+        } else {
+            total_est += est;
+            todo.push(s.clone());
+            "to run"
+        };
+        println!("  {:<60} ~{:>4.0} s  {status}", s.describe(), est);
+    }
+    let presets: Vec<(String, String, PathBuf)> = {
+        let mut v: Vec<(String, String, PathBuf)> = todo
+            .iter()
+            .filter_map(|s| {
+                s.preset
+                    .clone()
+                    .map(|p| (p, s.quant.clone(), s.model_path.clone()))
+            })
+            .collect();
+        v.dedup();
+        v.sort();
+        v.dedup();
+        v
+    };
+    println!(
+        "  plus model generation ({} file(s), reused when present) — estimated {:.1} min in all (the default run is designed to stay under 15 min on 2 cores)",
+        presets.len(),
+        (total_est + 60.0 * presets.len() as f64) / 60.0
+    );
+    println!("  results: {}", results.display());
+
+    for (preset, quant, path) in &presets {
+        ensure_model(&thinker, preset, quant, path)?;
+    }
+
+    let pb = ProgressBar::new(todo.len() as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} scenarios, {elapsed} elapsed, ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    for s in &todo {
+        pb.set_message(s.describe());
+        match run_scenario(&thinker, s, threads, matrix.reps, &run_id, &caps) {
+            Ok(recs) => {
+                for r in &recs {
+                    record::append(&results, r)?;
+                    pb.println(format!(
+                        "  {:<44} {:>6} {:>9.2} t/s (median){}",
+                        s.describe(),
+                        r.test,
+                        r.median_tps,
+                        r.peak_mem_bytes
+                            .map(|p| format!(
+                                ", peak {:.2} GiB ({})",
+                                p as f64 / (1u64 << 30) as f64,
+                                r.mem_source.clone().unwrap_or_default()
+                            ))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            Err(e) => {
+                pb.println(format!("  FAILED {}: {e:#}", s.describe()));
+                failures.push(format!("{}: {e:#}", s.describe()));
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    println!(
+        "measured {} scenarios in {:.1} min",
+        todo.len(),
+        started.elapsed().as_secs_f64() / 60.0
+    );
+
+    // One profiled run of the first in-memory scenario.
+    let mut profiles = Vec::new();
+    let report_dir = root.join("target/reports").join(&run_id);
+    if !a.no_profile
+        && let Some(s) = scenarios.iter().find(|s| s.budget.is_none())
+    {
+        let dir = report_dir.join(format!("profile-{}-{}", s.model_label, s.quant));
+        match profile_data::profile(&thinker, &s.model_path, threads, &dir, tiny) {
+            Ok(p) => profiles.push(p),
+            Err(e) => failures.push(format!("profile: {e:#}")),
+        }
+    }
+
+    let records: Vec<PathBuf> = vec![results.clone()];
+    let index = report::render(
+        &records,
+        a.baseline.as_deref(),
+        &profiles,
+        &report_dir,
+        Some(&machine.commit),
+    )?;
+    println!("report: {}", index.display());
+    if !failures.is_empty() {
+        println!("{} problem(s):", failures.len());
+        for f in &failures {
+            println!("  - {f}");
+        }
+    }
+    Ok(())
+}
