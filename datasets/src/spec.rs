@@ -407,9 +407,9 @@ pub enum OutType {
     /// PowerInfer uses); norms and routers F32.
     Q4_0,
     /// `llama-quantize … Q4_0` without `--pure`: Q4_0 except the output tensor (the token
-    /// embedding when tied), which llama.cpp makes Q6_K. The engine cannot quantise Q6_K yet, so
-    /// it is Q8_0 here (llama.cpp's own fallback for Q6_K); with exactly 8 experts attn_k/attn_v
-    /// are Q8_0 as llama-quantize does. Norms and routers F32.
+    /// embedding when tied), which is Q6_K (Q8_0, llama.cpp's fallback, when its rows are not a
+    /// multiple of 256); with exactly 8 experts attn_k/attn_v are Q8_0 as llama-quantize does.
+    /// Norms and routers F32.
     Q4_0Mixed,
 }
 
@@ -495,7 +495,13 @@ impl OutType {
             OutType::Q4_0Mixed => {
                 let is_output =
                     role == Role::Output || (role == Role::TokenEmbd && spec.tied_embeddings);
-                if is_output || (role == Role::AttnKv && spec.n_experts == 8) {
+                if is_output {
+                    if spec.hidden.is_multiple_of(256) {
+                        G::Q6_K
+                    } else {
+                        G::Q8_0
+                    }
+                } else if role == Role::AttnKv && spec.n_experts == 8 {
                     G::Q8_0
                 } else {
                     G::Q4_0
@@ -576,15 +582,25 @@ mod tests {
     fn mixed_recipe_matches_llama_quantize() {
         let s = ModelSpec::preset("4b-a0.6b").unwrap();
         let t = OutType::Q4_0Mixed;
-        assert_eq!(t.tensor_type(Role::TokenEmbd, &s), GgmlType::Q8_0);
+        assert_eq!(t.tensor_type(Role::TokenEmbd, &s), GgmlType::Q6_K);
         assert_eq!(t.tensor_type(Role::AttnKv, &s), GgmlType::Q4_0);
         assert_eq!(t.tensor_type(Role::Experts, &s), GgmlType::Q4_0);
         assert_eq!(t.tensor_type(Role::Router, &s), GgmlType::F32);
         let b = ModelSpec::preset("21b-a3b").unwrap();
         assert_eq!(t.tensor_type(Role::TokenEmbd, &b), GgmlType::Q4_0);
-        assert_eq!(t.tensor_type(Role::Output, &b), GgmlType::Q8_0);
+        assert_eq!(t.tensor_type(Role::Output, &b), GgmlType::Q6_K);
         let tiny = ModelSpec::preset("tiny").unwrap();
         assert_eq!(t.tensor_type(Role::AttnKv, &tiny), GgmlType::Q8_0);
+        assert_eq!(t.tensor_type(Role::TokenEmbd, &tiny), GgmlType::Q6_K);
+        let narrow = ModelSpec::with_overrides(
+            "tiny",
+            &Overrides {
+                hidden: Some(160),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(t.tensor_type(Role::TokenEmbd, &narrow), GgmlType::Q8_0);
         assert_eq!(
             OutType::Q4_0.tensor_type(Role::TokenEmbd, &s),
             GgmlType::Q4_0

@@ -290,7 +290,7 @@ mod tests {
         let t = tensor_defs(&s, OutType::Q4_0Mixed);
         assert_eq!(t.len(), 2 + 10 * 32);
         assert_eq!(t[0].dims, vec![1536, 151_936]);
-        assert_eq!(t[0].ty, GgmlType::Q8_0);
+        assert_eq!(t[0].ty, GgmlType::Q6_K);
         let down = t
             .iter()
             .find(|d| d.name == "blk.3.ffn_down_exps.weight")

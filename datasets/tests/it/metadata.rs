@@ -88,7 +88,7 @@ fn the_4b_matches_its_published_config() {
     assert_eq!(g.get_u32("general.quantization_version").unwrap(), Some(2));
     // llama-quantize's default recipe: tied embedding at the output's type, the rest Q4_0.
     let ty = |n: &str| g.tensor(n).unwrap().ty;
-    assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
+    assert_eq!(ty("token_embd.weight"), GgmlType::Q6_K);
     assert_eq!(ty("blk.0.attn_k.weight"), GgmlType::Q4_0);
     assert_eq!(ty("blk.31.ffn_down_exps.weight"), GgmlType::Q4_0);
     assert_eq!(ty("blk.31.ffn_gate_inp.weight"), GgmlType::F32);
