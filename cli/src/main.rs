@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod chat;
 mod gen_loop;
+mod r#gen;
 mod inspect;
 mod logits;
 mod profile;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Writes a synthetic model at the real shapes, with realistic routing and sparsity.
+    Gen(r#gen::Args),
     /// Architecture, hyperparameters, layer layout, tensor table and memory figures of a model.
     Inspect(inspect::Args),
     /// Writes logits (and optionally router choices) for given token ids as `.npy`.
@@ -47,6 +50,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
+        Cmd::Gen(a) => r#gen::main(a),
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Logits(a) => logits::main(a),
         Cmd::Run(a) => run::main(a),

@@ -204,3 +204,52 @@ fn run_with_text_prompt_prints_text() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!o.stdout.is_empty());
 }
+
+#[test]
+fn gen_writes_reuses_and_measures_a_synthetic_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let o = thinker(&[
+        "gen",
+        "--preset",
+        "tiny",
+        "--type",
+        "q4_0",
+        "--out",
+        d,
+        "--measure",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("written in"), "{stdout}");
+    assert!(
+        stdout.contains("zipf") && stdout.contains("  all  "),
+        "{stdout}"
+    );
+    let file = dir.path().join("smallthinker-tiny-synthetic-q4_0-s0.gguf");
+    assert!(file.exists());
+    let again = thinker(&["gen", "--preset", "tiny", "--type", "q4_0", "--out", d]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("reused"));
+    let inspect = thinker(&["inspect", file.to_str().unwrap(), "--no-tensors"]);
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.status.success());
+    assert!(text.contains("4 layers, hidden 256"), "{text}");
+    let run = thinker(&[
+        "run",
+        "-m",
+        file.to_str().unwrap(),
+        "-p",
+        "Hello",
+        "-n",
+        "4",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let bad = thinker(&["gen", "--preset", "7b", "--out", d]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--preset must be one of"));
+}

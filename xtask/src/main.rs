@@ -3,6 +3,7 @@
 mod bench;
 mod cgroup;
 mod ci;
+mod gen_model;
 mod profile_data;
 mod report;
 mod scenario;
@@ -30,7 +31,8 @@ enum Cmd {
     Report(report::Args),
     /// Deterministic regression gate against the committed baseline.
     Ci(ci::Args),
-    /// Generate a synthetic model (`thinker gen` on a release build).
+    /// Generate a synthetic model (`thinker gen` on a release build; into `models/` unless
+    /// `--out` is given), e.g. `cargo xtask gen-model --preset 4b-a0.6b --type q4_0`.
     GenModel {
         /// Arguments passed to `thinker gen` (e.g. --preset 4b-a0.6b --type q4_0 --out PATH).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -53,14 +55,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(a) => bench::main(a),
         Cmd::Report(a) => report::main(a),
         Cmd::Ci(a) => ci::main(a),
-        Cmd::GenModel { args } => {
-            let thinker = bench::build_thinker(&workspace_root())?;
-            let st = std::process::Command::new(thinker)
-                .arg("gen")
-                .args(args)
-                .status()?;
-            anyhow::ensure!(st.success(), "thinker gen failed");
-            Ok(())
-        }
+        Cmd::GenModel { args } => gen_model::run(&args),
     }
 }
