@@ -7,7 +7,9 @@
 mod synthetic;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "profile-synthetic".to_owned());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "profile-synthetic".to_owned());
     let rec = synthetic::run();
     let out = profiler::write_artefacts(
         std::path::Path::new(&dir),
