@@ -457,6 +457,27 @@ pub fn hit_ratio_curves(
     }
 }
 
+/// The hit-ratio curve of a custom online policy (e.g. the engine's): `make(capacity)` builds a
+/// fresh cache for each capacity (and, in per-layer mode, for each layer).
+pub fn custom_curve(
+    trace: &RoutingTrace,
+    mode: CapacityMode,
+    capacities: &[usize],
+    make: &dyn Fn(usize) -> Box<dyn OnlinePolicy>,
+) -> Vec<(usize, CacheStats)> {
+    let streams = access_streams(trace, mode);
+    capacities
+        .iter()
+        .map(|&capacity| {
+            let mut stats = CacheStats::default();
+            for s in &streams {
+                stats.add(&simulate_online(s, make(capacity).as_mut()));
+            }
+            (capacity, stats)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,6 +606,30 @@ mod tests {
         assert_eq!(g.points[0].stats.hits, 0);
         assert_eq!(g.points[1].stats.hits, 1);
         assert_eq!(g.points[1].hit_ratio, 0.25);
+    }
+
+    #[test]
+    fn custom_policy_curve_matches_builtin() {
+        let trace = RoutingTrace::new(
+            TEXTBOOK
+                .iter()
+                .enumerate()
+                .map(|(t, &e)| RoutingChoice {
+                    token: t as u64,
+                    layer: (t % 2) as u32,
+                    expert: e as u32,
+                    weight: 1.0,
+                })
+                .collect(),
+        );
+        for mode in [CapacityMode::PerLayer, CapacityMode::Global] {
+            let caps = [0, 1, 2, 3, 5];
+            let custom = custom_curve(&trace, mode, &caps, &|c| Box::new(Lru::new(c)));
+            let builtin = hit_ratio_curves(&trace, mode, &[Policy::Lru], &caps);
+            for ((c, s), p) in custom.iter().zip(&builtin.points) {
+                assert_eq!((*c, *s), (p.capacity, p.stats));
+            }
+        }
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! [`ProfileLayer`]: a `tracing_subscriber::Layer` that records span intervals and events from
 //! every thread into per-thread buffers, and [`ProfileHandle`] that collects them.
 //!
-//! Hot path (per span): one atomic increment and one small `Vec` of raw field values at creation,
-//! a timestamp push on a thread-local stack at enter, and one push into the thread's own buffer
-//! at exit. The buffer sits behind a `Mutex` that only [`ProfileHandle::take`] ever contends, so
-//! locking it is one uncontended compare-and-swap. Nothing is formatted except `?`/`%` fields and
-//! event messages. Names, targets and field names stay `&'static str` until `take`.
+//! Hot path, per span: at creation one atomic increment and the raw field values (numbers,
+//! bools, `&'static` names) in a small `Vec` kept in the span's registry extensions; at enter a
+//! timestamp pushed on a thread-local stack; at exit one 40-byte record pushed into the thread's
+//! own buffer; at close the span's fields moved (not copied) into that buffer. A buffer sits
+//! behind a `Mutex` that only [`ProfileHandle::take`] ever contends, so locking it is one
+//! uncontended compare-and-swap. Nothing is formatted except `?`/`%` fields and event messages.
+//!
+//! A span's intervals are reported by the first [`ProfileHandle::take`] after the span closed
+//! (its fields are final then); spans still open stay pending in the handle.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -32,31 +36,27 @@ type Meta = &'static Metadata<'static>;
 
 /// What the hot path stores; turned into [`Recording`] entries by [`ProfileHandle::take`].
 enum Raw {
-    NewSpan {
-        uid: u64,
-        parent: Option<u64>,
-        meta: Meta,
-        fields: RawFields,
-    },
-    Record {
-        uid: u64,
-        fields: RawFields,
-    },
     Interval {
         uid: u64,
-        meta: Meta,
         start_ns: u64,
         end_ns: u64,
     },
-    Close {
-        uid: u64,
-    },
-    Event {
-        meta: Meta,
-        ts_ns: u64,
-        message: Option<String>,
-        fields: RawFields,
-    },
+    Close(Box<ClosedSpan>),
+    Event(Box<RawEvent>),
+}
+
+struct ClosedSpan {
+    uid: u64,
+    parent: Option<u64>,
+    meta: Meta,
+    fields: RawFields,
+}
+
+struct RawEvent {
+    meta: Meta,
+    ts_ns: u64,
+    message: Option<String>,
+    fields: RawFields,
 }
 
 /// One thread's buffer for one layer.
@@ -66,8 +66,17 @@ struct ThreadBuf {
     records: Mutex<Vec<Raw>>,
 }
 
-/// Span metadata kept across `take` calls for spans still open.
+/// Intervals whose span has not closed yet, and spans closed in the previous `take` (an
+/// interval pushed on one thread can be collected after its span's close on another).
+#[derive(Default)]
+struct Pending {
+    intervals: Vec<(u32, u64, u64, u64)>,
+    /// Sorted by uid.
+    recently_closed: Vec<SpanInfo>,
+}
+
 struct SpanInfo {
+    uid: u64,
     parent: Option<u64>,
     meta: Meta,
     fields: Fields,
@@ -77,7 +86,7 @@ struct Shared {
     layer_id: u64,
     origin: Instant,
     threads: Mutex<Vec<Arc<ThreadBuf>>>,
-    open_spans: Mutex<HashMap<u64, SpanInfo>>,
+    pending: Mutex<Pending>,
 }
 
 /// A thread's view of one layer: its buffer and its stack of entered spans.
@@ -92,8 +101,14 @@ thread_local! {
     static LOCALS: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The span's process-unique id, kept in the registry's span extensions.
-struct SpanUid(u64);
+/// What a span carries in its registry extensions.
+struct SpanState {
+    uid: u64,
+    parent: Option<u64>,
+    fields: RawFields,
+    /// Profile layers of this registry that captured the span and have not seen it close.
+    n_layers: u32,
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -145,7 +160,7 @@ impl ProfileLayer {
             layer_id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
             origin: Instant::now(),
             threads: Mutex::new(Vec::new()),
-            open_spans: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
         });
         (
             ProfileLayer {
@@ -193,7 +208,7 @@ impl ProfileLayer {
         let buf = Arc::new(ThreadBuf {
             tid,
             name,
-            records: Mutex::new(Vec::with_capacity(4096)),
+            records: Mutex::new(Vec::new()),
         });
         threads.push(Arc::clone(&buf));
         buf
@@ -204,48 +219,37 @@ impl ProfileLayer {
     }
 }
 
-fn span_uid<S>(ctx: &Context<'_, S>, id: &Id) -> Option<u64>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    ctx.span(id)?.extensions().get::<SpanUid>().map(|u| u.0)
-}
-
 impl<S> tracing_subscriber::Layer<S> for ProfileLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
+        if let Some(state) = span.extensions_mut().get_mut::<SpanState>() {
+            // Another ProfileLayer of the same registry already captured it.
+            state.n_layers += 1;
+            return;
+        }
         let parent = span
             .parent()
-            .and_then(|p| p.extensions().get::<SpanUid>().map(|u| u.0));
-        let uid = {
-            let mut ext = span.extensions_mut();
-            match ext.get_mut::<SpanUid>() {
-                Some(u) => u.0,
-                None => {
-                    let uid = NEXT_SPAN_UID.fetch_add(1, Ordering::Relaxed);
-                    ext.insert(SpanUid(uid));
-                    uid
-                }
-            }
-        };
+            .and_then(|p| p.extensions().get::<SpanState>().map(|s| s.uid));
         let mut fields = Vec::with_capacity(attrs.fields().len());
         attrs.record(&mut Visitor {
             fields: &mut fields,
             message: None,
         });
-        self.push(Raw::NewSpan {
-            uid,
+        span.extensions_mut().insert(SpanState {
+            uid: NEXT_SPAN_UID.fetch_add(1, Ordering::Relaxed),
             parent,
-            meta: attrs.metadata(),
             fields,
+            n_layers: 1,
         });
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(uid) = span_uid(&ctx, id) else {
+        let Some(span) = ctx.span(id) else { return };
+        let mut ext = span.extensions_mut();
+        let Some(state) = ext.get_mut::<SpanState>() else {
             return;
         };
         let mut fields = Vec::new();
@@ -253,7 +257,12 @@ where
             fields: &mut fields,
             message: None,
         });
-        self.push(Raw::Record { uid, fields });
+        for (k, v) in fields {
+            match state.fields.iter_mut().find(|(name, _)| *name == k) {
+                Some(slot) => slot.1 = v,
+                None => state.fields.push((k, v)),
+            }
+        }
     }
 
     fn on_enter(&self, id: &Id, _ctx: Context<'_, S>) {
@@ -263,12 +272,13 @@ where
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
-        let now = self.now_ns();
-        let Some(span) = ctx.span(id) else { return };
-        let Some(uid) = span.extensions().get::<SpanUid>().map(|u| u.0) else {
+        let end_ns = self.now_ns();
+        let Some(uid) = ctx
+            .span(id)
+            .and_then(|s| s.extensions().get::<SpanState>().map(|s| s.uid))
+        else {
             return;
         };
-        let meta = span.metadata();
         let key = id.into_u64();
         self.with_local(|l| {
             let Some(pos) = l.stack.iter().rposition(|&(k, _)| k == key) else {
@@ -277,17 +287,43 @@ where
             let (_, start_ns) = l.stack.remove(pos);
             lock(&l.buf.records).push(Raw::Interval {
                 uid,
-                meta,
                 start_ns,
-                end_ns: now,
+                end_ns,
             });
         });
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        if let Some(uid) = span_uid(&ctx, &id) {
-            self.push(Raw::Close { uid });
-        }
+        let Some(span) = ctx.span(&id) else { return };
+        let meta = span.metadata();
+        let mut ext = span.extensions_mut();
+        // With several profile layers on one registry, the last one to see the close moves the
+        // fields out; the others copy them.
+        let closed = match ext.get_mut::<SpanState>() {
+            None => return,
+            Some(state) if state.n_layers > 1 => {
+                state.n_layers -= 1;
+                ClosedSpan {
+                    uid: state.uid,
+                    parent: state.parent,
+                    meta,
+                    fields: state.fields.clone(),
+                }
+            }
+            Some(_) => {
+                let Some(state) = ext.remove::<SpanState>() else {
+                    return;
+                };
+                ClosedSpan {
+                    uid: state.uid,
+                    parent: state.parent,
+                    meta,
+                    fields: state.fields,
+                }
+            }
+        };
+        drop(ext);
+        self.push(Raw::Close(Box::new(closed)));
     }
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
@@ -298,12 +334,12 @@ where
             fields: &mut fields,
             message: Some(&mut message),
         });
-        self.push(Raw::Event {
+        self.push(Raw::Event(Box::new(RawEvent {
             meta: event.metadata(),
             ts_ns,
             message,
             fields,
-        });
+        })));
     }
 }
 
@@ -367,14 +403,18 @@ impl Visit for Visitor<'_> {
 }
 
 fn to_fields(raw: RawFields) -> Fields {
-    raw.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    Fields(
+        raw.into_iter()
+            .map(|(k, v)| (Cow::Borrowed(k), v))
+            .collect(),
+    )
 }
 
 impl ProfileHandle {
     /// Drains everything recorded so far on all threads into a [`Recording`].
     ///
-    /// Spans still open keep their metadata for the next `take`. Threads keep their `tid`.
-    /// Intervals of a span that is still entered (not yet exited) appear in a later `take`.
+    /// Intervals of spans that have not closed yet stay pending until a later `take`. Threads
+    /// keep their `tid` across calls.
     pub fn take(&self) -> Recording {
         let bufs: Vec<Arc<ThreadBuf>> = lock(&self.shared.threads).clone();
         let mut threads = Vec::with_capacity(bufs.len());
@@ -387,77 +427,64 @@ impl ProfileHandle {
             per_thread.push((b.tid, std::mem::take(&mut *lock(&b.records))));
         }
 
-        let mut open = lock(&self.shared.open_spans);
-        let mut closed = Vec::new();
-        let mut intervals = Vec::new();
-        let mut updates = Vec::new();
+        let mut pending = lock(&self.shared.pending);
+        let mut closed: Vec<SpanInfo> = Vec::new();
+        let mut intervals = std::mem::take(&mut pending.intervals);
         let mut events = Vec::new();
         for (tid, raws) in per_thread {
             for raw in raws {
                 match raw {
-                    Raw::NewSpan {
-                        uid,
-                        parent,
-                        meta,
-                        fields,
-                    } => {
-                        open.insert(
-                            uid,
-                            SpanInfo {
-                                parent,
-                                meta,
-                                fields: to_fields(fields),
-                            },
-                        );
-                    }
-                    Raw::Record { uid, fields } => updates.push((uid, fields)),
                     Raw::Interval {
                         uid,
-                        meta,
                         start_ns,
                         end_ns,
-                    } => intervals.push((tid, uid, meta, start_ns, end_ns)),
-                    Raw::Close { uid } => closed.push(uid),
-                    Raw::Event {
-                        meta,
-                        ts_ns,
-                        message,
-                        fields,
-                    } => events.push(EventRecord {
-                        name: message.unwrap_or_else(|| meta.name().to_owned()),
-                        target: meta.target().to_owned(),
+                    } => intervals.push((tid, uid, start_ns, end_ns)),
+                    Raw::Close(c) => closed.push(SpanInfo {
+                        uid: c.uid,
+                        parent: c.parent,
+                        meta: c.meta,
+                        fields: to_fields(c.fields),
+                    }),
+                    Raw::Event(e) => events.push(EventRecord {
+                        name: e.message.map_or(Cow::Borrowed(e.meta.name()), Cow::Owned),
+                        target: Cow::Borrowed(e.meta.target()),
                         tid,
-                        ts_ns,
-                        fields: to_fields(fields),
+                        ts_ns: e.ts_ns,
+                        fields: to_fields(e.fields),
                     }),
                 }
             }
         }
-        for (uid, fields) in updates {
-            if let Some(info) = open.get_mut(&uid) {
-                info.fields.extend(to_fields(fields));
-            }
+        // Join intervals to their span's info by uid (sorted vectors: no hashing of millions).
+        closed.sort_unstable_by_key(|c| c.uid);
+        intervals.sort_unstable_by_key(|i| i.1);
+        let find = |v: &[SpanInfo], uid: u64| -> Option<usize> {
+            let i = v.partition_point(|c| c.uid < uid);
+            (i < v.len() && v[i].uid == uid).then_some(i)
+        };
+        let mut spans = Vec::with_capacity(intervals.len());
+        for (tid, uid, start_ns, end_ns) in intervals {
+            let info = match find(&closed, uid) {
+                Some(i) => Some(&closed[i]),
+                None => find(&pending.recently_closed, uid).map(|i| &pending.recently_closed[i]),
+            };
+            let Some(info) = info else {
+                pending.intervals.push((tid, uid, start_ns, end_ns));
+                continue;
+            };
+            spans.push(SpanRecord {
+                id: uid,
+                parent: info.parent,
+                name: Cow::Borrowed(info.meta.name()),
+                target: Cow::Borrowed(info.meta.target()),
+                tid,
+                start_ns,
+                end_ns,
+                fields: info.fields.clone(),
+            });
         }
-        let spans = intervals
-            .into_iter()
-            .map(|(tid, uid, meta, start_ns, end_ns)| {
-                let info = open.get(&uid);
-                SpanRecord {
-                    id: uid,
-                    parent: info.and_then(|i| i.parent),
-                    name: info.map_or(meta, |i| i.meta).name().to_owned(),
-                    target: meta.target().to_owned(),
-                    tid,
-                    start_ns,
-                    end_ns,
-                    fields: info.map(|i| i.fields.clone()).unwrap_or_default(),
-                }
-            })
-            .collect();
-        for uid in closed {
-            open.remove(&uid);
-        }
-        drop(open);
+        pending.recently_closed = closed;
+        drop(pending);
 
         let mut rec = Recording {
             threads,
@@ -573,7 +600,7 @@ mod tests {
     }
 
     #[test]
-    fn take_drains_and_keeps_open_span_metadata() {
+    fn open_spans_are_reported_after_they_close() {
         let (layer, handle) = ProfileLayer::new();
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
@@ -581,16 +608,16 @@ mod tests {
             {
                 let _g = s.enter();
             }
-            let first = handle.take();
-            assert_eq!(first.spans.len(), 1);
-            assert!(handle.take().spans.is_empty());
+            assert!(handle.take().spans.is_empty(), "still open");
             {
                 let _g = s.enter();
             }
-            let second = handle.take();
-            assert_eq!(second.spans.len(), 1);
-            assert_eq!(second.spans[0].u64("token"), Some(1));
-            assert_eq!(second.spans[0].id, first.spans[0].id);
+            drop(s);
+            let rec = handle.take();
+            assert_eq!(rec.spans.len(), 2);
+            assert!(rec.spans.iter().all(|x| x.u64("token") == Some(1)));
+            assert_eq!(rec.spans[0].id, rec.spans[1].id);
+            assert!(handle.take().spans.is_empty(), "drained");
         });
     }
 

@@ -132,7 +132,7 @@ fn window(rec: &Recording, sets: &Sets, lo: u64, hi: u64) -> WindowOverlap {
         if s.name.starts_with(names::COMPUTE_PREFIX) {
             let d = s.end_ns.min(hi).saturating_sub(s.start_ns.max(lo));
             if d > 0 {
-                *w.compute_by_op_ns.entry(s.name.clone()).or_default() += d;
+                *w.compute_by_op_ns.entry(s.name.to_string()).or_default() += d;
             }
         } else if s.name == names::IO_EXPERT_READ && (lo..hi).contains(&s.start_ns) {
             w.n_reads += 1;

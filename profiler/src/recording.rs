@@ -4,7 +4,7 @@
 //! A [`Recording`] is plain data (serde-serialisable) so analyses are pure functions over it and
 //! tests can build one by hand with [`RecordingBuilder`].
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
@@ -135,8 +135,86 @@ impl From<String> for FieldValue {
     }
 }
 
-/// A span's or event's fields by name.
-pub type Fields = BTreeMap<String, FieldValue>;
+/// A name that is `&'static str` when captured live (no allocation) and owned when read back.
+pub type Name = Cow<'static, str>;
+
+/// A span's or event's fields in recording order (serialised as a JSON object). Field sets are
+/// tiny, so lookups scan; if a name repeats, the last value wins.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fields(pub Vec<(Name, FieldValue)>);
+
+impl Fields {
+    /// The value of a field.
+    pub fn get(&self, key: &str) -> Option<&FieldValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Whether a field is present.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Sets a field (replacing an earlier value).
+    pub fn insert(&mut self, key: impl Into<Name>, value: FieldValue) {
+        let key = key.into();
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    /// Fields in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Into<Name>> FromIterator<(K, FieldValue)> for Fields {
+    fn from_iter<I: IntoIterator<Item = (K, FieldValue)>>(iter: I) -> Self {
+        Fields(iter.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k.as_ref(), v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of field names to values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Fields, A::Error> {
+                let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                while let Some((k, val)) = a.next_entry::<String, FieldValue>()? {
+                    v.push((Cow::Owned(k), val));
+                }
+                Ok(Fields(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
 
 /// A thread that recorded at least one span or event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,9 +234,9 @@ pub struct SpanRecord {
     /// Id of the parent span, if any.
     pub parent: Option<u64>,
     /// Span name (`compute.attention`, …).
-    pub name: String,
+    pub name: Name,
     /// `tracing` target (`engine::model`, …).
-    pub target: String,
+    pub target: Name,
     /// Thread the interval ran on ([`ThreadInfo::tid`]).
     pub tid: u32,
     /// Enter time, nanoseconds since the recording's origin.
@@ -190,9 +268,9 @@ impl SpanRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     /// The event's message (`route`, `sparsity`, …), or its callsite name if it has none.
-    pub name: String,
+    pub name: Name,
     /// `tracing` target (`engine::routing`, …).
-    pub target: String,
+    pub target: Name,
     /// Thread it was emitted on.
     pub tid: u32,
     /// Time, nanoseconds since the recording's origin.
@@ -280,13 +358,8 @@ impl Recording {
 
     /// Sorts spans and events into the documented order.
     pub fn sort(&mut self) {
-        self.spans.sort_by(|a, b| {
-            (a.start_ns, std::cmp::Reverse(a.end_ns), a.id).cmp(&(
-                b.start_ns,
-                std::cmp::Reverse(b.end_ns),
-                b.id,
-            ))
-        });
+        self.spans
+            .sort_unstable_by_key(|s| (s.start_ns, std::cmp::Reverse(s.end_ns), s.id, s.tid));
         self.events.sort_by_key(|e| e.ts_ns);
         self.threads.sort_by_key(|t| t.tid);
     }
@@ -328,8 +401,8 @@ impl RecordingBuilder {
         self.rec.spans.push(SpanRecord {
             id: self.next_id,
             parent: None,
-            name: name.to_owned(),
-            target: "test".to_owned(),
+            name: Cow::Owned(name.to_owned()),
+            target: Cow::Borrowed("test"),
             tid,
             start_ns,
             end_ns,
@@ -348,8 +421,8 @@ impl RecordingBuilder {
         fields: &[(&str, FieldValue)],
     ) -> &mut Self {
         self.rec.events.push(EventRecord {
-            name: name.to_owned(),
-            target: target.to_owned(),
+            name: Cow::Owned(name.to_owned()),
+            target: Cow::Owned(target.to_owned()),
             tid,
             ts_ns,
             fields: to_fields(fields),
@@ -367,7 +440,7 @@ impl RecordingBuilder {
 fn to_fields(fields: &[(&str, FieldValue)]) -> Fields {
     fields
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .map(|(k, v)| (Cow::Owned((*k).to_owned()), v.clone()))
         .collect()
 }
 

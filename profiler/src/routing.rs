@@ -194,8 +194,11 @@ impl RoutingTrace {
     }
 }
 
+/// Splits `3,7`, and also tolerates what `?` formatting produces (`"3,7"`, `[3, 7]`).
 fn split_list(s: &str) -> impl Iterator<Item = &str> {
-    s.split(',').map(str::trim).filter(|p| !p.is_empty())
+    s.split(',')
+        .map(|p| p.trim_matches(|c: char| c.is_whitespace() || matches!(c, '"' | '[' | ']')))
+        .filter(|p| !p.is_empty())
 }
 
 /// A least-squares fit of `log(count) = c - s * log(rank)` over the non-zero counts.
@@ -606,6 +609,27 @@ mod tests {
             RoutingTrace::from_recording(&b.build()),
             Err(Error::RoutingEvent { .. })
         ));
+    }
+
+    #[test]
+    fn from_recording_accepts_debug_formatted_lists() {
+        let mut b = RecordingBuilder::new();
+        let c = b.thread("main");
+        b.event(
+            c,
+            "engine::routing",
+            "route",
+            1,
+            &[
+                ("token", 1u64.into()),
+                ("layer", 0u64.into()),
+                ("experts", "[4, 1]".into()),
+                ("weights", "\"0.75,0.25\"".into()),
+            ],
+        );
+        let t = RoutingTrace::from_recording(&b.build()).expect("parses");
+        let got: Vec<(u32, f32)> = t.choices.iter().map(|c| (c.expert, c.weight)).collect();
+        assert_eq!(got, vec![(4, 0.75), (1, 0.25)]);
     }
 
     #[test]
