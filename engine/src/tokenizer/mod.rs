@@ -44,6 +44,9 @@ pub const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]
 /// Largest vocabulary accepted (ids must fit comfortably in memory; real vocabularies are < 1M).
 pub const MAX_VOCAB: usize = 1 << 24;
 
+/// Longest text [`Tokenizer::encode`] accepts: positions inside a piece are kept in `u32`.
+pub const MAX_TEXT_BYTES: usize = u32::MAX as usize;
+
 /// Token strings that end a turn when present in the vocabulary.
 const END_OF_TURN_TOKENS: [&str; 2] = ["<|im_end|>", "<|endoftext|>"];
 
@@ -389,7 +392,14 @@ impl Tokenizer {
     /// `<|im_start|>`) become their ids; without it they are encoded as plain text, which is what
     /// user-supplied text needs. Non-special added tokens (such as `<think>`) are always matched.
     /// No BOS is added (see [`Tokenizer::add_bos_token`]).
+    /// Errors only on text of [`MAX_TEXT_BYTES`] or more.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        if text.len() >= MAX_TEXT_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "text of {} bytes is too long to tokenize (limit {MAX_TEXT_BYTES})",
+                text.len()
+            )));
+        }
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
         let mut st = EncodeScratch::default();
         let mut pieces = Vec::new();
@@ -626,7 +636,7 @@ impl StreamDecoder<'_> {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    // SAFETY-free: `valid_up_to` bytes are valid UTF-8 by definition.
+                    // The first `valid` bytes are valid UTF-8, so this borrows without change.
                     out.push_str(&String::from_utf8_lossy(&rest[..valid]));
                     match e.error_len() {
                         Some(bad) => {
