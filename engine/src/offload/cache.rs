@@ -26,7 +26,7 @@ use super::ExpertKey;
 use super::hotset::HotSet;
 use super::io::SlotBuf;
 use super::layout::ExpertLayout;
-use super::policy::{Policy, PolicyKind, SlotId};
+use super::policy::{Policy, PolicyKind, PolicyShape, SlotId};
 use super::sys::AlignedBuf;
 use crate::error::{Error, Result};
 
@@ -276,7 +276,12 @@ impl ExpertCache {
             }
             parts.push(Partition {
                 free: slots.clone().rev().collect(),
-                policy: cfg.policy.build(n_slots, n, n_keys),
+                policy: cfg.policy.build(PolicyShape {
+                    total_slots: n_slots,
+                    n_slots: n,
+                    n_layers: layout.n_layers() as usize,
+                    n_experts: layout.n_experts() as usize,
+                }),
                 slots,
             });
             at += n;

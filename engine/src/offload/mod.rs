@@ -15,7 +15,8 @@
 //!   router has run, `wait` for each one and compute on its bytes while it is pinned.
 //! - [`sim`]: trace-driven replay of the cache policies, and Belady's optimum for comparison.
 //!
-//! `unsafe` is confined to the small `sys` module (aligned allocation, `posix_fadvise`).
+//! `unsafe` is confined to the small `sys` module (aligned allocation, `posix_fadvise`, the
+//! timer slack of emulating threads).
 
 pub mod budget;
 pub mod cache;

@@ -13,12 +13,21 @@
 //! that subsumes the LRU and LFU policies", IEEE Trans. Computers 2001) scores each key by its
 //! combined recency and frequency, `CRF(t) = Σ_i 2^(−λ·(t − t_i))` over past accesses `t_i`,
 //! and evicts the smallest. `λ → 0` is LFU, `λ = 1` is LRU; one parameter, the half-life
-//! `1/λ` in accesses, moves between them. With full per-key history it needs `O(keys)` memory
-//! and one score update per access; the victim scan is `O(slots)`, microseconds per miss against
-//! a read of hundreds of microseconds. W-TinyLFU's sketch and admission window, or ARC's ghost
-//! lists, approximate exactly this history when the key space is too large to keep, which is
-//! not the case here. The default half-life is the partition's slot count: an access loses half
-//! its weight after one cache's worth of later accesses.
+//! `1/λ`, moves between them. With full per-key history it needs `O(keys)` memory and one score
+//! update per access; the victim scan is `O(slots)`, microseconds per miss against a read of
+//! hundreds of microseconds. W-TinyLFU's sketch and admission window, or ARC's ghost lists,
+//! approximate exactly this history when the key space is too large to keep, which is not the
+//! case here.
+//!
+//! Our LRFU counts time **per layer** (see [`Lrfu`]): the forward pass visits layers in a
+//! cycle, so with one global clock the experts of the layers about to run always look oldest,
+//! and a global LRU evicts precisely what is needed next. On a synthetic SmallThinker-4B trace
+//! (32 × 32 experts, top-4, Zipf 0.8 popularity, 45% reuse of the previous token's experts;
+//! `examples/cache_sim.rs`), global-capacity hit rates were, for 128 / 307 / 512 slots: LRU
+//! 40.3 / 66.0 / 79.0%, LFU 35.2 / 59.9 / 76.3%, LRFU with a global clock 30.9 / 66.5 / 79.5%,
+//! LRFU with per-layer clocks 46.0 / 67.6 / 80.0%, per-layer LRFU plus a hot set of half the
+//! slots 43.2 / 71.5 / 82.2%, against Belady's 66.4 / 83.1 / 91.5%. Half-lives from 0.01× to
+//! 8× the default (the slots per layer) were tried; the default was best or within 1 point.
 
 use std::fmt;
 use std::ops::Range;
@@ -73,16 +82,37 @@ impl PolicyKind {
         }
     }
 
-    /// A policy for a partition of `n_slots` slots (slot ids below `total_slots`) over
-    /// `n_keys` keys, with default parameters.
-    pub fn build(self, total_slots: usize, n_slots: usize, n_keys: usize) -> Box<dyn Policy> {
+    /// A policy for one partition of the cache, with default parameters.
+    pub fn build(self, shape: PolicyShape) -> Box<dyn Policy> {
         match self {
-            PolicyKind::Lru => Box::new(Lru::new(total_slots)),
-            PolicyKind::Lfu => {
-                Box::new(Lfu::new(total_slots, n_keys, Lfu::default_period(n_slots)))
-            }
-            PolicyKind::Lrfu => Box::new(Lrfu::new(total_slots, n_keys, n_slots.max(1) as f64)),
+            PolicyKind::Lru => Box::new(Lru::new(shape.total_slots)),
+            PolicyKind::Lfu => Box::new(Lfu::new(
+                shape.total_slots,
+                shape.n_keys(),
+                Lfu::default_period(shape.n_slots),
+            )),
+            PolicyKind::Lrfu => Box::new(Lrfu::new(shape, Lrfu::default_half_life(shape))),
         }
+    }
+}
+
+/// The dimensions a policy is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyShape {
+    /// Slot ids are below this (the whole cache).
+    pub total_slots: usize,
+    /// Slots of this policy's partition.
+    pub n_slots: usize,
+    /// Layers of the model.
+    pub n_layers: usize,
+    /// Experts per layer (dense key = layer · n_experts + expert).
+    pub n_experts: usize,
+}
+
+impl PolicyShape {
+    /// Number of keys.
+    pub fn n_keys(&self) -> usize {
+        self.n_layers * self.n_experts
     }
 }
 
@@ -259,39 +289,55 @@ impl Policy for Lfu {
     }
 }
 
-/// LRFU (see the module docs): per key, the combined recency-frequency value at its last
-/// access, kept as `rank = log2(CRF(t_last)) + λ·t_last` so that comparing ranks compares
-/// current CRF values without recomputing decays.
+/// LRFU (see the module docs) with per-layer clocks.
+///
+/// Time is counted per layer (accesses to that layer), not globally: the forward pass visits
+/// the layers in a cycle, so a global clock would make the experts of the layers about to run
+/// look oldest and evict exactly them. With per-layer clocks a key's score is its combined
+/// recency/frequency in its own layer's terms, comparable across layers because every layer is
+/// visited equally often. Ties go against the layer visited most recently (its next visit is
+/// furthest away), then against the older key.
 #[derive(Debug)]
 pub struct Lrfu {
-    /// CRF at the key's last access.
-    crf: Vec<f64>,
+    n_experts: usize,
+    /// log2 of the CRF at the key's last access (−∞: never accessed).
+    log_crf: Vec<f64>,
+    /// The key's layer clock at its last access.
     last: Vec<u64>,
-    rank: Vec<f64>,
-    /// Last touch per slot (insertion without access), for ties between never-used keys.
-    slot_tick: Vec<u64>,
+    /// Per layer: accesses so far.
+    layer_tick: Vec<u64>,
+    /// Per layer: global access count at its last access.
+    layer_seen: Vec<u64>,
+    global: u64,
     lambda: f64,
-    tick: u64,
 }
 
 impl Lrfu {
-    /// For slot ids below `total_slots`, `n_keys` keys, and a half-life of `half_life`
-    /// accesses (λ = 1 / half-life).
-    pub fn new(total_slots: usize, n_keys: usize, half_life: f64) -> Lrfu {
+    /// Default half-life, in accesses of a layer: the partition's slots per layer (a key loses
+    /// half its weight after its layer has seen as many accesses as the layer has slots).
+    pub fn default_half_life(shape: PolicyShape) -> f64 {
+        let per_layer = shape.n_slots as f64 / shape.n_layers.max(1) as f64;
+        per_layer.max(1.0)
+    }
+
+    /// With a half-life of `half_life` accesses of a key's layer (λ = 1 / half-life).
+    pub fn new(shape: PolicyShape, half_life: f64) -> Lrfu {
         Lrfu {
-            crf: vec![0.0; n_keys],
-            last: vec![0; n_keys],
-            rank: vec![f64::NEG_INFINITY; n_keys],
-            slot_tick: vec![0; total_slots],
+            n_experts: shape.n_experts.max(1),
+            log_crf: vec![f64::NEG_INFINITY; shape.n_keys()],
+            last: vec![0; shape.n_keys()],
+            layer_tick: vec![0; shape.n_layers.max(1)],
+            layer_seen: vec![0; shape.n_layers.max(1)],
+            global: 0,
             lambda: 1.0 / half_life.max(1e-9),
-            tick: 0,
         }
     }
 
-    /// The key's current CRF value.
-    pub fn crf_now(&self, key: usize) -> f64 {
-        let dt = (self.tick - self.last[key]) as f64;
-        self.crf[key] * (-self.lambda * dt).exp2()
+    /// log2 of the key's current CRF value.
+    pub fn log_crf_now(&self, key: usize) -> f64 {
+        let l = key / self.n_experts;
+        let age = (self.layer_tick[l] - self.last[key]) as f64;
+        self.log_crf[key] - self.lambda * age
     }
 }
 
@@ -299,16 +345,16 @@ impl Policy for Lrfu {
     fn name(&self) -> &'static str {
         "lrfu"
     }
-    fn on_insert(&mut self, slot: SlotId, _key: usize) {
-        self.slot_tick[slot] = self.tick;
-    }
-    fn on_access(&mut self, slot: SlotId, key: usize) {
-        self.tick += 1;
-        let c = 1.0 + self.crf_now(key);
-        self.crf[key] = c;
-        self.last[key] = self.tick;
-        self.rank[key] = c.log2() + self.lambda * self.tick as f64;
-        self.slot_tick[slot] = self.tick;
+    fn on_insert(&mut self, _slot: SlotId, _key: usize) {}
+    fn on_access(&mut self, _slot: SlotId, key: usize) {
+        let l = key / self.n_experts;
+        self.layer_tick[l] += 1;
+        // CRF(t) = 1 + CRF(t_last) · 2^(−λ·(t − t_last)), in log2.
+        let c = 1.0 + self.log_crf_now(key).exp2();
+        self.global += 1;
+        self.layer_seen[l] = self.global;
+        self.log_crf[key] = c.log2();
+        self.last[key] = self.layer_tick[l];
     }
     fn on_remove(&mut self, _slot: SlotId, _key: usize) {}
     fn victim(
@@ -317,19 +363,25 @@ impl Policy for Lrfu {
         key_of: &dyn Fn(SlotId) -> Option<usize>,
         evictable: &dyn Fn(SlotId) -> bool,
     ) -> Option<SlotId> {
-        let mut best: Option<(f64, u64, SlotId)> = None;
+        // Minimise (score, −layer_seen, −age).
+        let mut best: Option<(f64, u64, u64, SlotId)> = None;
         for s in slots.filter(|&s| evictable(s)) {
             let Some(k) = key_of(s) else { continue };
-            let cand = (self.rank[k], self.slot_tick[s], s);
+            let l = k / self.n_experts;
+            let score = self.log_crf_now(k);
+            let seen = self.layer_seen[l];
+            let age = self.layer_tick[l] - self.last[k];
             let better = match best {
                 None => true,
-                Some(b) => cand.0 < b.0 || (cand.0 == b.0 && cand.1 < b.1),
+                Some((bs, bseen, bage, _)) => {
+                    score < bs || (score == bs && (seen > bseen || (seen == bseen && age > bage)))
+                }
             };
             if better {
-                best = Some(cand);
+                best = Some((score, seen, age, s));
             }
         }
-        best.map(|b| b.2)
+        best.map(|b| b.3)
     }
 }
 
@@ -372,23 +424,60 @@ mod tests {
 
     #[test]
     fn lrfu_spans_lru_and_lfu() {
+        let one_layer = PolicyShape {
+            total_slots: 3,
+            n_slots: 3,
+            n_layers: 1,
+            n_experts: 3,
+        };
         let seq = [0, 0, 0, 0, 1, 2, 1, 2];
         // Long half-life: frequency dominates, key 1 or 2 (2 accesses) goes, not 0 (4).
-        let mut p = Lrfu::new(3, 3, 1e6);
+        let mut p = Lrfu::new(one_layer, 1e6);
         assert_ne!(victim_after(&mut p, 3, &seq), 0);
         // Half-life of one access: recency dominates, key 0 (oldest) goes.
-        let mut p = Lrfu::new(3, 3, 1.0);
+        let mut p = Lrfu::new(one_layer, 1.0);
         assert_eq!(victim_after(&mut p, 3, &seq), 0);
         // Never-accessed keys go first.
-        let mut p = Lrfu::new(3, 3, 10.0);
+        let mut p = Lrfu::new(one_layer, 10.0);
         assert_eq!(victim_after(&mut p, 3, &[0, 2]), 1);
     }
 
     #[test]
+    fn lrfu_clocks_are_per_layer_and_ties_spare_the_layers_about_to_run() {
+        // 3 layers x 2 experts, one slot per key; keys 2l and 2l+1 are layer l's.
+        let shape = PolicyShape {
+            total_slots: 6,
+            n_slots: 6,
+            n_layers: 3,
+            n_experts: 2,
+        };
+        let mut p = Lrfu::new(shape, 1.0);
+        for k in 0..6 {
+            p.on_insert(k, k);
+        }
+        // Token 1 uses expert 0 of every layer, token 2 uses expert 0 of layers 0 and 1 only.
+        for k in [0, 2, 4, 0, 2] {
+            p.on_access(k, k);
+        }
+        // Layer 2's expert 0 was used one layer-visit ago, like layer 0's and 1's last visit:
+        // with a global clock it would look oldest. The never-used keys go first, the one of
+        // the most recently visited layer (1) before those of layers 0 and 2.
+        assert_eq!(p.victim(0..6, &|s| Some(s), &|_| true), Some(3));
+        // Among the used keys, 0 and 2 (used twice) have CRF 1 + 1/2 and 4 (once) has 1.
+        assert_eq!(p.victim(0..6, &|s| Some(s), &|s| s % 2 == 0), Some(4));
+    }
+
+    #[test]
     fn policy_names_parse() {
+        let shape = PolicyShape {
+            total_slots: 4,
+            n_slots: 4,
+            n_layers: 2,
+            n_experts: 4,
+        };
         for k in PolicyKind::ALL {
             assert_eq!(k.name().parse::<PolicyKind>().unwrap(), k);
-            assert_eq!(k.build(4, 4, 8).name(), k.name());
+            assert_eq!(k.build(shape).name(), k.name());
         }
         let e = "arc".parse::<PolicyKind>().unwrap_err().to_string();
         assert!(e.contains("lru, lfu, lrfu"), "{e}");

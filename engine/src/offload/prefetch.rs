@@ -454,26 +454,26 @@ impl Prefetcher {
             .first()
             .ok_or_else(|| Error::InvalidInput("wait_any: no experts".into()))?;
         loop {
-            {
+            let (expert, bytes) = {
                 let mut st = self.lock();
                 self.pump(&mut st)?;
-                let mut any_pending = false;
+                let mut pending = None;
                 for &e in experts {
                     match st.cache.lookup(ExpertKey::new(layer, e))? {
                         Lookup::Ready(_) => {
                             drop(st);
                             return self.wait(layer, e);
                         }
-                        Lookup::Loading(_) => any_pending = true,
+                        Lookup::Loading(_) => pending = pending.or(Some(e)),
                         Lookup::Absent => {}
                     }
                 }
-                if !any_pending {
-                    break;
-                }
-            }
-            let span =
-                tracing::trace_span!("io.wait", layer, expert = first, bytes = 0u64).entered();
+                let Some(e) = pending else { break };
+                // The span names the first expert still being read.
+                let key = ExpertKey::new(layer, e);
+                (e, self.layout.slot_layout(key)?.data_bytes())
+            };
+            let span = tracing::trace_span!("io.wait", layer, expert, bytes).entered();
             let t0 = Instant::now();
             let c = self.pool.recv_timeout(RECHECK);
             drop(span);
