@@ -4,8 +4,8 @@
 mod args;
 mod bench;
 mod chat;
-mod gen_loop;
 mod r#gen;
+mod gen_loop;
 mod inspect;
 mod logits;
 mod profile;
