@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::weights::Matrix;
+use super::weights::{MatRef, Matrix};
 use crate::error::Result;
 use crate::kernels::{QuantAct, act_format_for, dot_rows, wf32};
 
@@ -37,9 +37,21 @@ pub struct LinearScratch {
 
 /// `out[t · rows + r] = m.row(r) · x[t · cols ..]` for `n_tokens` tokens.
 ///
-/// `tmp` is scratch the caller keeps between calls (no allocation once warm).
+/// `scratch` is kept by the caller between calls (no allocation once warm).
 pub fn matmul(
     m: &Matrix,
+    x: &[f32],
+    n_tokens: usize,
+    out: &mut [f32],
+    mode: ComputeMode,
+    scratch: &mut LinearScratch,
+) -> Result<()> {
+    matmul_ref(m.view(), x, n_tokens, out, mode, scratch)
+}
+
+/// [`matmul`] on a borrowed matrix (e.g. an expert in a cache slot).
+pub fn matmul_ref(
+    m: MatRef<'_>,
     x: &[f32],
     n_tokens: usize,
     out: &mut [f32],
@@ -100,7 +112,7 @@ pub fn rows_per_task(rows: usize) -> usize {
 
 /// Fast product with f32 activations (weights dequantised in registers, see [`wf32`]).
 pub fn matmul_f32act(
-    m: &Matrix,
+    m: MatRef<'_>,
     x: &[f32],
     n: usize,
     out: &mut [f32],
@@ -140,7 +152,7 @@ pub fn matmul_f32act(
 
 /// `out[t · rows + r] = m.row(r) · acts[t]` with activations already quantised for `m.ty`.
 pub fn matmul_quantised(
-    m: &Matrix,
+    m: MatRef<'_>,
     acts: &[QuantAct],
     out: &mut [f32],
     tmp: &mut Vec<f32>,
@@ -183,7 +195,7 @@ pub fn matmul_quantised(
     Ok(())
 }
 
-fn matvec_exact(m: &Matrix, x: &[f32], out: &mut [f32]) -> Result<()> {
+fn matvec_exact(m: MatRef<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
     let cols = m.cols;
     out.par_chunks_mut(ROWS_PER_TASK)
         .enumerate()

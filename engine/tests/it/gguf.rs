@@ -970,7 +970,10 @@ fn exercise(bytes: Vec<u8>) {
     }
     for (k, v) in f.metadata() {
         // Same entry (by address: NaN values make `==` useless here).
-        assert!(f.get(k).is_some_and(|g| std::ptr::eq(g, v)), "lookup of {k}");
+        assert!(
+            f.get(k).is_some_and(|g| std::ptr::eq(g, v)),
+            "lookup of {k}"
+        );
         let _ = (f.get_u32(k), f.get_f32(k), f.get_str(k), f.get_bool(k));
         if let Value::Array(a) = v {
             let _ = (a.to_u64_vec(), a.to_i64_vec(), a.to_f32_vec(), a.len());
