@@ -54,9 +54,12 @@ pub struct ModelArgs {
     /// I/O threads reading experts (= reads in flight).
     #[arg(long = "io-threads", value_name = "N", default_value_t = 4)]
     pub io_threads: usize,
-    /// Do not guess and prefetch the next layer's experts.
+    /// Do not guess and prefetch the next layers' experts.
     #[arg(long = "no-speculative")]
     pub no_speculative: bool,
+    /// Layers ahead whose experts are guessed (from the current residual) and prefetched.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub lookahead: usize,
     /// Request a layer's experts only at its MoE step, not before attention (for comparison).
     #[arg(long = "no-prefetch")]
     pub no_prefetch: bool,
@@ -92,7 +95,8 @@ impl ModelArgs {
         o.scope = self.cache_scope;
         o.hot_experts = self.hot_experts.clone();
         o.io_threads = self.io_threads.max(1);
-        o.speculative = !self.no_speculative;
+        o.speculative = !self.no_speculative && self.lookahead > 0;
+        o.lookahead = self.lookahead.max(1);
         o.prefetch = !self.no_prefetch;
         o.open_mode = self.io_mode;
         o.context = context.max(1);

@@ -378,14 +378,18 @@ impl<'m> Session<'m> {
                     if off.options().prefetch {
                         pf.request(l as u32, &s.distinct, Priority::Demand)?;
                     }
-                    if off.options().speculative && n <= SPECULATE_MAX_TOKENS && l + 1 < c.n_layers
-                    {
-                        let _sp = debug_span!("compute.router", layer = l + 1, speculative = true)
+                    let ahead = if off.options().speculative && n <= SPECULATE_MAX_TOKENS {
+                        off.options().lookahead.max(1)
+                    } else {
+                        0
+                    };
+                    for next in l + 1..(l + 1 + ahead).min(c.n_layers) {
+                        let _sp = debug_span!("compute.router", layer = next, speculative = true)
                             .entered();
                         let k = c.n_experts_used;
                         s.spec_rl.resize(n * c.n_experts, 0.0);
                         matmul(
-                            &w.layers[l + 1].router,
+                            &w.layers[next].router,
                             &s.x,
                             n,
                             &mut s.spec_rl,
@@ -405,8 +409,8 @@ impl<'m> Session<'m> {
                             );
                         }
                         distinct_into(&s.spec_routes.ids, &mut s.spec_distinct);
-                        off.guessed(l + 1, &s.spec_distinct);
-                        pf.request((l + 1) as u32, &s.spec_distinct, Priority::Prefetch)?;
+                        off.guessed(next, &s.spec_distinct);
+                        pf.request(next as u32, &s.spec_distinct, Priority::Prefetch)?;
                     }
                 }
 

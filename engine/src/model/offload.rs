@@ -67,8 +67,10 @@ pub struct OffloadOptions {
     /// Request a layer's experts right after its router, before attention (off: at the MoE
     /// step, for comparison).
     pub prefetch: bool,
-    /// Guess the next layer's experts from the current residual and prefetch them.
+    /// Guess the next layers' experts from the current residual and prefetch them.
     pub speculative: bool,
+    /// How many layers ahead to guess (with `speculative`), at least 1.
+    pub lookahead: usize,
     /// `O_DIRECT` or buffered reads.
     pub open_mode: OpenMode,
     /// Positions the KV cache is planned for (sessions may not hold more).
@@ -92,6 +94,7 @@ impl OffloadOptions {
             io_threads: 4,
             prefetch: true,
             speculative: true,
+            lookahead: 1,
             open_mode: OpenMode::Auto,
             context: 4096,
             max_batch: 256,
@@ -186,11 +189,16 @@ impl fmt::Display for OffloadSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "expert cache: {}; I/O {:.1} ms busy, {:.1} ms exposed ({} waits)",
+            "expert cache: {}; {} prefetched ({} cancelled, {} dropped); I/O {} reads, {:.1} ms busy, {:.1} ms exposed ({} waits), repack {:.1} ms",
             self.stats.cache,
+            self.stats.cache.prefetch_inserts,
+            self.stats.wait.prefetch_cancelled,
+            self.stats.wait.prefetch_dropped,
+            self.stats.io.reads,
             self.io_ms(),
             self.exposed_io_ms(),
-            self.stats.wait.blocked
+            self.stats.wait.blocked,
+            self.stats.io.transform_ns as f64 / 1e6
         )?;
         if let Some(o) = self.overlap() {
             write!(f, ", overlap {:.0}%", 100.0 * o)?;
@@ -526,7 +534,11 @@ impl fmt::Display for Offload {
             },
             self.hot,
             if self.opts.prefetch { "on" } else { "off" },
-            if self.opts.speculative { "on" } else { "off" },
+            if self.opts.speculative {
+                format!("{} layer(s) ahead", self.opts.lookahead.max(1))
+            } else {
+                "off".to_string()
+            },
         )
     }
 }

@@ -489,6 +489,12 @@ fn io_thread(sh: &Shared) {
         let busy = t1 - t0;
         let mut transform_ns = 0;
         if let (Outcome::Done { .. }, Some(f)) = (&outcome, &sh.transform) {
+            let _span = tracing::trace_span!(
+                "io.repack",
+                layer = p.req.key.layer,
+                expert = p.req.key.expert
+            )
+            .entered();
             let mut buf = p.req.buf.write().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = f(p.req.key, &p.req.layout, buf.as_mut_slice()) {
                 outcome = Outcome::Failed(e);

@@ -92,21 +92,39 @@ pub fn repack(kind: PlaneKind, h: usize, f: usize, src: &[u8], dst: &mut [u8]) -
     }
     match kind {
         PlaneKind::Q4 => {
-            // Tile: 32 rows (one output group g) × one block of 32 neurons. Plane byte
-            // `g·16 + k` of neuron j holds row g·32+k (low nibble) and row g·32+k+16 (high).
+            // Tile: 32 rows (output group g) × one block of 32 neurons. Plane byte `g·16 + k` of
+            // neuron j holds row g·32+k (low nibble) and row g·32+k+16 (high nibble). Rows k and
+            // k+16 combine byte-wise (u128 lanes of 16 nibble bytes) into `lo` (neurons 0..16
+            // of the block) and `hi` (neurons 16..32); a 16×16 byte transpose then gives each
+            // neuron's 16 contiguous plane bytes.
+            const LOW: u128 = 0x0F0F_0F0F_0F0F_0F0F_0F0F_0F0F_0F0F_0F0F;
+            let qs = |row: usize, b: usize| -> u128 {
+                let at = row * rb + b * bb + 2;
+                let mut q = [0u8; 16];
+                q.copy_from_slice(&src[at..at + 16]);
+                u128::from_le_bytes(q)
+            };
+            let mut lo = [[0u8; 16]; 16];
+            let mut hi = [[0u8; 16]; 16];
             for g in 0..h / QK {
                 for b in 0..nb {
                     for k in 0..16 {
-                        let lo_row = g * QK + k;
-                        let a = &src[lo_row * rb + b * bb + 2..lo_row * rb + (b + 1) * bb];
-                        let hi_row = lo_row + 16;
-                        let c = &src[hi_row * rb + b * bb + 2..hi_row * rb + (b + 1) * bb];
-                        for i in 0..16 {
-                            let (x, y) = (a[i], c[i]);
-                            // Neuron b·32+i is the low nibble of byte i, neuron b·32+i+16 the high.
-                            planes[(b * QK + i) * pb + g * 16 + k] = (x & 0x0F) | (y << 4);
-                            planes[(b * QK + i + 16) * pb + g * 16 + k] = (x >> 4) | (y & 0xF0);
+                        let x = qs(g * QK + k, b);
+                        let y = qs(g * QK + k + 16, b);
+                        lo[k] = ((x & LOW) | ((y & LOW) << 4)).to_le_bytes();
+                        hi[k] = (((x >> 4) & LOW) | (y & !LOW)).to_le_bytes();
+                    }
+                    for i in 0..16 {
+                        let mut col_lo = [0u8; 16];
+                        let mut col_hi = [0u8; 16];
+                        for k in 0..16 {
+                            col_lo[k] = lo[k][i];
+                            col_hi[k] = hi[k][i];
                         }
+                        let at = (b * QK + i) * pb + g * 16;
+                        planes[at..at + 16].copy_from_slice(&col_lo);
+                        let at = (b * QK + i + 16) * pb + g * 16;
+                        planes[at..at + 16].copy_from_slice(&col_hi);
                     }
                 }
             }
@@ -427,6 +445,78 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The packed form by its definition, one value at a time (independent of [`repack`]).
+    fn repack_reference(m: &Matrix) -> Vec<u8> {
+        let kind = PlaneKind::for_down(m.ty, m.rows, m.cols).unwrap();
+        let (h, f) = (m.rows, m.cols);
+        let (nb, bb, pb) = (f / QK, m.ty.block_bytes(), plane_bytes(kind, h));
+        let mut out = vec![0u8; packed_bytes(kind, h, f)];
+        let (scales, planes) = out.split_at_mut(nb * h * 2);
+        for row in 0..h {
+            let r = m.row(row);
+            for b in 0..nb {
+                let blk = &r[b * bb..(b + 1) * bb];
+                scales[(b * h + row) * 2] = blk[0];
+                scales[(b * h + row) * 2 + 1] = blk[1];
+                for i in 0..QK {
+                    let plane = &mut planes[(b * QK + i) * pb..(b * QK + i + 1) * pb];
+                    match kind {
+                        PlaneKind::Q4 => {
+                            let q = if i < 16 {
+                                blk[2 + i] & 0x0F
+                            } else {
+                                blk[2 + i - 16] >> 4
+                            };
+                            let (g, k) = (row / QK, row % QK);
+                            let byte = &mut plane[g * 16 + k % 16];
+                            *byte |= if k < 16 { q } else { q << 4 };
+                        }
+                        PlaneKind::Q8 => plane[row] = blk[2 + i],
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn repack_matches_the_definition_and_views_run_identically() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            for (h, f) in [(32, 32), (64, 96), (96, 64), (1536, 768)] {
+                let m = matrix(ty, h, f, (h * 3 + f) as u64);
+                let want = repack_reference(&m);
+                let owned = DownPlanes::from_down(&m).unwrap().unwrap();
+                assert_eq!(owned.data, want, "{ty:?} {h}x{f}");
+                // In place over a copy of the ggml bytes, as a cache slot does it.
+                let mut slot = m.bytes().to_vec();
+                let src = slot.clone();
+                let kind = PlaneKind::for_down(ty, h, f).unwrap();
+                repack(kind, h, f, &src, &mut slot).unwrap();
+                assert_eq!(slot, want);
+                let view = PlanesView::new(kind, h, f, &slot).unwrap();
+                let a: Vec<f32> = (0..f)
+                    .map(|j| {
+                        if j % 3 == 0 {
+                            0.0
+                        } else {
+                            j as f32 * 0.01 - 0.3
+                        }
+                    })
+                    .collect();
+                let (mut o1, mut o2) = (vec![0.5f32; h], vec![0.5f32; h]);
+                owned.apply(&a, &mut o1, &mut Vec::new()).unwrap();
+                view.apply(&a, &mut o2, &mut Vec::new()).unwrap();
+                assert!(o1.iter().zip(&o2).all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+        let m = matrix(GgmlType::Q4_0, 64, 64, 1);
+        let kind = PlaneKind::Q4;
+        assert!(repack(kind, 64, 64, m.bytes(), &mut [0u8; 10]).is_err());
+        assert!(PlanesView::new(kind, 64, 64, &[0u8; 10]).is_err());
+        assert_eq!(PlaneKind::for_down(GgmlType::Q4_0, 48, 64), None);
+        assert_eq!(PlaneKind::for_down(GgmlType::F32, 64, 64), None);
     }
 
     #[test]
