@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use engine::model::{Logits, Model, Session, SessionConfig};
+use engine::model::{Logits, Model, OffloadSnapshot, Session, SessionConfig};
 use engine::sampler::Rng;
 
 /// What to measure.
@@ -46,6 +46,61 @@ pub struct TestResult {
     pub samples_tps: Vec<f64>,
     /// Share of ReGLU neurons exactly zero over the test.
     pub sparsity: Option<f64>,
+    /// Tokens processed over all repetitions (prompt tokens for `pp`, decode steps for `tg`).
+    pub tokens: usize,
+    /// Offload counters accumulated over the test's repetitions (offloaded models only).
+    pub offload: Option<OffloadSnapshot>,
+    /// Belady's optimal hit rate for the test's demand accesses at the cache's capacity
+    /// (offloaded models loaded with `record_trace`).
+    pub belady_hit_rate: Option<f64>,
+}
+
+impl TestResult {
+    /// Offload counters per token: (hit rate, bytes read, I/O ms, exposed I/O ms, overlap).
+    pub fn offload_per_token(&self) -> Option<OffloadPerToken> {
+        let o = self.offload.as_ref()?;
+        let n = self.tokens.max(1) as f64;
+        Some(OffloadPerToken {
+            hit_rate: o.hit_rate(),
+            bytes_read: o.stats.io.bytes as f64 / n,
+            io_ms: o.io_ms() / n,
+            exposed_io_ms: o.exposed_io_ms() / n,
+            overlap: o.overlap(),
+        })
+    }
+}
+
+/// Offload counters of a test, per token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OffloadPerToken {
+    /// Demand accesses that found their expert in memory.
+    pub hit_rate: f64,
+    /// Bytes read from storage.
+    pub bytes_read: f64,
+    /// Wall time some expert read was in progress, ms.
+    pub io_ms: f64,
+    /// Time the compute waited for reads, ms.
+    pub exposed_io_ms: f64,
+    /// Share of I/O time not waited for.
+    pub overlap: Option<f64>,
+}
+
+/// Belady's hit rate for the demand accesses recorded since the last call (`None` without a
+/// recorded trace).
+fn belady_since_last(model: &Model) -> Option<f64> {
+    let o = model.offload()?;
+    let trace = o.take_trace();
+    if trace.is_empty() {
+        return None;
+    }
+    let slots = usize::try_from(o.plan().cache_slots).unwrap_or(usize::MAX);
+    let h = engine::offload::sim::belady_for(
+        &trace,
+        model.config.n_layers as u32,
+        slots,
+        o.options().scope,
+    );
+    Some(h.hit_rate())
 }
 
 /// `n` token ids below `vocab` from `seed`.
@@ -121,6 +176,8 @@ pub fn run(
         };
         let mut samples = Vec::new();
         let mut sp = Vec::new();
+        let before = model.offload_snapshot();
+        let _ = belady_since_last(model);
         for rep in 0..cfg.reps.max(1) {
             let toks = workload(vocab, n, cfg.seed.wrapping_add(rep as u64));
             let (tps, s) = if is_pp {
@@ -133,12 +190,19 @@ pub fn run(
             progress(&name, rep);
         }
         let sparsity = Some(sp.iter().sum::<f64>() / sp.len() as f64).filter(|v| v.is_finite());
+        let offload = match (model.offload_snapshot(), before) {
+            (Some(after), Some(before)) => Some(after.since(&before)),
+            _ => None,
+        };
         out.push(TestResult {
             test: name,
             n_prompt: if is_pp { n } else { 0 },
             n_gen: if is_pp { 0 } else { n },
+            tokens: n * samples.len(),
             samples_tps: samples,
             sparsity,
+            offload,
+            belady_hit_rate: belady_since_last(model),
         });
     }
     Ok(out)

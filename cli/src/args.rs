@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use engine::model::{ComputeMode, Model, ModelOptions};
+use engine::model::{ComputeMode, Model, ModelOptions, OffloadOptions};
+use engine::offload::{CacheScope, MemoryBudget, OpenMode, PolicyKind, StorageProfile};
 
 /// Which model and how to run it.
 #[derive(clap::Args, Debug, Clone)]
@@ -17,22 +18,123 @@ pub struct ModelArgs {
     /// Reference arithmetic (f32 activations, dequantised weights) instead of the fast path.
     #[arg(long)]
     pub exact: bool,
+    /// Memory budget for everything the process holds (e.g. `1GiB`, `512MiB`): only the
+    /// non-expert weights stay resident; experts are streamed from the model file into an
+    /// expert cache sized to fit. Default: everything in memory.
+    #[arg(long = "memory-budget", value_name = "SIZE")]
+    pub memory_budget: Option<MemoryBudget>,
+    /// Storage to read experts from: `real`, or a device emulated on top of real reads
+    /// (nvme-gen4, nvme-gen3, ufs-4, ufs-3.1, sata-ssd, emmc, sd-card).
+    #[arg(
+        long,
+        value_name = "PROFILE",
+        default_value = "real",
+        requires = "memory_budget"
+    )]
+    pub storage: StorageProfile,
+    /// Expert cache eviction policy: lru, lfu or lrfu.
+    #[arg(
+        long = "cache-policy",
+        value_name = "POLICY",
+        default_value = "lrfu",
+        requires = "memory_budget"
+    )]
+    pub cache_policy: PolicyKind,
+    /// Expert cache capacity shared by all layers (`global`) or split evenly (`per-layer`).
+    #[arg(
+        long = "cache-scope",
+        value_name = "SCOPE",
+        default_value = "global",
+        requires = "memory_budget"
+    )]
+    pub cache_scope: CacheScope,
+    /// Experts to pin in the cache: a hot-set file, or a `routing.csv` from `thinker profile`.
+    #[arg(long = "hot-experts", value_name = "FILE", requires = "memory_budget")]
+    pub hot_experts: Option<PathBuf>,
+    /// I/O threads reading experts (= reads in flight).
+    #[arg(long = "io-threads", value_name = "N", default_value_t = 4)]
+    pub io_threads: usize,
+    /// Do not guess and prefetch the next layers' experts.
+    #[arg(long = "no-speculative")]
+    pub no_speculative: bool,
+    /// Layers ahead whose experts are guessed (from the current residual) and prefetched.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub lookahead: usize,
+    /// Request a layer's experts only at its MoE step, not before attention (for comparison).
+    #[arg(long = "no-prefetch")]
+    pub no_prefetch: bool,
+    /// How expert reads open the file: auto (O_DIRECT if the filesystem allows), direct or
+    /// buffered.
+    #[arg(long = "io-mode", value_name = "MODE", default_value = "auto")]
+    pub io_mode: OpenMode,
 }
 
+/// Context planned for when a command does not say (a chat or server session's default).
+pub const DEFAULT_PLAN_CONTEXT: usize = 4096;
+
+/// Largest prompt chunk of a session (`SessionConfig`'s default).
+pub const DEFAULT_PLAN_BATCH: usize = 256;
+
 impl ModelArgs {
-    /// Loads the model with these options.
-    pub fn load(&self) -> Result<Model> {
-        let opts = ModelOptions {
-            mode: if self.exact {
-                ComputeMode::Exact
-            } else {
-                ComputeMode::Fast
-            },
-            threads: self.threads,
-        };
-        Model::load(&self.model, &opts)
-            .with_context(|| format!("cannot load model {}", self.model.display()))
+    /// The compute mode asked for.
+    pub fn mode(&self) -> ComputeMode {
+        if self.exact {
+            ComputeMode::Exact
+        } else {
+            ComputeMode::Fast
+        }
     }
+
+    /// Offloading settings for sessions of up to `context` positions and `max_batch`-token
+    /// chunks (`None` without `--memory-budget`).
+    pub fn offload_options(&self, context: usize, max_batch: usize) -> Option<OffloadOptions> {
+        let budget = self.memory_budget?;
+        let mut o = OffloadOptions::new(budget);
+        o.storage = self.storage;
+        o.policy = self.cache_policy;
+        o.scope = self.cache_scope;
+        o.hot_experts = self.hot_experts.clone();
+        o.io_threads = self.io_threads.max(1);
+        o.speculative = !self.no_speculative && self.lookahead > 0;
+        o.lookahead = self.lookahead.max(1);
+        o.prefetch = !self.no_prefetch;
+        o.open_mode = self.io_mode;
+        o.context = context.max(1);
+        o.max_batch = max_batch.clamp(1, context.max(1));
+        Some(o)
+    }
+
+    /// Loads the model with these options, planning a memory budget (if any) for sessions of
+    /// the default context ([`DEFAULT_PLAN_CONTEXT`]).
+    pub fn load(&self) -> Result<Model> {
+        self.load_for(DEFAULT_PLAN_CONTEXT, DEFAULT_PLAN_BATCH)
+    }
+
+    /// Loads the model, planning a memory budget (if any) for sessions of up to `context`
+    /// positions processed in chunks of up to `max_batch` tokens. Prints the plan on stderr.
+    pub fn load_for(&self, context: usize, max_batch: usize) -> Result<Model> {
+        self.load_with(self.offload_options(context, max_batch))
+    }
+
+    /// Loads the model with explicit offloading settings. Prints the plan on stderr.
+    pub fn load_with(&self, offload: Option<OffloadOptions>) -> Result<Model> {
+        let opts = ModelOptions {
+            mode: self.mode(),
+            threads: self.threads,
+            offload,
+        };
+        let m = Model::load(&self.model, &opts)
+            .with_context(|| format!("cannot load model {}", self.model.display()))?;
+        if let Some(o) = m.offload() {
+            eprintln!("{o}");
+        }
+        Ok(m)
+    }
+}
+
+/// One line of offload counters for stderr, if the model is offloaded.
+pub fn offload_summary(model: &Model) -> Option<String> {
+    model.offload_snapshot().map(|s| format!("offload: {s}"))
 }
 
 /// Parses `1,2,3` (spaces allowed) into token ids.

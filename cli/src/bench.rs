@@ -61,7 +61,21 @@ pub fn main(a: Args) -> Result<()> {
     if a.reps == 0 {
         bail!("repetitions must be at least 1");
     }
-    let model = a.model.load()?;
+    // Sessions hold one test's tokens (warm-up: 8); prompts run as one batch.
+    let longest = a
+        .n_prompt
+        .iter()
+        .chain(&a.n_gen)
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let max_batch = a.n_prompt.iter().copied().max().unwrap_or(0).max(8);
+    let offload = a.model.offload_options(longest, max_batch).map(|mut o| {
+        o.record_trace = true;
+        o
+    });
+    let model = a.model.load_with(offload)?;
     let cfg = BenchConfig {
         n_prompt: a.n_prompt.clone(),
         n_gen: a.n_gen.clone(),
@@ -97,10 +111,34 @@ pub fn main(a: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| model.weights.quant_label());
     let peak = peak_rss_bytes();
+    let off = model.offload();
+    let storage = off.map_or_else(
+        || "in-memory".to_string(),
+        |o| o.options().storage.name().to_string(),
+    );
+    let note = match off {
+        None => format!("mode {:?}", model.mode()),
+        Some(o) => {
+            let p = o.options();
+            format!(
+                "mode {:?}; offload: {} cache slots ({:.0}% of experts), policy {}, scope {:?}, prefetch {}, speculation {}, {} I/O threads, {}",
+                model.mode(),
+                o.plan().cache_slots,
+                100.0 * o.plan().cache_fraction(),
+                p.policy,
+                p.scope,
+                if p.prefetch { "on" } else { "off" },
+                if p.speculative { "on" } else { "off" },
+                p.io_threads,
+                o.io_mode()
+            )
+        }
+    };
     let mut records = Vec::new();
     for r in &results {
         let (mean, sd, median) = record::stats(&r.samples_tps);
         let per_token = wb.per_token() as f64;
+        let opt = r.offload_per_token();
         records.push(Record {
             schema: SCHEMA,
             run_id: a.run_id.clone(),
@@ -112,8 +150,14 @@ pub fn main(a: Args) -> Result<()> {
             engine: "smallthinker-rs".into(),
             model: label.clone(),
             quant: quant.clone(),
-            storage: "in-memory".into(),
-            budget_bytes: None,
+            storage: storage.clone(),
+            budget_bytes: off.map(|o| o.options().budget.bytes()),
+            hit_rate: opt.map(|o| o.hit_rate),
+            belady_hit_rate: r.belady_hit_rate,
+            overlap_ratio: opt.and_then(|o| o.overlap),
+            bytes_read_per_token: opt.map(|o| o.bytes_read),
+            io_ms_per_token: opt.map(|o| o.io_ms),
+            exposed_io_ms_per_token: opt.map(|o| o.exposed_io_ms),
             test: r.test.clone(),
             n_prompt: r.n_prompt as u32,
             n_gen: r.n_gen as u32,
@@ -127,7 +171,7 @@ pub fn main(a: Args) -> Result<()> {
             roofline_tps: bw.filter(|_| r.n_gen > 0).map(|b| b / per_token),
             bandwidth_gbps: bw.map(|b| b / 1e9),
             sparsity: r.sparsity,
-            note: Some(format!("mode {:?}", model.mode())),
+            note: Some(note.clone()),
             ..Record::default()
         });
     }
@@ -158,6 +202,30 @@ pub fn main(a: Args) -> Result<()> {
                     r.sd_tps,
                     share
                 );
+            }
+            if off.is_some() {
+                println!(
+                    "\n| test | hit rate | Belady | MiB read/token | I/O ms/token | exposed ms/token | overlap |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+                );
+                for r in &records {
+                    let pct = |v: Option<f64>| {
+                        v.map_or_else(|| "-".to_string(), |x| format!("{:.1}%", 100.0 * x))
+                    };
+                    let num = |v: Option<f64>, scale: f64| {
+                        v.map_or_else(|| "-".to_string(), |x| format!("{:.2}", x * scale))
+                    };
+                    println!(
+                        "| {} | {} | {} | {} | {} | {} | {} |",
+                        r.test,
+                        pct(r.hit_rate),
+                        pct(r.belady_hit_rate),
+                        num(r.bytes_read_per_token, 1.0 / f64::from(1 << 20)),
+                        num(r.io_ms_per_token, 1.0),
+                        num(r.exposed_io_ms_per_token, 1.0),
+                        pct(r.overlap_ratio)
+                    );
+                }
+                println!("\n{note}");
             }
             if let Some(b) = bw {
                 println!(

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use engine::model::{ComputeMode, Matrix, Model, ModelOptions};
+use engine::model::{ComputeMode, Matrix, Model, ModelOptions, OffloadOptions};
+use engine::offload::{MemoryBudget, OpenMode};
 
-use crate::args::human_bytes;
+use crate::args::{DEFAULT_PLAN_BATCH, DEFAULT_PLAN_CONTEXT, human_bytes};
 
 /// `thinker inspect` flags.
 #[derive(clap::Args, Debug)]
@@ -15,6 +16,21 @@ pub struct Args {
     /// Hide the tensor table.
     #[arg(long)]
     no_tensors: bool,
+    /// Show how this budget would be split (resident weights, KV, scratch, I/O, expert cache).
+    #[arg(long = "memory-budget", value_name = "SIZE")]
+    memory_budget: Option<MemoryBudget>,
+    /// Context (positions) the budget's KV cache is planned for.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = DEFAULT_PLAN_CONTEXT)]
+    ctx: usize,
+    /// I/O threads of the plan.
+    #[arg(long = "io-threads", default_value_t = 4)]
+    io_threads: usize,
+    /// Plan for the exact compute mode (the fast mode, the default, repacks down matrices).
+    #[arg(long)]
+    exact: bool,
+    /// How expert reads would open the file: auto, direct or buffered.
+    #[arg(long = "io-mode", default_value = "auto")]
+    io_mode: OpenMode,
 }
 
 struct Row {
@@ -40,6 +56,7 @@ pub fn main(a: Args) -> Result<()> {
         &ModelOptions {
             mode: ComputeMode::Exact,
             threads: 1,
+            offload: None,
         },
     )
     .with_context(|| format!("cannot load model {}", a.model.display()))?;
@@ -167,6 +184,24 @@ pub fn main(a: Args) -> Result<()> {
             c.sliding_window,
             human_bytes(kv_tok * 4 * c.sliding_window as u64)
         );
+    }
+    if let Some(budget) = a.memory_budget {
+        let mut o = OffloadOptions::new(budget);
+        o.context = a.ctx.max(1);
+        o.max_batch = DEFAULT_PLAN_BATCH.min(o.context);
+        o.io_threads = a.io_threads.max(1);
+        o.open_mode = a.io_mode;
+        let mode = if a.exact {
+            ComputeMode::Exact
+        } else {
+            ComputeMode::Fast
+        };
+        let (plan, io) = model
+            .memory_plan(mode, &o)
+            .context("planning the memory budget")?;
+        println!();
+        println!("{plan}");
+        println!("expert reads   {io}; context {} positions", o.context);
     }
     Ok(())
 }

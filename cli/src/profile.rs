@@ -10,7 +10,7 @@ use engine::sampler::{Sampler, SamplerConfig};
 use profiler::{AnalysisConfig, ProfileLayer, write_artefacts};
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::args::{ModelArgs, parse_ids};
+use crate::args::{ModelArgs, offload_summary, parse_ids};
 
 /// `thinker profile` flags.
 #[derive(clap::Args, Debug)]
@@ -46,7 +46,10 @@ pub fn main(a: Args) -> Result<()> {
         seed: a.seed,
         ..SamplerConfig::default()
     })?;
-    let model = a.model.load()?;
+    let ctx = prompt.len() + a.n_predict;
+    let model = a
+        .model
+        .load_for(ctx, SessionConfig::default().max_batch.min(ctx))?;
     let (layer, handle) = ProfileLayer::new();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
         .context("installing the profiler")?;
@@ -67,8 +70,20 @@ pub fn main(a: Args) -> Result<()> {
     }
     let wall = t0.elapsed();
     let rec = handle.take();
+    // With offloading, replay the cache curves around the real cache's capacity too.
+    let global_capacities = model.offload().map(|o| {
+        let slots = o.plan().cache_slots as usize;
+        let all = model.config.n_layers * model.config.n_experts;
+        let mut c: Vec<usize> = [slots / 4, slots / 2, slots, slots * 2]
+            .into_iter()
+            .filter(|&n| n > 0 && n <= all)
+            .collect();
+        c.dedup();
+        c
+    });
     let cfg = AnalysisConfig {
         n_experts: Some(model.config.n_experts),
+        global_capacities,
         ..AnalysisConfig::default()
     };
     let art = write_artefacts(&a.out, &rec, &cfg)
@@ -81,5 +96,8 @@ pub fn main(a: Args) -> Result<()> {
         wall.as_secs_f64(),
         a.out.display()
     );
+    if let Some(line) = offload_summary(&model) {
+        eprintln!("{line}");
+    }
     Ok(())
 }

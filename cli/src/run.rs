@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use engine::model::{Logits, Session, SessionConfig};
 use engine::sampler::{Sampler, SamplerConfig};
 
-use crate::args::{ModelArgs, parse_ids};
+use crate::args::{ModelArgs, offload_summary, parse_ids};
 
 /// `thinker run` flags.
 #[derive(clap::Args, Debug)]
@@ -64,7 +64,6 @@ pub fn main(a: Args) -> Result<()> {
         repeat_last_n: a.repeat_last_n,
         seed: a.seed,
     })?;
-    let model = a.model.load()?;
     let tok = if text_mode {
         Some(crate::tokenize::load_tokenizer(&a.model.model)?)
     } else {
@@ -81,11 +80,6 @@ pub fn main(a: Args) -> Result<()> {
         }
         _ => bail!("give --tokens or --prompt"),
     };
-    let mut stream = tok.as_ref().map(|t| t.stream_decoder(true));
-    let stops: Vec<u32> = match &tok {
-        Some(t) => t.stop_ids().to_vec(),
-        None => model.config.eos_token_ids.clone(),
-    };
     let ctx = a.ctx.unwrap_or(prompt.len() + a.n_predict);
     if ctx < prompt.len() + a.n_predict {
         bail!(
@@ -94,6 +88,14 @@ pub fn main(a: Args) -> Result<()> {
             a.n_predict
         );
     }
+    let model = a
+        .model
+        .load_for(ctx, SessionConfig::default().max_batch.min(ctx))?;
+    let mut stream = tok.as_ref().map(|t| t.stream_decoder(true));
+    let stops: Vec<u32> = match &tok {
+        Some(t) => t.stop_ids().to_vec(),
+        None => model.config.eos_token_ids.clone(),
+    };
     let mut s = Session::new(
         &model,
         SessionConfig {
@@ -145,5 +147,8 @@ pub fn main(a: Args) -> Result<()> {
         model.threads(),
         model.mode(),
     );
+    if let Some(line) = offload_summary(&model) {
+        eprintln!("{line}");
+    }
     Ok(())
 }

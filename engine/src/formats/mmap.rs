@@ -111,6 +111,30 @@ impl Blob {
     }
 }
 
+impl Blob {
+    /// Tells the kernel accesses to the map are random (`MADV_RANDOM`): a page fault reads that
+    /// page only, without read-around, so touching one tensor does not pull its neighbours into
+    /// the page cache. A no-op for owned buffers; advisory (errors ignored).
+    pub fn advise_random(&self) {
+        if let Inner::Map { map, .. } = &*self.0 {
+            let _ = map.advise(memmap2::Advice::Random);
+        }
+    }
+
+    /// Starts reading `start..start + len` into the page cache now (`MADV_WILLNEED`), rounded
+    /// outward to whole pages. A no-op for owned buffers; advisory (errors ignored).
+    pub fn will_need(&self, start: usize, len: usize) {
+        if let Inner::Map { map, .. } = &*self.0 {
+            let page = page_size();
+            let begin = start / page * page;
+            let end = start.saturating_add(len).min(map.len());
+            if end > begin {
+                let _ = map.advise_range(memmap2::Advice::WillNeed, begin, end - begin);
+            }
+        }
+    }
+}
+
 /// The system page size.
 pub fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.

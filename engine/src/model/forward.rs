@@ -17,7 +17,12 @@ use super::linear::{LinearScratch, matmul};
 use super::ops::{rms_norm, route};
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvCacheConfig, KvType};
-use crate::moe::{MoeScratch, MoeStats, Routes, moe_forward};
+use crate::moe::{ExpertSource, MoeScratch, MoeStats, OffloadedLayer, Routes, moe_forward};
+use crate::offload::Priority;
+
+/// Largest step (in tokens) for which the next layer's experts are guessed and prefetched: a
+/// prompt batch routes to most experts anyway, and its guesses would only churn the cache.
+const SPECULATE_MAX_TOKENS: usize = 1;
 
 /// Which logits a forward call returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +124,36 @@ struct Scratch {
     sin: Vec<f32>,
     routes: Routes,
     moe_scratch: MoeScratch,
+    /// Distinct experts of the current layer, ascending (offload).
+    distinct: Vec<u32>,
+    /// The next layer's router on the current residual, and its choice (speculation).
+    spec_rl: Vec<f32>,
+    spec_routes: Routes,
+    spec_distinct: Vec<u32>,
+}
+
+/// Scratch bytes a session of `config` needs for steps of up to `max_batch` tokens (activations,
+/// router logits, expert products, one row of logits), for memory planning.
+pub fn scratch_bytes(config: &super::ModelConfig, max_batch: usize) -> u64 {
+    let c = config;
+    let n = max_batch.max(1) as u64;
+    let per_token = 6 * c.hidden
+        + 3 * c.q_dim()
+        + 2 * c.kv_dim()
+        + 2 * c.n_experts
+        + 3 * c.expert_ffn
+        + (c.n_experts_used + 1) * c.hidden;
+    // f32 everywhere; logits of the last row twice (output and sampler copy); 1 MiB slack for
+    // small per-thread buffers.
+    n * per_token as u64 * 4 + 2 * c.vocab_size as u64 * 4 + (1 << 20)
+}
+
+/// Sorted distinct ids of `ids` into `out`.
+fn distinct_into(ids: &[u32], out: &mut Vec<u32>) {
+    out.clear();
+    out.extend_from_slice(ids);
+    out.sort_unstable();
+    out.dedup();
 }
 
 /// A generation session: the model, a KV cache and the position reached.
@@ -138,6 +173,19 @@ impl<'m> Session<'m> {
             cfg.max_positions = model.config.context_length.max(1);
         }
         cfg.max_batch = cfg.max_batch.clamp(1, cfg.max_positions);
+        if let Some(o) = model.offload() {
+            let want =
+                super::offload::plan_kv_bytes(&model.config, cfg.max_positions, cfg.max_batch)?;
+            if want > o.kv_allowance() {
+                return Err(Error::InvalidInput(format!(
+                    "a session of {} positions needs {} B of KV cache, but the memory budget planned {} B (for {} positions); use a smaller context or load with a larger context/budget",
+                    cfg.max_positions,
+                    want,
+                    o.plan().input.kv_bytes,
+                    o.options().context
+                )));
+            }
+        }
         let kv = KvCache::new(
             &model.config,
             KvCacheConfig {
@@ -318,6 +366,53 @@ impl<'m> Session<'m> {
                     }
                     o.routes(l, pos0, &s.routes);
                 }
+                // 1b. Offload: ask for the chosen experts now, so they are read while attention
+                // runs; guess the next layer's from the same residual and prefetch those.
+                if let Some(off) = model.offload() {
+                    let pf = off.prefetcher();
+                    distinct_into(&s.routes.ids, &mut s.distinct);
+                    off.routed(l, &s.distinct);
+                    if off.options().speculative {
+                        pf.cancel_prefetch(l as u32, &s.distinct);
+                    }
+                    if off.options().prefetch {
+                        pf.request(l as u32, &s.distinct, Priority::Demand)?;
+                    }
+                    let ahead = if off.options().speculative && n <= SPECULATE_MAX_TOKENS {
+                        off.options().lookahead.max(1)
+                    } else {
+                        0
+                    };
+                    for next in l + 1..(l + 1 + ahead).min(c.n_layers) {
+                        let _sp = debug_span!("compute.router", layer = next, speculative = true)
+                            .entered();
+                        let k = c.n_experts_used;
+                        s.spec_rl.resize(n * c.n_experts, 0.0);
+                        matmul(
+                            &w.layers[next].router,
+                            &s.x,
+                            n,
+                            &mut s.spec_rl,
+                            model.mode,
+                            &mut s.lin,
+                        )?;
+                        s.spec_routes.k = k;
+                        s.spec_routes.ids.resize(n * k, 0);
+                        s.spec_routes.weights.resize(n * k, 0.0);
+                        for t in 0..n {
+                            route(
+                                &s.spec_rl[t * c.n_experts..(t + 1) * c.n_experts],
+                                k,
+                                c.gating,
+                                &mut s.spec_routes.ids[t * k..(t + 1) * k],
+                                &mut s.spec_routes.weights[t * k..(t + 1) * k],
+                            );
+                        }
+                        distinct_into(&s.spec_routes.ids, &mut s.spec_distinct);
+                        off.guessed(next, &s.spec_distinct);
+                        pf.request(next as u32, &s.spec_distinct, Priority::Prefetch)?;
+                    }
+                }
 
                 // 2. Attention.
                 {
@@ -396,20 +491,44 @@ impl<'m> Session<'m> {
                             &mut s.h[t * hd..(t + 1) * hd],
                         );
                     }
-                    let experts = &lw.experts;
-                    let stats = moe_forward(
-                        |e| {
-                            experts.get(e as usize).ok_or_else(|| {
-                                Error::Model(format!("layer {l}: router chose missing expert {e}"))
+                    let source = match model.offload() {
+                        Some(off) => {
+                            let shape = lw
+                                .experts
+                                .first()
+                                .ok_or_else(|| Error::Model(format!("layer {l} has no experts")))?;
+                            if !off.options().prefetch {
+                                off.prefetcher().request(
+                                    l as u32,
+                                    &s.distinct,
+                                    Priority::Demand,
+                                )?;
+                            }
+                            ExpertSource::Offloaded(OffloadedLayer {
+                                prefetcher: off.prefetcher(),
+                                layer: l as u32,
+                                shape,
+                                planes: off.planes(l),
                             })
+                        }
+                        None => ExpertSource::Resident {
+                            layer: l,
+                            experts: &lw.experts,
                         },
+                    };
+                    let res = moe_forward(
+                        source,
                         &s.routes,
                         &s.h,
                         hd,
                         model.mode,
                         &mut s.moe_scratch,
                         &mut s.moe,
-                    )?;
+                    );
+                    if let Some(off) = model.offload() {
+                        off.prefetcher().release(l as u32);
+                    }
+                    let stats = res?;
                     self.moe_totals.add(&stats);
                     event!(
                         target: "engine::moe",

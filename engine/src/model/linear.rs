@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::weights::Matrix;
+use super::weights::{MatRef, Matrix};
 use crate::error::Result;
 use crate::kernels::{ActFormat, QuantAct, act_format_for, dot_rows};
 use crate::quant::GgmlType;
@@ -32,15 +32,27 @@ const MIN_ROWS_PER_TASK: usize = 32;
 pub struct LinearScratch {
     /// Transposition buffer for batches.
     pub tmp: Vec<f32>,
-    /// Prepared activations, one per token.
+    /// Quantised activations, one per token.
     pub acts: Vec<FastAct>,
 }
 
 /// `out[t · rows + r] = m.row(r) · x[t · cols ..]` for `n_tokens` tokens.
 ///
-/// `tmp` is scratch the caller keeps between calls (no allocation once warm).
+/// `scratch` is kept by the caller between calls (no allocation once warm).
 pub fn matmul(
     m: &Matrix,
+    x: &[f32],
+    n_tokens: usize,
+    out: &mut [f32],
+    mode: ComputeMode,
+    scratch: &mut LinearScratch,
+) -> Result<()> {
+    matmul_ref(m.view(), x, n_tokens, out, mode, scratch)
+}
+
+/// [`matmul`] on a borrowed matrix (e.g. an expert in a cache slot).
+pub fn matmul_ref(
+    m: MatRef<'_>,
     x: &[f32],
     n_tokens: usize,
     out: &mut [f32],
@@ -161,7 +173,7 @@ impl FastAct {
 
 /// `out[t · rows + r] = m.row(r) · acts[t]` with activations prepared for `m.ty`.
 pub fn matmul_fast(
-    m: &Matrix,
+    m: MatRef<'_>,
     acts: &[FastAct],
     out: &mut [f32],
     tmp: &mut Vec<f32>,
@@ -203,7 +215,7 @@ pub fn matmul_fast(
     Ok(())
 }
 
-fn matvec_exact(m: &Matrix, x: &[f32], out: &mut [f32]) -> Result<()> {
+fn matvec_exact(m: MatRef<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
     let cols = m.cols;
     out.par_chunks_mut(ROWS_PER_TASK)
         .enumerate()

@@ -6,6 +6,7 @@ pub mod forward;
 pub mod linear;
 pub mod load_gguf;
 pub mod load_hf;
+pub mod offload;
 pub mod ops;
 pub mod weights;
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 pub use config::{Gating, LayerKind, LayoutSource, ModelConfig};
 pub use forward::{Logits, Observer, Phase, Probe, Session, SessionConfig};
 pub use linear::ComputeMode;
+pub use offload::{Offload, OffloadOptions, OffloadSnapshot, SpecStats};
 pub use weights::{ExpertWeights, LayerWeights, Matrix, WeightBytes, Weights};
 
 use crate::error::{Error, Result};
@@ -26,6 +28,8 @@ pub struct ModelOptions {
     pub mode: ComputeMode,
     /// Compute threads (0: all cores).
     pub threads: usize,
+    /// Stream experts from storage under a memory budget (`None`: everything in memory).
+    pub offload: Option<OffloadOptions>,
 }
 
 impl Default for ModelOptions {
@@ -33,6 +37,7 @@ impl Default for ModelOptions {
         ModelOptions {
             mode: ComputeMode::Fast,
             threads: 0,
+            offload: None,
         }
     }
 }
@@ -48,6 +53,8 @@ pub struct Model {
     pub(crate) pool: Arc<rayon::ThreadPool>,
     /// The GGUF file the model came from (metadata such as the tokenizer), if any.
     pub gguf: Option<Arc<crate::formats::gguf::GgufFile>>,
+    /// Expert offloading, when loaded with a memory budget.
+    pub(crate) offload: Option<Offload>,
 }
 
 impl std::fmt::Debug for Model {
@@ -60,10 +67,16 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Builds a model from parts (used by the loaders and by tests).
-    pub fn from_parts(
+    /// Builds a model from parts (used by the loaders and by tests). With
+    /// [`ModelOptions::offload`] the experts must be views of a memory-mapped file.
+    pub fn from_parts(config: ModelConfig, weights: Weights, opts: &ModelOptions) -> Result<Model> {
+        Model::build(config, weights, None, opts)
+    }
+
+    fn build(
         config: ModelConfig,
         mut weights: Weights,
+        gguf: Option<crate::formats::gguf::GgufFile>,
         opts: &ModelOptions,
     ) -> Result<Model> {
         config.validate()?;
@@ -72,16 +85,30 @@ impl Model {
             .thread_name(|i| format!("compute-{i}"))
             .build()
             .map_err(|e| Error::Model(format!("cannot start compute threads: {e}")))?;
-        if opts.mode == ComputeMode::Fast {
-            pool.install(|| repack_down(&mut weights))?;
-        }
+        let offload = match &opts.offload {
+            Some(o) => Some(Offload::build(
+                &config,
+                &mut weights,
+                gguf.as_ref(),
+                opts.mode,
+                o,
+            )?),
+            // Offloaded experts are never touched through the map: no repacking at load.
+            None => {
+                if opts.mode == ComputeMode::Fast {
+                    pool.install(|| repack_down(&mut weights))?;
+                }
+                None
+            }
+        };
         Ok(Model {
             rope: ops::Rope::new(config.head_dim, config.rope_theta),
             config,
             weights,
             mode: opts.mode,
             pool: Arc::new(pool),
-            gguf: None,
+            gguf: gguf.map(Arc::new),
+            offload,
         })
     }
 
@@ -101,15 +128,20 @@ impl Model {
             Model::from_parts(config, weights, opts)
         } else {
             let (config, weights, gguf) = load_gguf::load_gguf(path)?;
-            let mut m = Model::from_parts(config, weights, opts)?;
-            m.gguf = Some(Arc::new(gguf));
-            Ok(m)
+            Model::build(config, weights, Some(gguf), opts)
         }
     }
 
     /// Switches between exact and fast arithmetic (fast needs the repacked layout built at load;
-    /// a model loaded in exact mode builds it on the first switch).
+    /// a model loaded in exact mode builds it on the first switch). An offloaded model keeps the
+    /// mode it was loaded with (its cache slots hold that mode's layout).
     pub fn set_mode(&mut self, mode: ComputeMode) -> Result<()> {
+        if self.offload.is_some() && mode != self.mode {
+            return Err(Error::InvalidInput(format!(
+                "an offloaded model cannot switch from {:?} to {mode:?} mode; load it in that mode",
+                self.mode
+            )));
+        }
         if mode == ComputeMode::Fast && self.mode != ComputeMode::Fast {
             let pool = self.pool.clone();
             pool.install(|| repack_down(&mut self.weights))?;
@@ -135,6 +167,32 @@ impl Model {
     /// Number of compute threads.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// The offloading machinery (plan, prefetcher, counters), when loaded with a budget.
+    pub fn offload(&self) -> Option<&Offload> {
+        self.offload.as_ref()
+    }
+
+    /// The memory plan loading this model with `opts` in `mode` would make, and how experts
+    /// would be read. Fails with [`Error::BudgetTooSmall`] like the load would.
+    pub fn memory_plan(
+        &self,
+        mode: ComputeMode,
+        opts: &OffloadOptions,
+    ) -> Result<(crate::offload::Plan, crate::offload::IoMode)> {
+        offload::plan(
+            &self.config,
+            &self.weights,
+            self.gguf.as_deref(),
+            mode,
+            opts,
+        )
+    }
+
+    /// Offload counters now (`None` without offloading).
+    pub fn offload_snapshot(&self) -> Option<OffloadSnapshot> {
+        self.offload.as_ref().map(Offload::snapshot)
     }
 }
 

@@ -144,6 +144,16 @@ impl Matrix {
         self.data.as_slice()
     }
 
+    /// A borrowed view of the matrix.
+    pub fn view(&self) -> MatRef<'_> {
+        MatRef {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: self.data.as_slice(),
+        }
+    }
+
     /// Rows `r0..r0 + n` as a matrix of their own (shares the bytes).
     pub fn rows_view(&self, r0: usize, n: usize, name: impl Into<String>) -> Result<Matrix> {
         let rb = self.row_bytes();
@@ -154,6 +164,63 @@ impl Matrix {
             self.cols,
             self.data.slice(r0 * rb, n * rb)?,
         )
+    }
+}
+
+/// A borrowed weight matrix: the same shape and type as a [`Matrix`], over any bytes (a memory
+/// map, an owned buffer, an expert cache slot). The compute kernels take these, so experts
+/// streamed from storage run through exactly the code the in-memory ones do.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    /// Element type.
+    pub ty: GgmlType,
+    /// Output dimension.
+    pub rows: usize,
+    /// Input dimension (contiguous).
+    pub cols: usize,
+    /// `rows · row_bytes` bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> MatRef<'a> {
+    /// A view of `data` as a `rows × cols` matrix of `ty`, checking the length.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<MatRef<'a>> {
+        let row_bytes = ty.row_bytes(cols as u64).ok_or_else(|| Error::BadLength {
+            ty,
+            what: format!("row of {cols} elements is not a whole number of blocks"),
+        })?;
+        if (row_bytes as u128) * (rows as u128) != data.len() as u128 {
+            return Err(Error::BadLength {
+                ty,
+                what: format!(
+                    "{rows}x{cols} needs {} bytes, found {}",
+                    (row_bytes as u128) * (rows as u128),
+                    data.len()
+                ),
+            });
+        }
+        Ok(MatRef {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.data.len().checked_div(self.rows).unwrap_or(0)
+    }
+
+    /// Row `r`'s bytes.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// All bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.data
     }
 }
 

@@ -6,17 +6,150 @@
 //!
 //! The fast path exploits ReGLU sparsity twice: the `up` row of a neuron whose gate is not
 //! positive is never read (its product is zero whatever `up` says), and the down projection runs
-//! over [`sparse_down::DownPlanes`], where an inactive neuron's weights are skipped byte for byte.
+//! over [`sparse_down`] planes, where an inactive neuron's weights are skipped byte for byte.
 //! In decode the chosen experts run in parallel, one task each.
+//!
+//! Experts come from an [`ExpertSource`]: in memory ([`ExpertSource::Resident`]), or streamed
+//! from storage through a [`Prefetcher`] ([`ExpertSource::Offloaded`]). Either way the compute
+//! runs on borrowed bytes ([`ExpertRef`]) with the same code. Streamed experts are computed in
+//! the order their reads finish (several at once in decode when several are ready), and their
+//! outputs are still summed in ascending expert id, so the result is bit-identical to the
+//! in-memory run.
 
 pub mod sparse_down;
 
 use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::linear::{ComputeMode, FastAct, LinearScratch, matmul_ref};
+use crate::model::weights::{ExpertWeights, MatRef};
+use crate::offload::{ExpertGuard, Prefetcher};
+use sparse_down::{PlaneKind, PlanesView};
 
-use crate::model::linear::{ComputeMode, FastAct, LinearScratch, matmul};
-use crate::model::weights::ExpertWeights;
+/// One expert's weights, borrowed: from [`ExpertWeights`] in memory or from an expert cache slot.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertRef<'a> {
+    /// Gate `[F × H]`.
+    pub gate: MatRef<'a>,
+    /// Up `[F × H]`.
+    pub up: MatRef<'a>,
+    /// Down `[H × F]`, or `[F × H]` when `down_transposed`. Unused by the fast path when
+    /// `planes` is set.
+    pub down: MatRef<'a>,
+    /// Down stored neuron-major (PowerInfer's `--transpose-down`).
+    pub down_transposed: bool,
+    /// The down projection as packed neuron-major planes (fast path).
+    pub planes: Option<PlanesView<'a>>,
+}
+
+impl ExpertRef<'_> {
+    /// Outputs of the down projection (the hidden size).
+    pub fn down_rows_out(&self) -> usize {
+        if self.down_transposed {
+            self.down.cols
+        } else {
+            self.down.rows
+        }
+    }
+}
+
+impl ExpertWeights {
+    /// The expert as borrowed views (with its down planes if they were built).
+    pub fn view(&self) -> ExpertRef<'_> {
+        ExpertRef {
+            gate: self.gate.view(),
+            up: self.up.view(),
+            down: self.down.view(),
+            down_transposed: self.down_transposed,
+            planes: self.down_planes.as_ref().map(|p| p.view()),
+        }
+    }
+}
+
+/// A layer's experts streamed through a [`Prefetcher`].
+#[derive(Clone, Copy, Debug)]
+pub struct OffloadedLayer<'a> {
+    /// Serves the expert bytes (the layer's experts should have been requested already).
+    pub prefetcher: &'a Prefetcher,
+    /// The layer.
+    pub layer: u32,
+    /// Any expert of the layer, for the matrices' types and shapes (its bytes are not read).
+    pub shape: &'a ExpertWeights,
+    /// The slots hold the down matrix repacked as planes of this kind (fast mode).
+    pub planes: Option<PlaneKind>,
+}
+
+impl OffloadedLayer<'_> {
+    /// The expert in `g`'s slot as views.
+    pub fn expert_ref<'g>(&self, g: &'g ExpertGuard<'_>) -> Result<ExpertRef<'g>> {
+        let sh = self.shape;
+        let m = |m: &crate::model::weights::Matrix, bytes: &'g [u8]| {
+            MatRef::new(m.ty, m.rows, m.cols, bytes).map_err(|e| {
+                Error::Model(format!(
+                    "layer {} expert {}: cached bytes do not fit '{}': {e}",
+                    self.layer,
+                    g.expert(),
+                    m.name
+                ))
+            })
+        };
+        let planes = match self.planes {
+            Some(kind) => Some(PlanesView::new(kind, sh.down.rows, sh.down.cols, g.down())?),
+            None => None,
+        };
+        Ok(ExpertRef {
+            gate: m(&sh.gate, g.gate())?,
+            up: m(&sh.up, g.up())?,
+            down: m(&sh.down, g.down())?,
+            down_transposed: sh.down_transposed,
+            planes,
+        })
+    }
+}
+
+/// Where the MoE step gets a layer's experts.
+#[derive(Clone, Copy, Debug)]
+pub enum ExpertSource<'a> {
+    /// In memory: expert `e` is `experts[e]`.
+    Resident {
+        /// The layer (for spans).
+        layer: usize,
+        /// The layer's experts by id.
+        experts: &'a [ExpertWeights],
+    },
+    /// Streamed from storage.
+    Offloaded(OffloadedLayer<'a>),
+}
+
+impl ExpertSource<'_> {
+    fn layer(&self) -> usize {
+        match self {
+            ExpertSource::Resident { layer, .. } => *layer,
+            ExpertSource::Offloaded(o) => o.layer as usize,
+        }
+    }
+
+    fn down_transposed(&self) -> bool {
+        match self {
+            ExpertSource::Resident { experts, .. } => {
+                experts.first().is_some_and(|e| e.down_transposed)
+            }
+            ExpertSource::Offloaded(o) => o.shape.down_transposed,
+        }
+    }
+
+    fn resident(&self, e: u32) -> Result<ExpertRef<'_>> {
+        match self {
+            ExpertSource::Resident { layer, experts } => experts
+                .get(e as usize)
+                .map(ExpertWeights::view)
+                .ok_or_else(|| {
+                    Error::Model(format!("layer {layer}: router chose missing expert {e}"))
+                }),
+            ExpertSource::Offloaded(_) => Err(Error::Model("expert is not resident".into())),
+        }
+    }
+}
 
 /// Routing of a batch at one layer: `ids[t · k + j]`, `weights[t · k + j]`.
 #[derive(Clone, Debug, Default)]
@@ -52,6 +185,9 @@ pub struct MoeScratch {
     d: Vec<f32>,
     lin: LinearScratch,
     per_expert: Vec<ExpertScratch>,
+    /// Per expert (position in the ascending order): its output rows, kept until the mix when
+    /// experts are computed in arrival order.
+    outs: Vec<Vec<f32>>,
 }
 
 /// One parallel expert task's buffers.
@@ -86,9 +222,11 @@ impl MoeStats {
 
 /// Runs the experts of one layer for a batch: `out[t] = Σ_j w_tj · expert_{id_tj}(y_t)`.
 ///
-/// `expert(e)` gives expert `e`'s weights; `y` and `out` are `[n_tokens × hidden]`.
-pub fn moe_forward<'a>(
-    expert: impl Fn(u32) -> Result<&'a ExpertWeights> + Sync,
+/// `y` and `out` are `[n_tokens × hidden]`. With [`ExpertSource::Offloaded`] the layer's experts
+/// should have been requested ([`Prefetcher::request`]) before; they are waited for here and
+/// computed in arrival order.
+pub fn moe_forward(
+    experts: ExpertSource<'_>,
     routes: &Routes,
     y: &[f32],
     hidden: usize,
@@ -96,13 +234,16 @@ pub fn moe_forward<'a>(
     s: &mut MoeScratch,
     out: &mut [f32],
 ) -> Result<MoeStats> {
-    if mode == ComputeMode::Fast {
-        if routes.n_tokens() == 1 {
-            return decode_fast(&expert, routes, y, hidden, s, out);
-        }
-        return batch_fast(&expert, routes, y, hidden, s, out);
+    if mode == ComputeMode::Fast && routes.n_tokens() == 1 {
+        return decode_fast(&experts, routes, y, hidden, s, out);
     }
-    batch_exact(&expert, routes, y, hidden, s, out)
+    // Batches with a neuron-major down file layout take the exact path.
+    let mode = if mode == ComputeMode::Fast && experts.down_transposed() {
+        ComputeMode::Exact
+    } else {
+        mode
+    };
+    batch(&experts, routes, y, hidden, mode, s, out)
 }
 
 /// Distinct experts of the batch, ascending.
@@ -127,48 +268,63 @@ fn gather(routes: &Routes, e: u32, tokens: &mut Vec<usize>, w: &mut Vec<f32>) {
     }
 }
 
-fn batch_exact<'a>(
-    expert: &impl Fn(u32) -> Result<&'a ExpertWeights>,
-    routes: &Routes,
+/// Buffers of one expert's batch product.
+struct BatchBufs<'s> {
+    ys: &'s mut Vec<f32>,
+    g: &'s mut Vec<f32>,
+    u: &'s mut Vec<f32>,
+    lin: &'s mut LinearScratch,
+}
+
+/// One expert over the gathered tokens `tokens`: `d = expert(y[tokens])`, `[n × hidden]`.
+fn expert_batch(
+    ew: ExpertRef<'_>,
+    tokens: &[usize],
     y: &[f32],
     hidden: usize,
-    s: &mut MoeScratch,
-    out: &mut [f32],
+    mode: ComputeMode,
+    b: BatchBufs<'_>,
+    d: &mut Vec<f32>,
 ) -> Result<MoeStats> {
-    out.fill(0.0);
     let mut stats = MoeStats::default();
-    for e in expert_order(routes) {
-        gather(routes, e, &mut s.tokens, &mut s.w);
-        let n = s.tokens.len();
-        let ew = expert(e)?;
-        let _sp = tracing::debug_span!("compute.expert", expert = e, n_tokens = n).entered();
-        let f = ew.gate.rows;
-        s.ys.clear();
-        for &t in &s.tokens {
-            s.ys.extend_from_slice(&y[t * hidden..(t + 1) * hidden]);
+    let n = tokens.len();
+    let f = ew.gate.rows;
+    b.ys.clear();
+    for &t in tokens {
+        b.ys.extend_from_slice(&y[t * hidden..(t + 1) * hidden]);
+    }
+    b.g.resize(n * f, 0.0);
+    b.u.resize(n * f, 0.0);
+    matmul_ref(ew.gate, b.ys, n, b.g, mode, b.lin)?;
+    matmul_ref(ew.up, b.ys, n, b.u, mode, b.lin)?;
+    for (g, &u) in b.g.iter_mut().zip(b.u.iter()) {
+        stats.n_neurons += 1;
+        if *g > 0.0 {
+            stats.n_active += 1;
+            *g *= u;
+        } else {
+            *g = 0.0;
         }
-        s.g.resize(n * f, 0.0);
-        s.u.resize(n * f, 0.0);
-        matmul(&ew.gate, &s.ys, n, &mut s.g, ComputeMode::Exact, &mut s.lin)?;
-        matmul(&ew.up, &s.ys, n, &mut s.u, ComputeMode::Exact, &mut s.lin)?;
-        for (g, &u) in s.g.iter_mut().zip(&s.u) {
-            stats.n_neurons += 1;
-            if *g > 0.0 {
-                stats.n_active += 1;
-                *g *= u;
-            } else {
-                *g = 0.0;
-            }
+    }
+    d.clear();
+    d.resize(n * hidden, 0.0);
+    match (mode, ew.planes) {
+        (ComputeMode::Fast, Some(p)) => {
+            let g = &*b.g;
+            d.par_chunks_mut(hidden)
+                .zip(g.par_chunks(f))
+                .try_for_each_init(Vec::new, |acc, (d, g)| -> Result<()> {
+                    p.apply(g, d, acc)?;
+                    Ok(())
+                })?;
         }
-        s.d.resize(n * hidden, 0.0);
-        if ew.down_transposed {
+        _ if ew.down_transposed => {
             // Row j of down^T is neuron j's output column: accumulate h_j · row_j.
             let mut row = vec![0f32; hidden];
-            s.d.fill(0.0);
             for j in 0..f {
                 let mut loaded = false;
                 for i in 0..n {
-                    let h = s.g[i * f + j];
+                    let h = b.g[i * f + j];
                     if h == 0.0 {
                         continue;
                     }
@@ -176,15 +332,13 @@ fn batch_exact<'a>(
                         crate::quant::dequantize_row(ew.down.ty, ew.down.row(j), &mut row)?;
                         loaded = true;
                     }
-                    for (d, &r) in s.d[i * hidden..(i + 1) * hidden].iter_mut().zip(&row) {
+                    for (d, &r) in d[i * hidden..(i + 1) * hidden].iter_mut().zip(&row) {
                         *d += h * r;
                     }
                 }
             }
-        } else {
-            matmul(&ew.down, &s.g, n, &mut s.d, ComputeMode::Exact, &mut s.lin)?;
         }
-        mix(&s.tokens, &s.w, &s.d, hidden, out);
+        _ => matmul_ref(ew.down, b.g, n, d, mode, b.lin)?,
     }
     Ok(stats)
 }
@@ -202,24 +356,108 @@ fn mix(tokens: &[usize], w: &[f32], d: &[f32], hidden: usize, out: &mut [f32]) {
     }
 }
 
-/// Rows `r0 .. r0 + out.len()` of `m` times an activation prepared for `m.ty`.
-fn rows_dot(
-    m: &crate::model::weights::Matrix,
-    r0: usize,
-    act: &FastAct,
+/// Batch path (prefill, and every exact-mode step): one expert at a time, each product
+/// parallel inside.
+fn batch(
+    experts: &ExpertSource<'_>,
+    routes: &Routes,
+    y: &[f32],
+    hidden: usize,
+    mode: ComputeMode,
+    s: &mut MoeScratch,
     out: &mut [f32],
-) -> Result<()> {
+) -> Result<MoeStats> {
+    out.fill(0.0);
+    let mut stats = MoeStats::default();
+    let order = expert_order(routes);
+    let layer = experts.layer();
+    match experts {
+        ExpertSource::Resident { .. } => {
+            for &e in &order {
+                gather(routes, e, &mut s.tokens, &mut s.w);
+                let ew = experts.resident(e)?;
+                let _sp = tracing::debug_span!(
+                    "compute.expert",
+                    layer,
+                    expert = e,
+                    n_tokens = s.tokens.len()
+                )
+                .entered();
+                let bufs = BatchBufs {
+                    ys: &mut s.ys,
+                    g: &mut s.g,
+                    u: &mut s.u,
+                    lin: &mut s.lin,
+                };
+                stats.add(&expert_batch(
+                    ew, &s.tokens, y, hidden, mode, bufs, &mut s.d,
+                )?);
+                mix(&s.tokens, &s.w, &s.d, hidden, out);
+            }
+        }
+        ExpertSource::Offloaded(o) => {
+            if s.outs.len() < order.len() {
+                s.outs.resize_with(order.len(), Vec::new);
+            }
+            let mut pending = order.clone();
+            while !pending.is_empty() {
+                let g = o.prefetcher.wait_any(o.layer, &pending)?;
+                let e = g.expert();
+                let Some(i) = pending.iter().position(|&p| p == e) else {
+                    return Err(Error::Model(format!(
+                        "layer {layer}: the prefetcher returned expert {e}, not requested"
+                    )));
+                };
+                pending.swap_remove(i);
+                let pos = order.binary_search(&e).unwrap_or(0);
+                gather(routes, e, &mut s.tokens, &mut s.w);
+                let ew = o.expert_ref(&g)?;
+                let _sp = tracing::debug_span!(
+                    "compute.expert",
+                    layer,
+                    expert = e,
+                    n_tokens = s.tokens.len()
+                )
+                .entered();
+                let bufs = BatchBufs {
+                    ys: &mut s.ys,
+                    g: &mut s.g,
+                    u: &mut s.u,
+                    lin: &mut s.lin,
+                };
+                stats.add(&expert_batch(
+                    ew,
+                    &s.tokens,
+                    y,
+                    hidden,
+                    mode,
+                    bufs,
+                    &mut s.outs[pos],
+                )?);
+            }
+            // Mix in ascending expert id, as the in-memory path does.
+            for (pos, &e) in order.iter().enumerate() {
+                gather(routes, e, &mut s.tokens, &mut s.w);
+                mix(&s.tokens, &s.w, &s.outs[pos], hidden, out);
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Rows `r0 .. r0 + out.len()` of `m` times an activation prepared for `m.ty`.
+fn rows_dot(m: MatRef<'_>, r0: usize, act: &FastAct, out: &mut [f32]) -> Result<()> {
     let rb = m.row_bytes();
     act.dot_rows(m.ty, &m.bytes()[r0 * rb..(r0 + out.len()) * rb], rb, out)
 }
 
 /// One token, one expert, fast path: `es.out = expert(y)`.
-fn expert_fast(ew: &ExpertWeights, y: &[f32], es: &mut ExpertScratch) -> Result<()> {
+fn expert_fast(ew: ExpertRef<'_>, y: &[f32], es: &mut ExpertScratch) -> Result<()> {
     let f = ew.gate.rows;
     let h = ew.down_rows_out();
     es.g.resize(f, 0.0);
     es.hq.prepare(ew.gate.ty, y)?;
-    rows_dot(&ew.gate, 0, &es.hq, &mut es.g)?;
+    rows_dot(ew.gate, 0, &es.hq, &mut es.g)?;
     if ew.up.ty != ew.gate.ty {
         es.hq.prepare(ew.up.ty, y)?;
     }
@@ -228,7 +466,7 @@ fn expert_fast(ew: &ExpertWeights, y: &[f32], es: &mut ExpertScratch) -> Result<
         if es.g[j] > 0.0 {
             active += 1;
             let mut u = [0f32];
-            rows_dot(&ew.up, j, &es.hq, &mut u)?;
+            rows_dot(ew.up, j, &es.hq, &mut u)?;
             es.g[j] *= u[0];
         } else {
             es.g[j] = 0.0;
@@ -240,7 +478,7 @@ fn expert_fast(ew: &ExpertWeights, y: &[f32], es: &mut ExpertScratch) -> Result<
     es.stats.bytes_skipped += inactive * ew.up.row_bytes() as u64;
     es.out.clear();
     es.out.resize(h, 0.0);
-    if let Some(p) = &ew.down_planes {
+    if let Some(p) = ew.planes {
         p.apply(&es.g, &mut es.out, &mut es.acc)?;
         es.stats.bytes_skipped += inactive * p.neuron_bytes() as u64;
     } else if ew.down_transposed {
@@ -261,14 +499,34 @@ fn expert_fast(ew: &ExpertWeights, y: &[f32], es: &mut ExpertScratch) -> Result<
     } else {
         let g = std::mem::take(&mut es.g);
         es.hq.prepare(ew.down.ty, &g)?;
-        rows_dot(&ew.down, 0, &es.hq, &mut es.out)?;
+        rows_dot(ew.down, 0, &es.hq, &mut es.out)?;
         es.g = g;
     }
     Ok(())
 }
 
-fn decode_fast<'a>(
-    expert: &(impl Fn(u32) -> Result<&'a ExpertWeights> + Sync),
+/// Runs `expert_fast` for the experts at the order positions where `refs` has one, in parallel.
+fn run_fast_tasks(
+    layer: usize,
+    order: &[u32],
+    refs: &[Option<ExpertRef<'_>>],
+    y: &[f32],
+    tasks: &mut [ExpertScratch],
+) -> Result<()> {
+    tasks
+        .par_iter_mut()
+        .zip(order.par_iter().zip(refs.par_iter()))
+        .try_for_each(|(es, (&e, r))| -> Result<()> {
+            let Some(ew) = r else { return Ok(()) };
+            let _sp =
+                tracing::debug_span!("compute.expert", layer, expert = e, n_tokens = 1).entered();
+            es.stats = MoeStats::default();
+            expert_fast(*ew, y, es)
+        })
+}
+
+fn decode_fast(
+    experts: &ExpertSource<'_>,
     routes: &Routes,
     y: &[f32],
     hidden: usize,
@@ -276,20 +534,55 @@ fn decode_fast<'a>(
     out: &mut [f32],
 ) -> Result<MoeStats> {
     let order = expert_order(routes);
+    let layer = experts.layer();
     if s.per_expert.len() < order.len() {
         s.per_expert
             .resize_with(order.len(), ExpertScratch::default);
     }
     let tasks = &mut s.per_expert[..order.len()];
-    tasks
-        .par_iter_mut()
-        .zip(order.par_iter())
-        .try_for_each(|(es, &e)| -> Result<()> {
-            let ew = expert(e)?;
-            let _sp = tracing::debug_span!("compute.expert", expert = e, n_tokens = 1).entered();
-            es.stats = MoeStats::default();
-            expert_fast(ew, y, es)
-        })?;
+    match experts {
+        ExpertSource::Resident { .. } => {
+            let refs = order
+                .iter()
+                .map(|&e| experts.resident(e).map(Some))
+                .collect::<Result<Vec<_>>>()?;
+            run_fast_tasks(layer, &order, &refs, y, tasks)?;
+        }
+        ExpertSource::Offloaded(o) => {
+            // Compute whatever has arrived, all of it in parallel; block only when nothing has.
+            let mut pending: Vec<u32> = order.clone();
+            while !pending.is_empty() {
+                let mut guards: Vec<ExpertGuard<'_>> = Vec::with_capacity(pending.len());
+                for &e in &pending {
+                    if let Some(g) = o.prefetcher.try_wait(o.layer, e)? {
+                        guards.push(g);
+                    }
+                }
+                if guards.is_empty() {
+                    guards.push(o.prefetcher.wait_any(o.layer, &pending)?);
+                    for &e in &pending {
+                        if e != guards[0].expert()
+                            && let Some(g) = o.prefetcher.try_wait(o.layer, e)?
+                        {
+                            guards.push(g);
+                        }
+                    }
+                }
+                let mut refs: Vec<Option<ExpertRef<'_>>> = vec![None; order.len()];
+                for g in &guards {
+                    let pos = order.binary_search(&g.expert()).map_err(|_| {
+                        Error::Model(format!(
+                            "layer {layer}: the prefetcher returned expert {}, not requested",
+                            g.expert()
+                        ))
+                    })?;
+                    refs[pos] = Some(o.expert_ref(g)?);
+                }
+                run_fast_tasks(layer, &order, &refs, y, tasks)?;
+                pending.retain(|e| !guards.iter().any(|g| g.expert() == *e));
+            }
+        }
+    }
     out[..hidden].fill(0.0);
     let mut stats = MoeStats::default();
     for (es, &e) in tasks.iter().zip(&order) {
@@ -301,59 +594,6 @@ fn decode_fast<'a>(
             *o += w * x;
         }
         stats.add(&es.stats);
-    }
-    Ok(stats)
-}
-
-fn batch_fast<'a>(
-    expert: &(impl Fn(u32) -> Result<&'a ExpertWeights> + Sync),
-    routes: &Routes,
-    y: &[f32],
-    hidden: usize,
-    s: &mut MoeScratch,
-    out: &mut [f32],
-) -> Result<MoeStats> {
-    out.fill(0.0);
-    let mut stats = MoeStats::default();
-    for e in expert_order(routes) {
-        gather(routes, e, &mut s.tokens, &mut s.w);
-        let n = s.tokens.len();
-        let ew = expert(e)?;
-        let _sp = tracing::debug_span!("compute.expert", expert = e, n_tokens = n).entered();
-        let f = ew.gate.rows;
-        s.ys.clear();
-        for &t in &s.tokens {
-            s.ys.extend_from_slice(&y[t * hidden..(t + 1) * hidden]);
-        }
-        s.g.resize(n * f, 0.0);
-        s.u.resize(n * f, 0.0);
-        matmul(&ew.gate, &s.ys, n, &mut s.g, ComputeMode::Fast, &mut s.lin)?;
-        matmul(&ew.up, &s.ys, n, &mut s.u, ComputeMode::Fast, &mut s.lin)?;
-        for (g, &u) in s.g.iter_mut().zip(&s.u) {
-            stats.n_neurons += 1;
-            if *g > 0.0 {
-                stats.n_active += 1;
-                *g *= u;
-            } else {
-                *g = 0.0;
-            }
-        }
-        s.d.resize(n * hidden, 0.0);
-        if let Some(p) = &ew.down_planes {
-            let (g, d) = (&s.g, &mut s.d);
-            d.par_chunks_mut(hidden)
-                .zip(g.par_chunks(f))
-                .try_for_each_init(Vec::new, |acc, (d, g)| -> Result<()> {
-                    d.fill(0.0);
-                    p.apply(g, d, acc)?;
-                    Ok(())
-                })?;
-        } else if ew.down_transposed {
-            return batch_exact(expert, routes, y, hidden, s, out);
-        } else {
-            matmul(&ew.down, &s.g, n, &mut s.d, ComputeMode::Fast, &mut s.lin)?;
-        }
-        mix(&s.tokens, &s.w, &s.d, hidden, out);
     }
     Ok(stats)
 }

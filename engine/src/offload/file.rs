@@ -266,6 +266,16 @@ impl ExpertFile {
         Ok(start..start + range.len as usize)
     }
 
+    /// Drops the clean pages of `range` from the page cache (`POSIX_FADV_DONTNEED`), e.g. expert
+    /// bytes a memory map of the same file pulled in, so they are not counted against a memory
+    /// budget. Advisory: errors are ignored.
+    pub fn drop_cached(&self, range: FileRange) {
+        if range.len == 0 {
+            return;
+        }
+        let _ = sys::fadvise(&self.file, range.offset, range.len, Advice::DontNeed);
+    }
+
     /// Reads `range` into `buf` (from its start) and returns the bytes.
     pub fn read<'b>(&self, range: FileRange, buf: &'b mut AlignedBuf) -> Result<&'b [u8]> {
         let r = self.read_into(range, buf.as_mut_slice())?;

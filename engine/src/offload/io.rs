@@ -29,6 +29,12 @@ use crate::error::{Error, Result};
 /// contended; it makes the hand-over safe without `unsafe`.
 pub type SlotBuf = Arc<RwLock<AlignedBuf>>;
 
+/// A transformation applied to a slot right after its expert was read, on the I/O thread, before
+/// the slot is handed to readers: `(key, layout, slot bytes)`. Used to repack an expert's down
+/// matrix into the layout the fast kernels read ([`crate::moe::sparse_down`]). An error fails the
+/// read.
+pub type SlotTransform = Arc<dyn Fn(ExpertKey, &SlotLayout, &mut [u8]) -> Result<()> + Send + Sync>;
+
 /// Request priority: demand reads (the layer needs them now) are served before prefetches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
@@ -117,6 +123,44 @@ pub struct IoStats {
     pub failed: u64,
     /// Sum over reads of the time an I/O thread spent on them, nanoseconds.
     pub busy_ns: u64,
+    /// Wall time during which at least one read was in progress, nanoseconds (the union of
+    /// the reads' intervals).
+    pub busy_wall_ns: u64,
+    /// Time spent in the post-read [`SlotTransform`], nanoseconds (summed over threads).
+    pub transform_ns: u64,
+}
+
+/// Tracks the union of the reads' busy intervals.
+#[derive(Default)]
+struct BusyClock {
+    active: usize,
+    since: Option<Instant>,
+    total_ns: u64,
+}
+
+impl BusyClock {
+    fn start(&mut self, now: Instant) {
+        if self.active == 0 {
+            self.since = Some(now);
+        }
+        self.active += 1;
+    }
+
+    fn stop(&mut self, now: Instant) {
+        self.active = self.active.saturating_sub(1);
+        if self.active == 0
+            && let Some(t) = self.since.take()
+        {
+            self.total_ns += u64::try_from((now - t).as_nanos()).unwrap_or(u64::MAX);
+        }
+    }
+
+    fn now_ns(&self, now: Instant) -> u64 {
+        self.total_ns
+            + self.since.map_or(0, |t| {
+                u64::try_from(now.saturating_duration_since(t).as_nanos()).unwrap_or(u64::MAX)
+            })
+    }
 }
 
 struct Pending {
@@ -139,6 +183,8 @@ struct Done {
 struct Shared {
     file: Arc<ExpertFile>,
     device: Option<DeviceModel>,
+    transform: Option<SlotTransform>,
+    busy: Mutex<BusyClock>,
     queues: Mutex<Queues>,
     work: Condvar,
     done: Mutex<Done>,
@@ -177,10 +223,21 @@ const QUEUE_CAPACITY: usize = 256;
 impl IoPool {
     /// Starts `cfg.threads` I/O threads reading `file`.
     pub fn new(file: Arc<ExpertFile>, cfg: IoConfig) -> Result<IoPool> {
+        IoPool::with_transform(file, cfg, None)
+    }
+
+    /// [`IoPool::new`] with a transformation applied to every slot after its read.
+    pub fn with_transform(
+        file: Arc<ExpertFile>,
+        cfg: IoConfig,
+        transform: Option<SlotTransform>,
+    ) -> Result<IoPool> {
         let threads = cfg.threads.max(1);
         let shared = Arc::new(Shared {
             file,
             device: cfg.storage.model(),
+            transform,
+            busy: Mutex::new(BusyClock::default()),
             queues: Mutex::new(Queues {
                 demand: VecDeque::with_capacity(QUEUE_CAPACITY),
                 prefetch: VecDeque::with_capacity(QUEUE_CAPACITY),
@@ -379,7 +436,9 @@ impl IoPool {
 
     /// Counters so far.
     pub fn stats(&self) -> IoStats {
-        lock(&self.shared.done).stats
+        let mut s = lock(&self.shared.done).stats;
+        s.busy_wall_ns = lock(&self.shared.busy).now_ns(Instant::now());
+        s
     }
 
     /// The storage emulator's counters (`None` for real storage).
@@ -413,7 +472,8 @@ fn io_thread(sh: &Shared) {
             }
         };
         let t0 = Instant::now();
-        let outcome = {
+        lock(&sh.busy).start(t0);
+        let mut outcome = {
             let _span = tracing::trace_span!(
                 "io.expert_read",
                 layer = p.req.key.layer,
@@ -424,8 +484,25 @@ fn io_thread(sh: &Shared) {
             .entered();
             read_expert(sh, &p.req, p.submitted)
         };
-        let busy = t0.elapsed();
+        let t1 = Instant::now();
+        lock(&sh.busy).stop(t1);
+        let busy = t1 - t0;
+        let mut transform_ns = 0;
+        if let (Outcome::Done { .. }, Some(f)) = (&outcome, &sh.transform) {
+            let _span = tracing::trace_span!(
+                "io.repack",
+                layer = p.req.key.layer,
+                expert = p.req.key.expert
+            )
+            .entered();
+            let mut buf = p.req.buf.write().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = f(p.req.key, &p.req.layout, buf.as_mut_slice()) {
+                outcome = Outcome::Failed(e);
+            }
+            transform_ns = u64::try_from(t1.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        }
         let mut d = lock(&sh.done);
+        d.stats.transform_ns += transform_ns;
         match &outcome {
             Outcome::Done { bytes } => {
                 d.stats.reads += 1;

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use super::ExpertKey;
 use super::cache::{CacheConfig, CacheStats, ExpertCache, Lookup};
 use super::file::ExpertFile;
-use super::io::{Completion, IoConfig, IoPool, IoStats, Outcome, Priority, ReadRequest, SlotBuf};
+use super::io::{
+    Completion, IoConfig, IoPool, IoStats, Outcome, Priority, ReadRequest, SlotBuf, SlotTransform,
+};
 use super::layout::{ExpertLayout, Part, SlotLayout};
 use super::policy::SlotId;
 use super::storage::DeviceStats;
@@ -134,6 +136,17 @@ impl Prefetcher {
         layout: ExpertLayout,
         cfg: &PrefetchConfig,
     ) -> Result<Prefetcher> {
+        Prefetcher::with_transform(file, layout, cfg, None)
+    }
+
+    /// [`Prefetcher::new`] with a transformation the I/O threads apply to each slot right after
+    /// its read (see [`SlotTransform`]); guards then expose the transformed bytes.
+    pub fn with_transform(
+        file: Arc<ExpertFile>,
+        layout: ExpertLayout,
+        cfg: &PrefetchConfig,
+        transform: Option<SlotTransform>,
+    ) -> Result<Prefetcher> {
         if file.len_at_open() < layout.end() {
             return Err(Error::ReadRange {
                 path: file.path().to_path_buf(),
@@ -150,7 +163,7 @@ impl Prefetcher {
         let bufs = (0..cache.n_slots())
             .map(|s| Arc::clone(cache.buf(s)))
             .collect();
-        let pool = IoPool::new(file, cfg.io)?;
+        let pool = IoPool::with_transform(file, cfg.io, transform)?;
         let reserved = (0..layout.n_layers())
             .map(|_| Vec::with_capacity(16))
             .collect();
@@ -445,6 +458,21 @@ impl Prefetcher {
             layout,
             buf,
         })
+    }
+
+    /// `expert` of `layer`, pinned, if it is in memory now; `None` if its read has not finished
+    /// (or was never requested). Never blocks on I/O.
+    pub fn try_wait(&self, layer: u32, expert: u32) -> Result<Option<ExpertGuard<'_>>> {
+        let key = ExpertKey::new(layer, expert);
+        self.layout.index(key)?;
+        {
+            let mut st = self.lock();
+            self.pump(&mut st)?;
+            if !matches!(st.cache.lookup(key)?, Lookup::Ready(_)) {
+                return Ok(None);
+            }
+        }
+        self.wait(layer, expert).map(Some)
     }
 
     /// Waits for whichever of `experts` (of `layer`, requested before) is in memory first and

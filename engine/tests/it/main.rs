@@ -6,5 +6,6 @@ mod kernels;
 mod model_gguf;
 mod model_ref;
 mod offload;
+mod offload_model;
 mod quant;
 mod tokenizer;

@@ -22,8 +22,15 @@ const LLAMA_CPP_Q4_0: (f32, f32) = (2.607_166_8, 0.825);
 
 fn load(ty: &str, mode: ComputeMode) -> Model {
     let p = fixture(&format!("tiny-t1-gguf/tiny-t1-{ty}.gguf"));
-    Model::load(&p, &ModelOptions { mode, threads: 2 })
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    Model::load(
+        &p,
+        &ModelOptions {
+            mode,
+            threads: 2,
+            offload: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn target_dir(ty: &str) -> String {

@@ -23,6 +23,7 @@ fn exact() -> ModelOptions {
     ModelOptions {
         mode: ComputeMode::Exact,
         threads: 2,
+        offload: None,
     }
 }
 

@@ -8,15 +8,20 @@
 //! - `planes`: for neuron `j`, its H quantised weights (Q4_0: 4-bit, `H/2` bytes; Q8_0: 8-bit,
 //!   `H` bytes). Q4_0 groups of 32 outputs use ggml's nibble order: byte `i` of a group holds
 //!   output `i` (low nibble) and `i + 16` (high nibble);
-//! - `scales`: the original per-block scales, `[F/32][H]` f16 — the 32 neurons of a block share
-//!   output `h`'s scale.
+//! - `scales`: the original per-block scales, `[F/32][H]` f16 (little-endian bytes) — the 32
+//!   neurons of a block share output `h`'s scale.
 //!
 //! The size is identical to the original tensor, and `W[h][j] = scale[j/32][h] · (q[j][h] − z)`
 //! exactly as ggml defines it. The product `out[h] = Σ_j a_j · W[h][j]` accumulates, per block of
 //! neurons, `acc[h] = Σ_{j active} a_j · (q[j][h] − z)` and then adds `scale · acc`.
+//!
+//! The packed form is one byte string, scales first, then planes ([`repack`]), so it can live in
+//! an owned buffer ([`DownPlanes`]) or in any borrowed bytes ([`PlanesView`]) — e.g. an expert
+//! cache slot whose down matrix was repacked in place right after it was read from storage. Both
+//! run the same kernel, so the results are bit-identical.
 
 use crate::error::{Error, Result};
-use crate::model::weights::Matrix;
+use crate::model::weights::{MatRef, Matrix};
 use crate::quant::GgmlType;
 
 /// Neurons per quantisation block (Q4_0 and Q8_0).
@@ -31,7 +36,114 @@ pub enum PlaneKind {
     Q8,
 }
 
-/// An expert's down projection, neuron-major.
+impl PlaneKind {
+    /// The encoding for a ggml down matrix of `ty` with `h` outputs (rows) and `f` neurons
+    /// (columns), or `None` if it cannot be repacked (other types, sizes not multiples of 32).
+    pub fn for_down(ty: GgmlType, h: usize, f: usize) -> Option<PlaneKind> {
+        let kind = match ty {
+            GgmlType::Q4_0 => PlaneKind::Q4,
+            GgmlType::Q8_0 => PlaneKind::Q8,
+            _ => return None,
+        };
+        (h > 0 && f > 0 && h.is_multiple_of(QK) && f.is_multiple_of(QK)).then_some(kind)
+    }
+
+    fn ty(self) -> GgmlType {
+        match self {
+            PlaneKind::Q4 => GgmlType::Q4_0,
+            PlaneKind::Q8 => GgmlType::Q8_0,
+        }
+    }
+}
+
+/// Bytes of the packed form of an `h × f` matrix (equal to the ggml tensor's).
+fn packed_bytes(kind: PlaneKind, h: usize, f: usize) -> usize {
+    f / QK * h * 2 + f * plane_bytes(kind, h)
+}
+
+/// Repacks a ggml down matrix (`h` rows × `f` columns of `kind`'s type, `src`) into the packed
+/// neuron-major form in `dst` (same length): scales `[F/32][H]` f16, then planes `[F][H/2 or H]`.
+/// Every byte of `dst` is written.
+pub fn repack(kind: PlaneKind, h: usize, f: usize, src: &[u8], dst: &mut [u8]) -> Result<()> {
+    let ty = kind.ty();
+    let bb = ty.block_bytes();
+    let nb = f / QK;
+    let rb = nb * bb;
+    let n = packed_bytes(kind, h, f);
+    if PlaneKind::for_down(ty, h, f) != Some(kind) || src.len() != h * rb || dst.len() != n {
+        return Err(Error::BadLength {
+            ty,
+            what: format!(
+                "sparse down repack: {h}x{f} needs {} source and {n} packed bytes, got {} and {}",
+                h * rb,
+                src.len(),
+                dst.len()
+            ),
+        });
+    }
+    let pb = plane_bytes(kind, h);
+    let (scales, planes) = dst.split_at_mut(nb * h * 2);
+    for row in 0..h {
+        for b in 0..nb {
+            let at = row * rb + b * bb;
+            let s = (b * h + row) * 2;
+            scales[s..s + 2].copy_from_slice(&src[at..at + 2]);
+        }
+    }
+    match kind {
+        PlaneKind::Q4 => {
+            // Tile: 32 rows (output group g) × one block of 32 neurons. Plane byte `g·16 + k` of
+            // neuron j holds row g·32+k (low nibble) and row g·32+k+16 (high nibble). Rows k and
+            // k+16 combine byte-wise (u128 lanes of 16 nibble bytes) into `lo` (neurons 0..16
+            // of the block) and `hi` (neurons 16..32); a 16×16 byte transpose then gives each
+            // neuron's 16 contiguous plane bytes.
+            const LOW: u128 = 0x0F0F_0F0F_0F0F_0F0F_0F0F_0F0F_0F0F_0F0F;
+            let qs = |row: usize, b: usize| -> u128 {
+                let at = row * rb + b * bb + 2;
+                let mut q = [0u8; 16];
+                q.copy_from_slice(&src[at..at + 16]);
+                u128::from_le_bytes(q)
+            };
+            let mut lo = [[0u8; 16]; 16];
+            let mut hi = [[0u8; 16]; 16];
+            for g in 0..h / QK {
+                for b in 0..nb {
+                    for k in 0..16 {
+                        let x = qs(g * QK + k, b);
+                        let y = qs(g * QK + k + 16, b);
+                        lo[k] = ((x & LOW) | ((y & LOW) << 4)).to_le_bytes();
+                        hi[k] = (((x >> 4) & LOW) | (y & !LOW)).to_le_bytes();
+                    }
+                    for i in 0..16 {
+                        let mut col_lo = [0u8; 16];
+                        let mut col_hi = [0u8; 16];
+                        for k in 0..16 {
+                            col_lo[k] = lo[k][i];
+                            col_hi[k] = hi[k][i];
+                        }
+                        let at = (b * QK + i) * pb + g * 16;
+                        planes[at..at + 16].copy_from_slice(&col_lo);
+                        let at = (b * QK + i + 16) * pb + g * 16;
+                        planes[at..at + 16].copy_from_slice(&col_hi);
+                    }
+                }
+            }
+        }
+        PlaneKind::Q8 => {
+            for row in 0..h {
+                for b in 0..nb {
+                    let qs = &src[row * rb + b * bb + 2..row * rb + (b + 1) * bb];
+                    for (i, &q) in qs.iter().enumerate() {
+                        planes[(b * QK + i) * pb + row] = q;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An expert's down projection, neuron-major, in an owned buffer.
 #[derive(Clone, Debug)]
 pub struct DownPlanes {
     kind: PlaneKind,
@@ -39,81 +151,31 @@ pub struct DownPlanes {
     f: usize,
     /// Outputs (H).
     h: usize,
-    /// `[F/32][H]` f16 bits.
-    scales: Vec<u16>,
-    /// `[F][plane_bytes]`.
-    planes: Vec<u8>,
+    /// Scales `[F/32][H]` f16 (LE bytes), then planes `[F][plane_bytes]`.
+    data: Vec<u8>,
 }
 
 impl DownPlanes {
     /// Repacks a ggml down matrix (`rows = H`, `cols = F`) of type Q4_0 or Q8_0. Other types, or H
     /// not a multiple of 32, give `Ok(None)`: the caller keeps the dense layout.
     pub fn from_down(m: &Matrix) -> Result<Option<DownPlanes>> {
-        let kind = match m.ty {
-            GgmlType::Q4_0 => PlaneKind::Q4,
-            GgmlType::Q8_0 => PlaneKind::Q8,
-            _ => return Ok(None),
-        };
+        DownPlanes::from_down_ref(m.view())
+    }
+
+    /// [`DownPlanes::from_down`] on borrowed bytes.
+    pub fn from_down_ref(m: MatRef<'_>) -> Result<Option<DownPlanes>> {
         let (h, f) = (m.rows, m.cols);
-        if !h.is_multiple_of(QK) || !f.is_multiple_of(QK) || h == 0 {
+        let Some(kind) = PlaneKind::for_down(m.ty, h, f) else {
             return Ok(None);
-        }
-        let nb = f / QK;
-        let block_bytes = m.ty.block_bytes();
-        if m.row_bytes() != nb * block_bytes {
-            return Err(Error::BadLength {
-                ty: m.ty,
-                what: format!(
-                    "tensor '{}': row bytes {} for {f} columns",
-                    m.name,
-                    m.row_bytes()
-                ),
-            });
-        }
-        let pb = plane_bytes(kind, h);
-        let mut scales = vec![0u16; nb * h];
-        let mut planes = vec![0u8; f * pb];
-        for row in 0..h {
-            let r = m.row(row);
-            for b in 0..nb {
-                let blk = &r[b * block_bytes..(b + 1) * block_bytes];
-                scales[b * h + row] = u16::from_le_bytes([blk[0], blk[1]]);
-                let qs = &blk[2..];
-                for i in 0..QK {
-                    let j = b * QK + i;
-                    let plane = &mut planes[j * pb..(j + 1) * pb];
-                    match kind {
-                        PlaneKind::Q4 => {
-                            let q = if i < 16 {
-                                qs[i] & 0x0F
-                            } else {
-                                qs[i - 16] >> 4
-                            };
-                            let (g, k) = (row / QK, row % QK);
-                            let byte = &mut plane[g * 16 + (k % 16)];
-                            if k < 16 {
-                                *byte |= q;
-                            } else {
-                                *byte |= q << 4;
-                            }
-                        }
-                        PlaneKind::Q8 => plane[row] = qs[i],
-                    }
-                }
-            }
-        }
-        Ok(Some(DownPlanes {
-            kind,
-            f,
-            h,
-            scales,
-            planes,
-        }))
+        };
+        let mut data = vec![0u8; packed_bytes(kind, h, f)];
+        repack(kind, h, f, m.data, &mut data)?;
+        Ok(Some(DownPlanes { kind, f, h, data }))
     }
 
     /// Bytes held (equal to the original tensor's).
     pub fn bytes(&self) -> usize {
-        self.scales.len() * 2 + self.planes.len()
+        self.data.len()
     }
 
     /// Bytes one neuron's plane occupies (what an inactive neuron saves).
@@ -135,16 +197,82 @@ impl DownPlanes {
     ///
     /// `acc` is scratch of at least H floats.
     pub fn apply(&self, a: &[f32], out: &mut [f32], acc: &mut Vec<f32>) -> Result<usize> {
-        self.check(a, out)?;
-        acc.resize(self.h, 0.0);
-        Ok(apply_best(self.view(), a, out, &mut acc[..self.h]))
+        self.view().apply(a, out, acc)
     }
 
     /// Scalar reference of [`DownPlanes::apply`].
     pub fn apply_scalar(&self, a: &[f32], out: &mut [f32], acc: &mut Vec<f32>) -> Result<usize> {
+        let v = self.view();
+        v.check(a, out)?;
+        acc.resize(self.h, 0.0);
+        Ok(apply_scalar(v, a, out, &mut acc[..self.h]))
+    }
+
+    /// The packed bytes as a view.
+    pub fn view(&self) -> PlanesView<'_> {
+        PlanesView {
+            kind: self.kind,
+            f: self.f,
+            h: self.h,
+            scales: &self.data[..self.f / QK * self.h * 2],
+            planes: &self.data[self.f / QK * self.h * 2..],
+        }
+    }
+}
+
+/// Packed down planes in borrowed bytes (an owned [`DownPlanes`] or an expert cache slot).
+#[derive(Clone, Copy, Debug)]
+pub struct PlanesView<'a> {
+    pub(crate) kind: PlaneKind,
+    pub(crate) f: usize,
+    pub(crate) h: usize,
+    /// `[F/32][H]` f16, little-endian bytes.
+    pub(crate) scales: &'a [u8],
+    /// `[F][plane_bytes]`.
+    pub(crate) planes: &'a [u8],
+}
+
+impl<'a> PlanesView<'a> {
+    /// Views `bytes` (as [`repack`] wrote them) as the planes of an `h × f` matrix.
+    pub fn new(kind: PlaneKind, h: usize, f: usize, bytes: &'a [u8]) -> Result<PlanesView<'a>> {
+        if PlaneKind::for_down(kind.ty(), h, f) != Some(kind)
+            || bytes.len() != packed_bytes(kind, h, f)
+        {
+            return Err(Error::BadLength {
+                ty: kind.ty(),
+                what: format!(
+                    "sparse down view: {h}x{f} needs {} bytes, got {}",
+                    packed_bytes(kind, h, f),
+                    bytes.len()
+                ),
+            });
+        }
+        let (scales, planes) = bytes.split_at(f / QK * h * 2);
+        Ok(PlanesView {
+            kind,
+            f,
+            h,
+            scales,
+            planes,
+        })
+    }
+
+    /// Bytes one neuron's plane occupies.
+    pub fn neuron_bytes(&self) -> usize {
+        plane_bytes(self.kind, self.h)
+    }
+
+    /// Outputs (H).
+    pub fn outputs(&self) -> usize {
+        self.h
+    }
+
+    /// `out[h] += Σ_j a[j] · W[h][j]` over the neurons with `a[j] != 0`; returns how many.
+    /// `acc` is scratch of at least H floats.
+    pub fn apply(&self, a: &[f32], out: &mut [f32], acc: &mut Vec<f32>) -> Result<usize> {
         self.check(a, out)?;
         acc.resize(self.h, 0.0);
-        Ok(apply_scalar(self.view(), a, out, &mut acc[..self.h]))
+        Ok(apply_best(*self, a, out, &mut acc[..self.h]))
     }
 
     fn check(&self, a: &[f32], out: &[f32]) -> Result<()> {
@@ -159,26 +287,6 @@ impl DownPlanes {
         }
         Ok(())
     }
-
-    pub(crate) fn view(&self) -> PlanesView<'_> {
-        PlanesView {
-            kind: self.kind,
-            f: self.f,
-            h: self.h,
-            scales: &self.scales,
-            planes: &self.planes,
-        }
-    }
-}
-
-/// Borrowed planes, as the kernels see them.
-#[derive(Clone, Copy)]
-pub(crate) struct PlanesView<'a> {
-    pub kind: PlaneKind,
-    pub f: usize,
-    pub h: usize,
-    pub scales: &'a [u16],
-    pub planes: &'a [u8],
 }
 
 fn plane_bytes(kind: PlaneKind, h: usize) -> usize {
@@ -240,9 +348,9 @@ pub(crate) fn apply_scalar(
             }
         }
         if any {
-            let sc = &p.scales[b * p.h..(b + 1) * p.h];
-            for ((o, &x), &s) in out.iter_mut().zip(acc.iter()).zip(sc) {
-                *o += half::f16::from_bits(s).to_f32() * x;
+            let sc = &p.scales[b * p.h * 2..(b + 1) * p.h * 2];
+            for ((o, &x), s) in out.iter_mut().zip(acc.iter()).zip(sc.chunks_exact(2)) {
+                *o += half::f16::from_le_bytes([s[0], s[1]]).to_f32() * x;
             }
         }
     }
@@ -337,6 +445,78 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The packed form by its definition, one value at a time (independent of [`repack`]).
+    fn repack_reference(m: &Matrix) -> Vec<u8> {
+        let kind = PlaneKind::for_down(m.ty, m.rows, m.cols).unwrap();
+        let (h, f) = (m.rows, m.cols);
+        let (nb, bb, pb) = (f / QK, m.ty.block_bytes(), plane_bytes(kind, h));
+        let mut out = vec![0u8; packed_bytes(kind, h, f)];
+        let (scales, planes) = out.split_at_mut(nb * h * 2);
+        for row in 0..h {
+            let r = m.row(row);
+            for b in 0..nb {
+                let blk = &r[b * bb..(b + 1) * bb];
+                scales[(b * h + row) * 2] = blk[0];
+                scales[(b * h + row) * 2 + 1] = blk[1];
+                for i in 0..QK {
+                    let plane = &mut planes[(b * QK + i) * pb..(b * QK + i + 1) * pb];
+                    match kind {
+                        PlaneKind::Q4 => {
+                            let q = if i < 16 {
+                                blk[2 + i] & 0x0F
+                            } else {
+                                blk[2 + i - 16] >> 4
+                            };
+                            let (g, k) = (row / QK, row % QK);
+                            let byte = &mut plane[g * 16 + k % 16];
+                            *byte |= if k < 16 { q } else { q << 4 };
+                        }
+                        PlaneKind::Q8 => plane[row] = blk[2 + i],
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn repack_matches_the_definition_and_views_run_identically() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            for (h, f) in [(32, 32), (64, 96), (96, 64), (1536, 768)] {
+                let m = matrix(ty, h, f, (h * 3 + f) as u64);
+                let want = repack_reference(&m);
+                let owned = DownPlanes::from_down(&m).unwrap().unwrap();
+                assert_eq!(owned.data, want, "{ty:?} {h}x{f}");
+                // In place over a copy of the ggml bytes, as a cache slot does it.
+                let mut slot = m.bytes().to_vec();
+                let src = slot.clone();
+                let kind = PlaneKind::for_down(ty, h, f).unwrap();
+                repack(kind, h, f, &src, &mut slot).unwrap();
+                assert_eq!(slot, want);
+                let view = PlanesView::new(kind, h, f, &slot).unwrap();
+                let a: Vec<f32> = (0..f)
+                    .map(|j| {
+                        if j % 3 == 0 {
+                            0.0
+                        } else {
+                            j as f32 * 0.01 - 0.3
+                        }
+                    })
+                    .collect();
+                let (mut o1, mut o2) = (vec![0.5f32; h], vec![0.5f32; h]);
+                owned.apply(&a, &mut o1, &mut Vec::new()).unwrap();
+                view.apply(&a, &mut o2, &mut Vec::new()).unwrap();
+                assert!(o1.iter().zip(&o2).all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+        let m = matrix(GgmlType::Q4_0, 64, 64, 1);
+        let kind = PlaneKind::Q4;
+        assert!(repack(kind, 64, 64, m.bytes(), &mut [0u8; 10]).is_err());
+        assert!(PlanesView::new(kind, 64, 64, &[0u8; 10]).is_err());
+        assert_eq!(PlaneKind::for_down(GgmlType::Q4_0, 48, 64), None);
+        assert_eq!(PlaneKind::for_down(GgmlType::F32, 64, 64), None);
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub(super) fn apply(
         return None;
     }
     assert!(a.len() == p.f && out.len() == p.h && acc.len() == p.h && p.h.is_multiple_of(QK));
-    assert!(p.planes.len() == p.f * plane_bytes(p.kind, p.h) && p.scales.len() == p.f / QK * p.h);
+    assert!(
+        p.planes.len() == p.f * plane_bytes(p.kind, p.h) && p.scales.len() == p.f / QK * p.h * 2
+    );
     // SAFETY: AVX2, FMA and F16C were detected above; the asserts bound every access below.
     Some(unsafe { apply_avx2(p, a, out, acc) })
 }
@@ -88,11 +90,13 @@ unsafe fn apply_avx2(p: PlanesView<'_>, a: &[f32], out: &mut [f32], acc: &mut [f
             }
         }
         if any {
-            let sc = &p.scales[b * p.h..(b + 1) * p.h];
+            let sc = &p.scales[b * p.h * 2..(b + 1) * p.h * 2];
             for k in (0..p.h).step_by(8) {
-                // SAFETY: k + 8 <= h (h is a multiple of 32); sc, acc and out have h elements.
+                // SAFETY: k + 8 <= h (h is a multiple of 32); acc and out have h elements and sc has
+                // 2h bytes (h f16 scales), so the 16 bytes at 2k are in bounds.
                 unsafe {
-                    let s = _mm256_cvtph_ps(_mm_loadu_si128(sc.as_ptr().add(k) as *const __m128i));
+                    let s =
+                        _mm256_cvtph_ps(_mm_loadu_si128(sc.as_ptr().add(2 * k) as *const __m128i));
                     let o = out.as_mut_ptr().add(k);
                     let x = _mm256_loadu_ps(accp.add(k));
                     _mm256_storeu_ps(o, _mm256_fmadd_ps(s, x, _mm256_loadu_ps(o)));
