@@ -382,7 +382,10 @@ fn hot_set_is_loaded_up_front_and_survives_pressure() {
     p.request(1, &[5], Priority::Demand).unwrap();
     check_bytes(&p.wait(0, 3).unwrap(), &layout);
     check_bytes(&p.wait(1, 5).unwrap(), &layout);
-    assert_eq!(p.stats().cache.hits, 2);
+    // Hot experts never miss; one may still be arriving from the warm-up (an in-flight hit).
+    let s = p.stats();
+    assert_eq!(s.cache.misses, 0);
+    assert_eq!(s.cache.hits + s.cache.inflight_hits, 2);
 }
 
 #[test]
