@@ -182,8 +182,19 @@ pub fn status_line(g: &Generator<'_>, o: &Outcome) -> String {
     } else {
         String::new()
     };
+    let cache = match s.model().offload() {
+        Some(off) => {
+            let snap = off.snapshot();
+            format!(
+                " | expert cache hit {:.1}%, {} read from storage",
+                100.0 * snap.stats.cache.hit_rate(),
+                human_bytes(snap.stats.io.bytes)
+            )
+        }
+        None => String::new(),
+    };
     format!(
-        "[prompt {} tok ({} cached) {:.1} t/s | reply {} tok {:.1} t/s ({}) | ctx {}/{} | KV {} | peak RSS {}{active}]",
+        "[prompt {} tok ({} cached) {:.1} t/s | reply {} tok {:.1} t/s ({}) | ctx {}/{} | KV {} | peak RSS {}{active}{cache}]",
         o.prompt_tokens,
         o.cached_tokens,
         o.prompt_tps(),

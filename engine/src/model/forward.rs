@@ -208,6 +208,11 @@ impl<'m> Session<'m> {
         self.kv.len()
     }
 
+    /// The model this session runs.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
     /// The KV cache (for memory accounting).
     pub fn kv(&self) -> &KvCache {
         &self.kv
