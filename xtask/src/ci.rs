@@ -16,8 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::workspace_root;
 
-/// Allowed growth of the instruction count before the gate fails.
+/// Allowed growth of the instruction count before the gate fails (release build: codegen is
+/// deterministic).
 const INSTR_TOLERANCE: f64 = 0.03;
+/// The same for the quick mode's dev build, whose incremental codegen partitions code differently
+/// in a fresh clone than in a long-lived tree (measured: 3.2% apart for the same source).
+const INSTR_TOLERANCE_QUICK: f64 = 0.10;
 /// Allowed relative change of engine counters (they are deterministic; this absorbs
 /// float-summation-order effects on ReLU zeros).
 const COUNTER_TOLERANCE: f64 = 0.005;
@@ -146,17 +150,17 @@ fn tempdir() -> Result<PathBuf> {
 }
 
 /// Compares; returns (markdown rows, failures).
-pub fn compare(base: &Gate, now: &Gate) -> (Vec<String>, Vec<String>) {
+pub fn compare(base: &Gate, now: &Gate, instr_tol: f64) -> (Vec<String>, Vec<String>) {
     let mut rows = Vec::new();
     let mut fails = Vec::new();
     let rel = |a: f64, b: f64| if a == 0.0 { 0.0 } else { (b - a) / a };
     match (base.instructions, now.instructions) {
         (Some(a), Some(b)) => {
             let d = rel(a as f64, b as f64);
-            let ok = d <= INSTR_TOLERANCE;
+            let ok = d <= instr_tol;
             rows.push(format!("| instructions (callgrind) | {a} | {b} | {:+.2}% | {} |", 100.0 * d, if ok { "ok" } else { "REGRESSION" }));
             if !ok {
-                fails.push(format!("instructions grew {:+.2}% (limit {:.0}%)", 100.0 * d, 100.0 * INSTR_TOLERANCE));
+                fails.push(format!("instructions grew {:+.2}% (limit {:.0}%)", 100.0 * d, 100.0 * instr_tol));
             }
         }
         (_, n) => rows.push(format!("| instructions (callgrind) | {:?} | {:?} | - | not gated (valgrind or baseline missing) |", base.instructions, n)),
@@ -217,7 +221,12 @@ pub fn main(a: Args) -> Result<()> {
                 base_path.display()
             )
         })?)?;
-    let (rows, fails) = compare(&base, &now);
+    let tol = if a.quick {
+        INSTR_TOLERANCE_QUICK
+    } else {
+        INSTR_TOLERANCE
+    };
+    let (rows, fails) = compare(&base, &now, tol);
     println!(
         "### cargo xtask ci ({})\n",
         if a.quick {
@@ -256,26 +265,29 @@ mod tests {
             tg_tps: 60.0,
             ..base.clone()
         };
-        assert!(compare(&base, &same).1.is_empty(), "wall time is not gated");
+        assert!(
+            compare(&base, &same, INSTR_TOLERANCE).1.is_empty(),
+            "wall time is not gated"
+        );
         let slower = Gate {
             instructions: Some(1_050_000),
             ..base.clone()
         };
-        assert_eq!(compare(&base, &slower).1.len(), 1);
+        assert_eq!(compare(&base, &slower, INSTR_TOLERANCE).1.len(), 1);
         let fatter = Gate {
             weight_bytes_per_token: 1100.0,
             ..base.clone()
         };
-        assert_eq!(compare(&base, &fatter).1.len(), 1);
+        assert_eq!(compare(&base, &fatter, INSTR_TOLERANCE).1.len(), 1);
         let denser = Gate {
             sparsity: 0.4,
             ..base.clone()
         };
-        assert_eq!(compare(&base, &denser).1.len(), 1);
+        assert_eq!(compare(&base, &denser, INSTR_TOLERANCE).1.len(), 1);
         let no_valgrind = Gate {
             instructions: None,
             ..base.clone()
         };
-        assert!(compare(&base, &no_valgrind).1.is_empty());
+        assert!(compare(&base, &no_valgrind, INSTR_TOLERANCE).1.is_empty());
     }
 }
