@@ -204,6 +204,15 @@ fn run_scenario(
     Ok(recs)
 }
 
+/// Prints above the progress bar, or plainly when the bar is hidden (stderr not a terminal).
+fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        println!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
+
 fn join(v: &[usize], empty: &str) -> String {
     if v.is_empty() {
         return empty.to_string();
@@ -333,7 +342,7 @@ pub fn main(a: Args) -> Result<()> {
             Ok(recs) => {
                 for r in &recs {
                     record::append(&results, r)?;
-                    pb.println(format!(
+                    say(&pb, format!(
                         "  {:<44} {:>6} {:>9.2} t/s (median){}",
                         s.describe(),
                         r.test,
@@ -349,7 +358,7 @@ pub fn main(a: Args) -> Result<()> {
                 }
             }
             Err(e) => {
-                pb.println(format!("  FAILED {}: {e:#}", s.describe()));
+                say(&pb, format!("  FAILED {}: {e:#}", s.describe()));
                 failures.push(format!("{}: {e:#}", s.describe()));
             }
         }
