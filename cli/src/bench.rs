@@ -89,6 +89,8 @@ pub fn main(a: Args) -> Result<()> {
     let wb = model
         .weights
         .bytes(model.config.tied_embeddings, model.config.n_experts_used);
+    // Peak RSS of the model run, before the bandwidth probe allocates its buffer.
+    let peak = peak_rss_bytes();
     let bw = if a.bandwidth_mib > 0 {
         Some(bench_suite::membw::read_bandwidth(
             a.bandwidth_mib << 20,
@@ -110,7 +112,6 @@ pub fn main(a: Args) -> Result<()> {
         .quant
         .clone()
         .unwrap_or_else(|| model.weights.quant_label());
-    let peak = peak_rss_bytes();
     let off = model.offload();
     let storage = off.map_or_else(
         || "in-memory".to_string(),
