@@ -342,19 +342,22 @@ pub fn main(a: Args) -> Result<()> {
             Ok(recs) => {
                 for r in &recs {
                     record::append(&results, r)?;
-                    say(&pb, format!(
-                        "  {:<44} {:>6} {:>9.2} t/s (median){}",
-                        s.describe(),
-                        r.test,
-                        r.median_tps,
-                        r.peak_mem_bytes
-                            .map(|p| format!(
-                                ", peak {:.2} GiB ({})",
-                                p as f64 / (1u64 << 30) as f64,
-                                r.mem_source.clone().unwrap_or_default()
-                            ))
-                            .unwrap_or_default()
-                    ));
+                    say(
+                        &pb,
+                        format!(
+                            "  {:<44} {:>6} {:>9.2} t/s (median){}",
+                            s.describe(),
+                            r.test,
+                            r.median_tps,
+                            r.peak_mem_bytes
+                                .map(|p| format!(
+                                    ", peak {:.2} GiB ({})",
+                                    p as f64 / (1u64 << 30) as f64,
+                                    r.mem_source.clone().unwrap_or_default()
+                                ))
+                                .unwrap_or_default()
+                        ),
+                    );
                 }
             }
             Err(e) => {
