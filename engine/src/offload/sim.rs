@@ -61,6 +61,12 @@ impl HitCount {
 /// Belady's optimal replacement (evict the resident key used furthest in the future) for a
 /// cache of `n_slots` keys, every missed key being inserted. `O(n log n_slots)`.
 pub fn belady(trace: &[ExpertKey], n_slots: usize) -> HitCount {
+    belady_counting_from(trace, n_slots, 0)
+}
+
+/// [`belady`] over the whole trace, counting only the accesses from index `from` on (the cache
+/// is warmed by the earlier ones, as it would be in a run).
+pub fn belady_counting_from(trace: &[ExpertKey], n_slots: usize, from: usize) -> HitCount {
     const NEVER: usize = usize::MAX;
     let mut next = vec![NEVER; trace.len()];
     let mut last_seen: HashMap<ExpertKey, usize> = HashMap::new();
@@ -75,11 +81,12 @@ pub fn belady(trace: &[ExpertKey], n_slots: usize) -> HitCount {
     let mut at: HashMap<ExpertKey, usize> = HashMap::new();
     let mut h = HitCount::default();
     for (i, &k) in trace.iter().enumerate() {
+        let count = u64::from(i >= from);
         if let Some(&nu) = at.get(&k) {
-            h.hits += 1;
+            h.hits += count;
             resident.remove(&(nu, k));
         } else {
-            h.misses += 1;
+            h.misses += count;
             if resident.len() >= n_slots.max(1)
                 && let Some(&(nu, victim)) = resident.iter().next_back()
             {
