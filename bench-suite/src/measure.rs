@@ -50,8 +50,8 @@ pub struct TestResult {
     pub tokens: usize,
     /// Offload counters accumulated over the test's repetitions (offloaded models only).
     pub offload: Option<OffloadSnapshot>,
-    /// Belady's optimal hit rate for the test's demand accesses at the cache's capacity
-    /// (offloaded models loaded with `record_trace`).
+    /// Belady's optimal hit rate for the test's demand accesses at the cache's capacity, the
+    /// run's earlier accesses warming the cache (offloaded models loaded with `record_trace`).
     pub belady_hit_rate: Option<f64>,
 }
 
@@ -85,22 +85,38 @@ pub struct OffloadPerToken {
     pub overlap: Option<f64>,
 }
 
-/// Belady's hit rate for the demand accesses recorded since the last call (`None` without a
-/// recorded trace).
-fn belady_since_last(model: &Model) -> Option<f64> {
-    let o = model.offload()?;
-    let trace = o.take_trace();
-    if trace.is_empty() {
-        return None;
+/// The demand accesses recorded so far in a run, for Belady comparisons.
+#[derive(Default)]
+struct TraceLog {
+    keys: Vec<engine::offload::ExpertKey>,
+}
+
+impl TraceLog {
+    /// Appends what the model recorded since the last call; returns the new length.
+    fn sync(&mut self, model: &Model) -> usize {
+        if let Some(o) = model.offload() {
+            self.keys.extend(o.take_trace());
+        }
+        self.keys.len()
     }
-    let slots = usize::try_from(o.plan().cache_slots).unwrap_or(usize::MAX);
-    let h = engine::offload::sim::belady_for(
-        &trace,
-        model.config.n_layers as u32,
-        slots,
-        o.options().scope,
-    );
-    Some(h.hit_rate())
+
+    /// Belady's hit rate for the accesses from `from` on, the earlier ones warming the cache
+    /// (`None` without offloading or a recorded trace).
+    fn belady_from(&self, model: &Model, from: usize) -> Option<f64> {
+        let o = model.offload()?;
+        if self.keys.len() <= from {
+            return None;
+        }
+        let slots = usize::try_from(o.plan().cache_slots).unwrap_or(usize::MAX);
+        let h = engine::offload::sim::belady_for_from(
+            &self.keys,
+            model.config.n_layers as u32,
+            slots,
+            o.options().scope,
+            from,
+        );
+        Some(h.hit_rate())
+    }
 }
 
 /// `n` token ids below `vocab` from `seed`.
@@ -158,6 +174,7 @@ pub fn run(
     mut progress: impl FnMut(&str, usize),
 ) -> Result<Vec<TestResult>> {
     let vocab = model.config.vocab_size;
+    let mut log = TraceLog::default();
     // Warm-up: page the weights in, spin the thread pool up.
     time_pp(model, &workload(vocab, 8, cfg.seed ^ 0xfeed))?;
     time_tg(model, &workload(vocab, 2, cfg.seed ^ 0xbeef))?;
@@ -177,7 +194,7 @@ pub fn run(
         let mut samples = Vec::new();
         let mut sp = Vec::new();
         let before = model.offload_snapshot();
-        let _ = belady_since_last(model);
+        let from = log.sync(model);
         for rep in 0..cfg.reps.max(1) {
             let toks = workload(vocab, n, cfg.seed.wrapping_add(rep as u64));
             let (tps, s) = if is_pp {
@@ -202,7 +219,10 @@ pub fn run(
             samples_tps: samples,
             sparsity,
             offload,
-            belady_hit_rate: belady_since_last(model),
+            belady_hit_rate: {
+                log.sync(model);
+                log.belady_from(model, from)
+            },
         });
     }
     Ok(out)

@@ -92,11 +92,12 @@ pub fn repack(kind: PlaneKind, h: usize, f: usize, src: &[u8], dst: &mut [u8]) -
     }
     match kind {
         PlaneKind::Q4 => {
-            // Tile: 32 rows (output group g) × one block of 32 neurons. Plane byte `g·16 + k` of
+            // Tile: one block of 32 neurons × 32 rows (output group g). Plane byte `g·16 + k` of
             // neuron j holds row g·32+k (low nibble) and row g·32+k+16 (high nibble). Rows k and
             // k+16 combine byte-wise (u128 lanes of 16 nibble bytes) into `lo` (neurons 0..16
             // of the block) and `hi` (neurons 16..32); a 16×16 byte transpose then gives each
-            // neuron's 16 contiguous plane bytes.
+            // neuron's 16 contiguous plane bytes. Blocks outermost, so the 32 planes being
+            // written stay in cache while the rows stream by.
             const LOW: u128 = 0x0F0F_0F0F_0F0F_0F0F_0F0F_0F0F_0F0F_0F0F;
             let qs = |row: usize, b: usize| -> u128 {
                 let at = row * rb + b * bb + 2;
@@ -104,43 +105,82 @@ pub fn repack(kind: PlaneKind, h: usize, f: usize, src: &[u8], dst: &mut [u8]) -
                 q.copy_from_slice(&src[at..at + 16]);
                 u128::from_le_bytes(q)
             };
-            let mut lo = [[0u8; 16]; 16];
-            let mut hi = [[0u8; 16]; 16];
-            for g in 0..h / QK {
-                for b in 0..nb {
+            let mut lo = [0u128; 16];
+            let mut hi = [0u128; 16];
+            for b in 0..nb {
+                let block_planes = &mut planes[b * QK * pb..(b + 1) * QK * pb];
+                for g in 0..h / QK {
                     for k in 0..16 {
                         let x = qs(g * QK + k, b);
                         let y = qs(g * QK + k + 16, b);
-                        lo[k] = ((x & LOW) | ((y & LOW) << 4)).to_le_bytes();
-                        hi[k] = (((x >> 4) & LOW) | (y & !LOW)).to_le_bytes();
+                        lo[k] = (x & LOW) | ((y & LOW) << 4);
+                        hi[k] = ((x >> 4) & LOW) | (y & !LOW);
                     }
+                    let (t_lo, t_hi) = (transpose16(&lo), transpose16(&hi));
                     for i in 0..16 {
-                        let mut col_lo = [0u8; 16];
-                        let mut col_hi = [0u8; 16];
-                        for k in 0..16 {
-                            col_lo[k] = lo[k][i];
-                            col_hi[k] = hi[k][i];
-                        }
-                        let at = (b * QK + i) * pb + g * 16;
-                        planes[at..at + 16].copy_from_slice(&col_lo);
-                        let at = (b * QK + i + 16) * pb + g * 16;
-                        planes[at..at + 16].copy_from_slice(&col_hi);
+                        let at = i * pb + g * 16;
+                        block_planes[at..at + 16].copy_from_slice(&t_lo[i].to_le_bytes());
+                        let at = (i + 16) * pb + g * 16;
+                        block_planes[at..at + 16].copy_from_slice(&t_hi[i].to_le_bytes());
                     }
                 }
             }
         }
         PlaneKind::Q8 => {
-            for row in 0..h {
-                for b in 0..nb {
-                    let qs = &src[row * rb + b * bb + 2..row * rb + (b + 1) * bb];
-                    for (i, &q) in qs.iter().enumerate() {
-                        planes[(b * QK + i) * pb + row] = q;
+            // Tile: one block of 32 neurons × 16 rows: two 16×16 byte transposes give 16
+            // contiguous plane bytes for each of the 32 neurons.
+            let mut a = [0u128; 16];
+            let mut c = [0u128; 16];
+            for b in 0..nb {
+                let block_planes = &mut planes[b * QK * pb..(b + 1) * QK * pb];
+                for r0 in (0..h).step_by(16) {
+                    for k in 0..16 {
+                        let at = (r0 + k) * rb + b * bb + 2;
+                        let mut q = [0u8; 16];
+                        q.copy_from_slice(&src[at..at + 16]);
+                        a[k] = u128::from_le_bytes(q);
+                        q.copy_from_slice(&src[at + 16..at + 32]);
+                        c[k] = u128::from_le_bytes(q);
+                    }
+                    let (ta, tc) = (transpose16(&a), transpose16(&c));
+                    for i in 0..16 {
+                        let at = i * pb + r0;
+                        block_planes[at..at + 16].copy_from_slice(&ta[i].to_le_bytes());
+                        let at = (i + 16) * pb + r0;
+                        block_planes[at..at + 16].copy_from_slice(&tc[i].to_le_bytes());
                     }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Transposes a 16×16 byte matrix held as 16 little-endian `u128` rows (byte `j` of row `i` is
+/// element `(i, j)`): byte `i` of output row `j` is byte `j` of input row `i`. Four rounds of
+/// swapping off-diagonal blocks (8×8, 4×4, 2×2, 1×1 bytes) with shifts and masks.
+fn transpose16(m: &[u128; 16]) -> [u128; 16] {
+    let mut r = *m;
+    // Round with block size `s` bytes: for rows i (with bit s clear) and i + s, swap the
+    // high-s-byte halves of each 2s-byte group of row i with the low halves of row i + s.
+    for (s, mask) in [
+        (8usize, 0x0000_0000_0000_0000_FFFF_FFFF_FFFF_FFFFu128),
+        (4, 0x0000_0000_FFFF_FFFF_0000_0000_FFFF_FFFF),
+        (2, 0x0000_FFFF_0000_FFFF_0000_FFFF_0000_FFFF),
+        (1, 0x00FF_00FF_00FF_00FF_00FF_00FF_00FF_00FF),
+    ] {
+        let shift = 8 * s as u32;
+        for i in 0..16 {
+            if i & s != 0 {
+                continue;
+            }
+            let (a, b) = (r[i], r[i + s]);
+            // Low-half bytes of each group stay in a; a's high halves go to b's low halves.
+            r[i] = (a & mask) | ((b & mask) << shift);
+            r[i + s] = ((a >> shift) & mask) | (b & !mask);
+        }
+    }
+    r
 }
 
 /// An expert's down projection, neuron-major, in an owned buffer.
@@ -517,6 +557,27 @@ mod tests {
         assert!(PlanesView::new(kind, 64, 64, &[0u8; 10]).is_err());
         assert_eq!(PlaneKind::for_down(GgmlType::Q4_0, 48, 64), None);
         assert_eq!(PlaneKind::for_down(GgmlType::F32, 64, 64), None);
+    }
+
+    /// Timing of the in-slot repack at the 4B expert shape (run with `--ignored --nocapture`
+    /// in release).
+    #[test]
+    #[ignore]
+    fn repack_speed() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            let m = matrix(ty, 1536, 768, 5);
+            let kind = PlaneKind::for_down(ty, 1536, 768).unwrap();
+            let mut dst = vec![0u8; m.bytes().len()];
+            let n = 200;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                repack(kind, 1536, 768, m.bytes(), &mut dst).unwrap();
+            }
+            eprintln!(
+                "{ty:?}: {:.3} ms per repack",
+                t.elapsed().as_secs_f64() * 1e3 / n as f64
+            );
+        }
     }
 
     #[test]
