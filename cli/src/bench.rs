@@ -75,6 +75,9 @@ pub fn main(a: Args) -> Result<()> {
         o.record_trace = true;
         o
     });
+    // Before the model is loaded: detection runs child processes (git), which should not add to
+    // the memory measured under a budget.
+    let machine = Machine::detect();
     let model = a.model.load_with(offload)?;
     let cfg = BenchConfig {
         n_prompt: a.n_prompt.clone(),
@@ -100,7 +103,6 @@ pub fn main(a: Args) -> Result<()> {
     } else {
         None
     };
-    let machine = Machine::detect();
     let label = a.label.clone().unwrap_or_else(|| {
         a.model
             .model

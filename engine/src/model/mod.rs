@@ -127,8 +127,16 @@ impl Model {
             let (config, weights) = load_hf::load_hf_dir(path)?;
             Model::from_parts(config, weights, opts)
         } else {
-            let (config, weights, gguf) = load_gguf::load_gguf(path)?;
-            Model::build(config, weights, Some(gguf), opts)
+            let g = crate::formats::gguf::GgufFile::open(path)?;
+            if opts.offload.is_some() {
+                // Before any tensor is touched: no read-around on page faults, so reading the
+                // small norm vectors does not pull megabytes of neighbouring experts into the
+                // page cache (with the device's readahead window, hundreds of MiB in all).
+                g.blob().advise_random();
+            }
+            let config = load_gguf::config_from_gguf(&g)?;
+            let weights = load_gguf::weights_from_gguf(&g, &config)?;
+            Model::build(config, weights, Some(g), opts)
         }
     }
 

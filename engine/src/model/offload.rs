@@ -35,15 +35,17 @@ use crate::formats::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvCacheConfig, KvType};
 use crate::moe::sparse_down::{self, PlaneKind};
 use crate::offload::{
-    CacheConfig, CacheScope, Capacity, ExpertFile, ExpertKey, ExpertLayout, FileRange, HotSet,
-    IoConfig, IoMode, MemoryBudget, OffloadStats, OpenMode, Part, Plan, PlanInput, PolicyKind,
-    PrefetchConfig, Prefetcher, SlotLayout, SlotTransform, StorageProfile,
+    ALIGN, AlignedBuf, CacheConfig, CacheScope, Capacity, ExpertFile, ExpertKey, ExpertLayout,
+    FileRange, HotSet, IoConfig, IoMode, MemoryBudget, OffloadStats, OpenMode, Part, Plan,
+    PlanInput, PolicyKind, PrefetchConfig, Prefetcher, SlotLayout, SlotTransform, StorageProfile,
 };
 
-/// Process overhead the plan sets aside beyond what it counts explicitly: code, thread stacks,
-/// allocator slack, the tokenizer. Measured: the 4B model's process holds about 30 MiB of
-/// these with everything else accounted for.
-const RESERVE_BASE_BYTES: u64 = 48 << 20;
+/// Process overhead the plan sets aside beyond what it counts explicitly: the executable's and
+/// libraries' pages (page cache, charged to the process's cgroup: about 42 MiB for a release
+/// `thinker` with debug line tables under an 8 MiB readahead window), thread stacks, allocator
+/// slack, the tokenizer. Measured on the 4B model: about 20 MiB of anonymous memory beyond the
+/// plan's other items, plus the executable's pages.
+const RESERVE_BASE_BYTES: u64 = 64 << 20;
 
 /// Parsed GGUF metadata (tokenizer vocabulary and merges as strings) costs about this many times
 /// the header's bytes on the heap, on top of the header pages themselves.
@@ -410,7 +412,7 @@ impl Offload {
             let e = &weights.layers[0].experts[0];
             repack_transform(planes.clone(), e.down.rows, e.down.cols)
         });
-        take_resident(weights, &layout, &file);
+        take_resident(weights, &file)?;
         let file = Arc::new(file);
         let cfg = PrefetchConfig {
             io: IoConfig {
@@ -543,64 +545,58 @@ impl fmt::Display for Offload {
     }
 }
 
-/// Copies the non-expert matrices out of the memory map into owned memory (tied embeddings stay
-/// shared), dropping each one's pages from the map and the page cache as it goes; then tells
-/// the kernel not to read around faults and drops any expert bytes cached from the file.
+/// Bytes read per positioned read when loading the resident weights.
+const LOAD_CHUNK: usize = 8 << 20;
+
+/// Reads the non-expert matrices from the file into owned memory (tied embeddings stay shared)
+/// with positioned reads (`O_DIRECT` where possible, so they do not pass through the page cache),
+/// replacing their views of the memory map; then drops whatever the map or the page cache holds
+/// of the file (the parsed header included).
 ///
 /// After this the map is never touched again: a model file truncated or removed mid-run can
 /// only fail the experts' positioned reads (a clear error), never fault the process (`SIGBUS`).
-fn take_resident(weights: &mut Weights, layout: &ExpertLayout, file: &ExpertFile) {
+fn take_resident(weights: &mut Weights, file: &ExpertFile) -> Result<()> {
     let blob = weights.embed.data.location().0.clone();
     if blob.path().is_none() {
-        return;
+        return Ok(());
     }
-    blob.advise_random();
-    let own = |m: &mut Matrix| {
+    let mut staging = AlignedBuf::new(LOAD_CHUNK + 2 * ALIGN)?;
+    let mut own = |m: &mut Matrix| -> Result<()> {
         let (b, start) = m.data.location();
         if b.path().is_none() {
-            return;
+            return Ok(());
         }
-        let len = m.data.len();
-        b.will_need(start, len);
-        let copy = TensorBytes::owned(m.data.as_slice().to_vec());
-        b.release_pages(start, len);
-        file.drop_cached(FileRange {
-            offset: start as u64,
-            len: len as u64,
-        });
-        m.data = copy;
+        let mut v = Vec::with_capacity(m.data.len());
+        let end = (start + m.data.len()) as u64;
+        let mut at = start as u64;
+        while at < end {
+            let len = (end - at).min(LOAD_CHUNK as u64);
+            v.extend_from_slice(file.read(FileRange { offset: at, len }, &mut staging)?);
+            at += len;
+        }
+        m.data = TensorBytes::owned(v);
+        Ok(())
     };
     let tied = {
         let (a, sa) = weights.embed.data.location();
         let (b, sb) = weights.lm_head.data.location();
         sa == sb && a.path() == b.path() && weights.embed.data.len() == weights.lm_head.data.len()
     };
-    own(&mut weights.embed);
+    own(&mut weights.embed)?;
     if tied {
         weights.lm_head.data = weights.embed.data.clone();
     } else {
-        own(&mut weights.lm_head);
+        own(&mut weights.lm_head)?;
     }
     for l in &mut weights.layers {
         for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.router] {
-            own(m);
+            own(m)?;
         }
     }
-    for i in 0..layout.n_keys() {
-        if let Ok(r) = layout.ranges(layout.key_at(i)) {
-            for fr in r {
-                if let (Ok(start), Ok(len)) = (usize::try_from(fr.offset), usize::try_from(fr.len))
-                {
-                    blob.release_pages(start, len);
-                }
-                file.drop_cached(fr);
-            }
-        }
-    }
-    // The header (metadata, already parsed) and any remaining bytes.
     blob.release_pages(0, blob.len());
     file.drop_cached(FileRange {
         offset: 0,
         len: blob.len() as u64,
     });
+    Ok(())
 }
