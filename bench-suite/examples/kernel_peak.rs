@@ -8,7 +8,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use bytemuck::Zeroable;
 use engine::kernels::Kernels;
+use engine::kernels::packed::{self, BlockQ4_0x8};
 use engine::quant::{self, BlockQ4_0, BlockQ8_0, GgmlType};
 
 const H: usize = 1536;
@@ -54,6 +56,13 @@ fn main() {
     let gate4 = matrix(GgmlType::Q4_0, F, H);
     let gate8 = matrix(GgmlType::Q8_0, F, H);
     let big = matrix(GgmlType::Q4_0, 40_000, H);
+    let x8 = |m: &[u8]| {
+        let rows: &[BlockQ4_0] = bytemuck::cast_slice(m);
+        let mut p = vec![BlockQ4_0x8::zeroed(); rows.len() / 8];
+        packed::repack_q4_0x8(rows, H / 32, &mut p).expect("repack");
+        p
+    };
+    let (px8, bx8) = (x8(&gate4), x8(&big));
     let report = |what: &str, bytes: usize, t: f64| {
         println!(
             "{what:40} {:9.1} µs {:7.2} GB/s",
@@ -90,9 +99,31 @@ fn main() {
         let w8: &[BlockQ8_0] = bytemuck::cast_slice(&gate8);
         let t = best(|| (k.gemv_q8_0_q8_0)(black_box(w8), &a, &mut out));
         report(&format!("{lvl} gemv_q8_0 768x1536"), gate8.len(), t);
+        let t = best(|| (k.gemv2_q4_0_q8_0)(black_box(w), &a, &a, &mut out));
+        report(&format!("{lvl} gemv2_q4_0 768x1536"), gate4.len(), t);
+        let t = best(|| (k.gemv2_q8_0_q8_0)(black_box(w8), &a, &a, &mut out));
+        report(&format!("{lvl} gemv2_q8_0 768x1536"), gate8.len(), t);
         let wb: &[BlockQ4_0] = bytemuck::cast_slice(&big);
         let mut outb = vec![0f32; 40_000];
         let t = best(|| (k.gemv_q4_0_q8_0)(black_box(wb), &a, &mut outb));
         report(&format!("{lvl} gemv_q4_0 40000x1536 (DRAM)"), big.len(), t);
+        let t = best(|| (k.gemv2_q4_0_q8_0)(black_box(wb), &a, &a, &mut outb));
+        report(&format!("{lvl} gemv2_q4_0 40000x1536 (DRAM)"), big.len(), t);
+        let t = best(|| (k.gemv_q4_0x8_q8_0)(black_box(&px8), &a, &mut out));
+        report(&format!("{lvl} gemv_q4_0x8 768x1536"), gate4.len(), t);
+        let t = best(|| (k.gemv2_q4_0x8_q8_0)(black_box(&px8), &a, &a, &mut out));
+        report(&format!("{lvl} gemv2_q4_0x8 768x1536"), gate4.len(), t);
+        let t = best(|| (k.gemv_q4_0x8_q8_0)(black_box(&bx8), &a, &mut outb));
+        report(
+            &format!("{lvl} gemv_q4_0x8 40000x1536 (DRAM)"),
+            big.len(),
+            t,
+        );
+        let t = best(|| (k.gemv2_q4_0x8_q8_0)(black_box(&bx8), &a, &a, &mut outb));
+        report(
+            &format!("{lvl} gemv2_q4_0x8 40000x1536 (DRAM)"),
+            big.len(),
+            t,
+        );
     }
 }

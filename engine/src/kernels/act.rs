@@ -2,6 +2,7 @@
 //! it with weight rows of any supported type ([`dot_row`], [`dot_rows`]).
 
 use super::Kernels;
+use super::packed::{BlockQ4_0x8, X8_ROWS};
 use crate::error::{Error, Result};
 use crate::quant::blocks::as_blocks;
 use crate::quant::{BlockQ4_0, BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType, QK, QK_K};
@@ -303,6 +304,126 @@ pub fn dot_rows(
                 *o = dot_row_unchecked(k, ty, r, act);
             }
         }
+    }
+    Ok(())
+}
+
+/// `out[r] = row_r · hi + row_r · lo` for an activation quantised in two levels (`hi` and the
+/// quantised residual `lo`, both in [`act_format_for`]`(ty)`). Q4_0 and Q8_0 rows go through
+/// the fused kernels (one pass over the weights); other types take two passes per small group
+/// of rows, so the second pass hits the cache.
+///
+/// # Errors
+/// As [`dot_rows`]; both activations must have the same length and format.
+pub fn dot_rows2(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    hi: &QuantAct,
+    lo: &QuantAct,
+    out: &mut [f32],
+) -> Result<()> {
+    /// Rows per group of the two-pass fallback.
+    const SUB_ROWS: usize = 32;
+    if hi.len() != lo.len() || hi.fmt != lo.fmt {
+        return Err(Error::InvalidInput(format!(
+            "two-level activation with levels of {} {:?} and {} {:?} values",
+            hi.len(),
+            hi.fmt,
+            lo.len(),
+            lo.fmt
+        )));
+    }
+    let k = Kernels::active();
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q8_0 => {
+            // Validates lengths and formats (zero rows: nothing to compute).
+            dot_rows(ty, &[], row_bytes, hi, &mut [])?;
+            if Some(rows.len()) != out.len().checked_mul(row_bytes) {
+                return Err(bad_len(
+                    ty,
+                    format!(
+                        "{} bytes for {} rows of {row_bytes} bytes",
+                        rows.len(),
+                        out.len()
+                    ),
+                ));
+            }
+            if ty == GgmlType::Q4_0 {
+                (k.gemv2_q4_0_q8_0)(
+                    as_blocks(rows).expect("length checked"),
+                    &hi.q8_0,
+                    &lo.q8_0,
+                    out,
+                );
+            } else {
+                (k.gemv2_q8_0_q8_0)(
+                    as_blocks(rows).expect("length checked"),
+                    &hi.q8_0,
+                    &lo.q8_0,
+                    out,
+                );
+            }
+            Ok(())
+        }
+        _ => {
+            if Some(rows.len()) != out.len().checked_mul(row_bytes) {
+                return dot_rows(ty, rows, row_bytes, hi, out);
+            }
+            let mut l = [0f32; SUB_ROWS];
+            for (i, o) in out.chunks_mut(SUB_ROWS).enumerate() {
+                let r0 = i * SUB_ROWS;
+                let w = &rows[r0 * row_bytes..(r0 + o.len()) * row_bytes];
+                dot_rows(ty, w, row_bytes, hi, o)?;
+                let l = &mut l[..o.len()];
+                dot_rows(ty, w, row_bytes, lo, l)?;
+                for (a, b) in o.iter_mut().zip(l.iter()) {
+                    *a += *b;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `out[r] = row_r · hi (+ row_r · lo)` over an x8-packed Q4_0 matrix ([`super::packed`]):
+/// `out.len()` rows (a multiple of 8) of `hi.len()` elements, with a one- or two-level Q8_0
+/// activation.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for activations not in Q8_0 or of different lengths,
+/// [`Error::BadLength`] when the sizes do not match.
+pub fn dot_rows_x8(
+    w: &[BlockQ4_0x8],
+    hi: &QuantAct,
+    lo: Option<&QuantAct>,
+    out: &mut [f32],
+) -> Result<()> {
+    hi.need(GgmlType::Q4_0)?;
+    if let Some(lo) = lo
+        && (lo.fmt != hi.fmt || lo.len() != hi.len())
+    {
+        return Err(Error::InvalidInput(format!(
+            "two-level activation with levels of {} and {} values",
+            hi.len(),
+            lo.len()
+        )));
+    }
+    let nb = hi.q8_0.len();
+    if !out.len().is_multiple_of(X8_ROWS) || Some(w.len() * X8_ROWS) != out.len().checked_mul(nb) {
+        return Err(bad_len(
+            GgmlType::Q4_0,
+            format!(
+                "{} x8 blocks for {} rows of {nb} blocks",
+                w.len(),
+                out.len()
+            ),
+        ));
+    }
+    let k = Kernels::active();
+    match lo {
+        Some(lo) => (k.gemv2_q4_0x8_q8_0)(w, &hi.q8_0, &lo.q8_0, out),
+        None => (k.gemv_q4_0x8_q8_0)(w, &hi.q8_0, out),
     }
     Ok(())
 }

@@ -3,8 +3,7 @@
 //!
 //! - [`features`] reports the CPU's SIMD features (detected once).
 //! - [`simd_level`] is the level in use: the best the CPU supports, capped by the environment
-//!   variable `THINKER_SIMD=scalar|avx2|avx512` (a cap, never a raise; `avx512` means "no cap"
-//!   since there are no AVX-512 kernels yet).
+//!   variable `THINKER_SIMD=scalar|avx2|avx512` (a cap, never a raise).
 //! - [`Kernels`] is a table of safe function pointers for one level; [`Kernels::active`] is
 //!   the one in use and [`Kernels::available`] lists every level this CPU can run (tests compare
 //!   them). The free functions below (`vec_dot_q4_0_q8_0`, ...) check lengths and call the
@@ -19,6 +18,7 @@
 //! quantisers on every level.
 
 mod act;
+pub mod packed;
 pub mod scalar;
 pub mod wf32;
 #[cfg(target_arch = "x86_64")]
@@ -27,7 +27,8 @@ mod x86;
 use std::sync::OnceLock;
 
 pub use act::{
-    ActFormat, QuantAct, act_format_for, dot_row, dot_rows, gemv_q4_0_q8_0, gemv_q8_0_q8_0,
+    ActFormat, QuantAct, act_format_for, dot_row, dot_rows, dot_rows_x8, dot_rows2, gemv_q4_0_q8_0,
+    gemv_q8_0_q8_0,
 };
 
 use crate::quant::{
@@ -98,6 +99,8 @@ pub enum SimdLevel {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
+    /// AVX-512 F/BW/VL with VNNI (plus everything AVX2 needs).
+    Avx512,
 }
 
 impl SimdLevel {
@@ -106,14 +109,20 @@ impl SimdLevel {
         match self {
             SimdLevel::Scalar => "scalar",
             SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
         }
     }
 
     /// The best level this CPU can run.
     pub fn detected() -> SimdLevel {
         #[cfg(target_arch = "x86_64")]
-        if x86::avx2_supported() {
-            return SimdLevel::Avx2;
+        {
+            if x86::avx512_supported() {
+                return SimdLevel::Avx512;
+            }
+            if x86::avx2_supported() {
+                return SimdLevel::Avx2;
+            }
         }
         SimdLevel::Scalar
     }
@@ -124,7 +133,8 @@ fn parse_cap(v: &str) -> Result<Option<SimdLevel>, ()> {
     match v.trim().to_ascii_lowercase().as_str() {
         "scalar" | "none" | "off" => Ok(Some(SimdLevel::Scalar)),
         "avx2" => Ok(Some(SimdLevel::Avx2)),
-        "avx512" | "" | "auto" => Ok(None),
+        "avx512" => Ok(Some(SimdLevel::Avx512)),
+        "" | "auto" => Ok(None),
         _ => Err(()),
     }
 }
@@ -149,6 +159,9 @@ pub fn simd_level() -> SimdLevel {
         level
     })
 }
+
+/// A matrix × two-level Q8_0 vector kernel: `(w, hi, lo, out)`.
+pub type Gemv2<W> = fn(&[W], &[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
 
 /// A table of kernels for one [`SimdLevel`]. Every entry is a safe function; the SIMD tables
 /// can only be obtained on a CPU that supports them.
@@ -190,6 +203,16 @@ pub struct Kernels {
     pub gemv_q4_0_q8_0: fn(&[BlockQ4_0], &[BlockQ8_0], &mut [f32]),
     /// As `gemv_q4_0_q8_0` for Q8_0 weights.
     pub gemv_q8_0_q8_0: fn(&[BlockQ8_0], &[BlockQ8_0], &mut [f32]),
+    /// `gemv2(w, hi, lo, out)`: `out[r] = row_r · hi + row_r · lo` (a two-level activation) in
+    /// one pass over the weights.
+    pub gemv2_q4_0_q8_0: Gemv2<BlockQ4_0>,
+    /// As `gemv2_q4_0_q8_0` for Q8_0 weights.
+    pub gemv2_q8_0_q8_0: Gemv2<BlockQ8_0>,
+    /// `gemv(w, a, out)` over an x8-packed Q4_0 matrix ([`packed`]): `out.len() / 8` groups
+    /// of `a.len()` blocks.
+    pub gemv_q4_0x8_q8_0: fn(&[packed::BlockQ4_0x8], &[BlockQ8_0], &mut [f32]),
+    /// As `gemv_q4_0x8_q8_0` with a two-level activation (`hi`, `lo`).
+    pub gemv2_q4_0x8_q8_0: Gemv2<packed::BlockQ4_0x8>,
     /// See [`dot_f32`].
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
     /// See [`dot_f16_f32`].
@@ -223,6 +246,10 @@ static SCALAR: Kernels = Kernels {
     vec_dot_q6_k_q8_k: scalar::vec_dot_q6_k_q8_k,
     gemv_q4_0_q8_0: scalar::gemv_q4_0_q8_0,
     gemv_q8_0_q8_0: scalar::gemv_q8_0_q8_0,
+    gemv2_q4_0_q8_0: scalar::gemv2_q4_0_q8_0,
+    gemv2_q8_0_q8_0: scalar::gemv2_q8_0_q8_0,
+    gemv_q4_0x8_q8_0: packed::gemv_q4_0x8_q8_0,
+    gemv2_q4_0x8_q8_0: packed::gemv2_q4_0x8_q8_0,
     dot_f32: scalar::dot_f32,
     dot_f16_f32: scalar::dot_f16_f32,
     dot_bf16_f32: scalar::dot_bf16_f32,
@@ -239,6 +266,8 @@ impl Kernels {
             SimdLevel::Scalar => Some(&SCALAR),
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx2 if x86::avx2_supported() => Some(&x86::AVX2),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 if x86::avx512_supported() => Some(&x86::AVX512),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -252,7 +281,7 @@ impl Kernels {
 
     /// Every table this CPU can run, scalar first (ignores `THINKER_SIMD`).
     pub fn available() -> Vec<&'static Kernels> {
-        [SimdLevel::Scalar, SimdLevel::Avx2]
+        [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512]
             .into_iter()
             .filter_map(Kernels::for_level)
             .collect()
@@ -427,7 +456,8 @@ mod tests {
     fn simd_cap_parsing() {
         assert_eq!(parse_cap("scalar"), Ok(Some(SimdLevel::Scalar)));
         assert_eq!(parse_cap(" AVX2 "), Ok(Some(SimdLevel::Avx2)));
-        assert_eq!(parse_cap("avx512"), Ok(None));
+        assert_eq!(parse_cap("avx512"), Ok(Some(SimdLevel::Avx512)));
+        assert_eq!(parse_cap("auto"), Ok(None));
         assert_eq!(parse_cap("sse9"), Err(()));
     }
 
@@ -440,8 +470,11 @@ mod tests {
         }
         assert_eq!(Kernels::available()[0].level, SimdLevel::Scalar);
         let f = features();
-        if SimdLevel::detected() == SimdLevel::Avx2 {
+        if SimdLevel::detected() >= SimdLevel::Avx2 {
             assert!(f.avx2 && f.fma && f.f16c);
+        }
+        if SimdLevel::detected() == SimdLevel::Avx512 {
+            assert!(f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni);
         }
     }
 }

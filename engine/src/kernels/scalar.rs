@@ -304,3 +304,28 @@ pub fn gemv_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0], out: &mut [f32]) {
         *o = vec_dot_q8_0_q8_0(row, a);
     }
 }
+
+/// Matrix × two-level vector: `out[r] = row_r · hi + row_r · lo` (the reference for the fused
+/// SIMD kernels).
+pub fn gemv2_q4_0_q8_0(w: &[BlockQ4_0], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
+    let nb = hi.len();
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(nb)) {
+        *o = vec_dot_q4_0_q8_0(row, hi) + vec_dot_q4_0_q8_0(row, lo);
+    }
+}
+
+/// As [`gemv2_q4_0_q8_0`] for Q8_0 weights.
+pub fn gemv2_q8_0_q8_0(w: &[BlockQ8_0], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
+    let nb = hi.len();
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(nb)) {
+        *o = vec_dot_q8_0_q8_0(row, hi) + vec_dot_q8_0_q8_0(row, lo);
+    }
+}

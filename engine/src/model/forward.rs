@@ -316,11 +316,8 @@ impl<'m> Session<'m> {
         {
             let _sp = debug_span!("compute.embed", n_tokens = n).entered();
             for (t, &id) in tokens.iter().enumerate() {
-                crate::quant::dequantize_row(
-                    w.embed.ty,
-                    w.embed.row(id as usize),
-                    &mut s.x[t * hd..(t + 1) * hd],
-                )?;
+                w.embed
+                    .dequantize_row(id as usize, &mut s.x[t * hd..(t + 1) * hd])?;
             }
         }
         if wants(&obs, Probe::Embeddings)
@@ -514,6 +511,7 @@ impl<'m> Session<'m> {
                                 layer: l as u32,
                                 shape,
                                 planes: off.planes(l),
+                                gate_x8: off.gate_x8(l),
                             })
                         }
                         None => ExpertSource::Resident {

@@ -8,7 +8,8 @@ use rayon::prelude::*;
 
 use super::weights::{MatRef, Matrix};
 use crate::error::Result;
-use crate::kernels::{ActFormat, QuantAct, act_format_for, dot_rows};
+use crate::kernels::packed::{BlockQ4_0x8, X8_ROWS};
+use crate::kernels::{ActFormat, QuantAct, act_format_for, dot_rows, dot_rows_x8, dot_rows2};
 use crate::quant::GgmlType;
 
 /// How products are computed.
@@ -107,16 +108,13 @@ pub fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(threads * 4).max(MIN_ROWS_PER_TASK)
 }
 
-/// Rows per sub-chunk of a two-level product: both passes over these rows hit the cache, so the
-/// weights are read from memory once.
-const SUB_ROWS: usize = 32;
-
 /// An activation prepared for the fast products with one weight type.
 ///
 /// Float weights (F32/F16/BF16) use the f32 activation directly. Quantised weights use integer
 /// dot kernels over an int8 activation; for the Q8_0 family the activation is quantised in two
 /// levels, `x ≈ d₁·q₁ + d₂·q₂` with `q₂` the quantised residual, and both dots are summed. That
-/// costs a second integer pass over weights already in cache, and brings the activation error
+/// costs a second integer dot per weight block (fused into the same pass over the weights for
+/// Q4_0 and Q8_0, see [`dot_rows2`]), and brings the activation error
 /// from ~2⁻⁸ of each block's range to ~2⁻¹⁶: routing decisions with small margins no longer
 /// flip, while decode remains bound by weight bytes, not arithmetic.
 #[derive(Clone, Debug, Default)]
@@ -145,6 +143,11 @@ impl FastAct {
         Ok(())
     }
 
+    /// `out[r] = row_r · x` over x8-packed Q4_0 rows (`out.len()`, a multiple of 8).
+    pub fn dot_rows_x8(&self, w: &[BlockQ4_0x8], out: &mut [f32]) -> Result<()> {
+        dot_rows_x8(w, &self.hi, self.two_level.then_some(&self.lo), out)
+    }
+
     /// `out[r] = row_r · x` for `rows` of type `ty` (`out.len()` rows of `row_bytes`).
     pub fn dot_rows(
         &self,
@@ -153,21 +156,11 @@ impl FastAct {
         row_bytes: usize,
         out: &mut [f32],
     ) -> Result<()> {
-        if !self.two_level {
-            return dot_rows(ty, rows, row_bytes, &self.hi, out);
+        if self.two_level {
+            dot_rows2(ty, rows, row_bytes, &self.hi, &self.lo, out)
+        } else {
+            dot_rows(ty, rows, row_bytes, &self.hi, out)
         }
-        let mut lo = [0f32; SUB_ROWS];
-        for (i, o) in out.chunks_mut(SUB_ROWS).enumerate() {
-            let r0 = i * SUB_ROWS;
-            let w = &rows[r0 * row_bytes..(r0 + o.len()) * row_bytes];
-            dot_rows(ty, w, row_bytes, &self.hi, o)?;
-            let l = &mut lo[..o.len()];
-            dot_rows(ty, w, row_bytes, &self.lo, l)?;
-            for (a, b) in o.iter_mut().zip(l.iter()) {
-                *a += *b;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -181,6 +174,9 @@ pub fn matmul_fast(
     let (rows, n) = (m.rows, acts.len());
     let rb = m.row_bytes();
     let bytes = m.bytes();
+    if m.packed.is_some() {
+        return matmul_x8(m, acts, out, tmp);
+    }
     let chunk = rows_per_task(rows);
     if n == 1 {
         return out
@@ -202,6 +198,44 @@ pub fn matmul_fast(
             let w = &bytes[r0 * rb..(r0 + nr) * rb];
             for (t, act) in acts.iter().enumerate() {
                 act.dot_rows(m.ty, w, rb, &mut dst[t * nr..(t + 1) * nr])?;
+            }
+            Ok(())
+        })?;
+    for (task, src) in tmp.chunks(chunk * n).enumerate() {
+        let r0 = task * chunk;
+        let nr = src.len() / n;
+        for t in 0..n {
+            out[t * rows + r0..t * rows + r0 + nr].copy_from_slice(&src[t * nr..(t + 1) * nr]);
+        }
+    }
+    Ok(())
+}
+
+/// [`matmul_fast`] over the x8-packed copy: tasks of whole row groups.
+fn matmul_x8(m: MatRef<'_>, acts: &[FastAct], out: &mut [f32], tmp: &mut Vec<f32>) -> Result<()> {
+    let (rows, n) = (m.rows, acts.len());
+    let chunk = rows_per_task(rows).next_multiple_of(X8_ROWS);
+    let rows_of = |r0: usize, nr: usize| {
+        m.packed_rows(r0, nr).ok_or_else(|| {
+            crate::error::Error::Model(format!("x8 rows {r0}+{nr} outside a {rows}-row matrix"))
+        })
+    };
+    if n == 1 {
+        return out
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .try_for_each(|(task, o)| acts[0].dot_rows_x8(rows_of(task * chunk, o.len())?, o));
+    }
+    tmp.clear();
+    tmp.resize(rows * n, 0.0);
+    tmp.par_chunks_mut(chunk * n)
+        .enumerate()
+        .try_for_each(|(task, dst)| -> Result<()> {
+            let r0 = task * chunk;
+            let nr = dst.len() / n;
+            let w = rows_of(r0, nr)?;
+            for (t, act) in acts.iter().enumerate() {
+                act.dot_rows_x8(w, &mut dst[t * nr..(t + 1) * nr])?;
             }
             Ok(())
         })?;

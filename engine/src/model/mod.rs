@@ -97,6 +97,7 @@ impl Model {
             None => {
                 if opts.mode == ComputeMode::Fast {
                     pool.install(|| repack_down(&mut weights))?;
+                    pool.install(|| pack_x8(&mut weights))?;
                 }
                 None
             }
@@ -153,6 +154,7 @@ impl Model {
         if mode == ComputeMode::Fast && self.mode != ComputeMode::Fast {
             let pool = self.pool.clone();
             pool.install(|| repack_down(&mut self.weights))?;
+            pool.install(|| pack_x8(&mut self.weights))?;
         }
         self.mode = mode;
         Ok(())
@@ -202,6 +204,23 @@ impl Model {
     pub fn offload_snapshot(&self) -> Option<OffloadSnapshot> {
         self.offload.as_ref().map(Offload::snapshot)
     }
+}
+
+/// Builds the x8-packed copies of the Q4_0 matrices read whole per token (attention
+/// projections, the LM head, expert gates) and releases their mapped originals' pages. Expert up
+/// matrices stay row-major: decode reads only the rows of neurons whose gate is positive.
+fn pack_x8(w: &mut Weights) -> Result<()> {
+    use rayon::prelude::*;
+    let _sp = tracing::debug_span!("load.pack_x8").entered();
+    w.lm_head.pack_x8()?;
+    w.layers.par_iter_mut().try_for_each(|l| -> Result<()> {
+        for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
+            m.pack_x8()?;
+        }
+        l.experts
+            .par_iter_mut()
+            .try_for_each(|e| e.gate.pack_x8().map(|_| ()))
+    })
 }
 
 /// Builds the neuron-major down planes of every Q4_0/Q8_0 expert (in parallel) and releases the

@@ -32,6 +32,7 @@ use super::linear::ComputeMode;
 use super::weights::{Matrix, TensorBytes, Weights};
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
+use crate::kernels::packed::{BlockQ4_0x8, X8_ROWS, repack_q4_0x8};
 use crate::kv_cache::{KvCache, KvCacheConfig, KvType};
 use crate::moe::sparse_down::{self, PlaneKind};
 use crate::offload::{
@@ -232,6 +233,7 @@ pub struct Offload {
     plan: Plan,
     opts: OffloadOptions,
     planes: Vec<Option<PlaneKind>>,
+    gate_x8: Vec<bool>,
     io_mode: IoMode,
     path: PathBuf,
     hot: usize,
@@ -294,6 +296,23 @@ fn planes_of(weights: &Weights, mode: ComputeMode) -> Vec<Option<PlaneKind>> {
         .collect()
 }
 
+/// Per layer: whether its experts' gates are x8-packed in their slots (fast mode, Q4_0 gates
+/// with rows in eights), as the in-memory model packs them.
+fn gates_x8_of(weights: &Weights, mode: ComputeMode) -> Vec<bool> {
+    weights
+        .layers
+        .iter()
+        .map(|l| {
+            l.experts.first().is_some_and(|e| {
+                mode == ComputeMode::Fast
+                    && e.gate.ty == crate::quant::GgmlType::Q4_0
+                    && e.gate.rows > 0
+                    && e.gate.rows.is_multiple_of(X8_ROWS)
+            })
+        })
+        .collect()
+}
+
 /// KV cache bytes (f32) a session of `positions` positions and `max_batch` chunks holds at
 /// its fullest.
 pub fn plan_kv_bytes(config: &ModelConfig, positions: usize, max_batch: usize) -> Result<u64> {
@@ -337,15 +356,19 @@ fn plan_with_layout(
     let wb = weights.bytes(config.tied_embeddings, config.n_experts_used);
     let threads = opts.io_threads.max(1) as u64;
     let slot = layout.slot_bytes() as u64;
-    let repack_tmp = if planes_of(weights, mode).iter().any(Option::is_some) {
-        weights
-            .layers
-            .first()
-            .and_then(|l| l.experts.first())
-            .map_or(0, |e| e.down.data.len() as u64)
+    let first = weights.layers.first().and_then(|l| l.experts.first());
+    let down_tmp = if planes_of(weights, mode).iter().any(Option::is_some) {
+        first.map_or(0, |e| e.down.data.len() as u64)
     } else {
         0
     };
+    let gate_tmp = if gates_x8_of(weights, mode).iter().any(|&b| b) {
+        first.map_or(0, |e| e.gate.data.len() as u64)
+    } else {
+        0
+    };
+    // One thread-local buffer serves both repacks.
+    let repack_tmp = down_tmp.max(gate_tmp);
     // Buffered reads pass through the page cache before they are dropped.
     let page_cache = if io_mode.is_direct() { 0 } else { slot };
     let metadata = gguf.map_or(0, |g| g.data_offset());
@@ -369,10 +392,33 @@ thread_local! {
     static REPACK_TMP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The post-read transform repacking each expert's down matrix into planes inside its slot.
-fn repack_transform(planes: Vec<Option<PlaneKind>>, h: usize, f: usize) -> SlotTransform {
+/// The post-read transform repacking each expert's down matrix into planes and its gate into
+/// the x8 layout, inside its slot.
+fn repack_transform(
+    planes: Vec<Option<PlaneKind>>,
+    gate_x8: Vec<bool>,
+    h: usize,
+    f: usize,
+) -> SlotTransform {
     Arc::new(move |key: ExpertKey, layout: &SlotLayout, buf: &mut [u8]| {
-        let Some(kind) = planes.get(key.layer as usize).copied().flatten() else {
+        let l = key.layer as usize;
+        if gate_x8.get(l).copied().unwrap_or(false) {
+            let r = layout.parts[Part::Gate as usize].slot_range();
+            let dst = buf
+                .get_mut(r)
+                .ok_or_else(|| Error::Model(format!("{key}: gate range outside its cache slot")))?;
+            REPACK_TMP.with(|t| -> Result<()> {
+                let mut t = t.borrow_mut();
+                t.clear();
+                t.extend_from_slice(dst);
+                let src: &[crate::quant::BlockQ4_0] = crate::quant::blocks::as_blocks(&t)
+                    .ok_or_else(|| Error::Model(format!("{key}: gate is not Q4_0 blocks")))?;
+                let out: &mut [BlockQ4_0x8] = bytemuck::try_cast_slice_mut(dst)
+                    .map_err(|_| Error::Model(format!("{key}: gate slot not x8 blocks")))?;
+                repack_q4_0x8(src, h / crate::quant::QK, out)
+            })?;
+        }
+        let Some(kind) = planes.get(l).copied().flatten() else {
             return Ok(());
         };
         let r = layout.parts[Part::Down as usize].slot_range();
@@ -408,11 +454,13 @@ impl Offload {
             None => None,
         };
         let planes = planes_of(weights, mode);
-        let transform = planes.iter().any(Option::is_some).then(|| {
-            let e = &weights.layers[0].experts[0];
-            repack_transform(planes.clone(), e.down.rows, e.down.cols)
-        });
-        take_resident(weights, &file)?;
+        let gate_x8 = gates_x8_of(weights, mode);
+        let transform =
+            (planes.iter().any(Option::is_some) || gate_x8.iter().any(|&b| b)).then(|| {
+                let e = &weights.layers[0].experts[0];
+                repack_transform(planes.clone(), gate_x8.clone(), e.down.rows, e.down.cols)
+            });
+        take_resident(weights, &file, mode)?;
         let file = Arc::new(file);
         let cfg = PrefetchConfig {
             io: IoConfig {
@@ -434,6 +482,7 @@ impl Offload {
             plan,
             opts: opts.clone(),
             planes,
+            gate_x8,
             io_mode,
             path,
             hot,
@@ -471,6 +520,11 @@ impl Offload {
     /// The planes kind of layer `l`'s slots (fast mode), if repacked.
     pub fn planes(&self, l: usize) -> Option<PlaneKind> {
         self.planes.get(l).copied().flatten()
+    }
+
+    /// Whether layer `l`'s slots hold x8-packed gates (fast mode).
+    pub fn gate_x8(&self, l: usize) -> bool {
+        self.gate_x8.get(l).copied().unwrap_or(false)
     }
 
     /// Counters now.
@@ -553,9 +607,13 @@ const LOAD_CHUNK: usize = 8 << 20;
 /// replacing their views of the memory map; then drops whatever the map or the page cache holds
 /// of the file (the parsed header included).
 ///
+/// In fast mode, Q4_0 matrices with rows in eights are kept only as their x8-packed copy (as
+/// the in-memory model computes with), read in row-major and packed on the way; their views of
+/// the map stay but are never read (embedding lookups read the packed copy).
+///
 /// After this the map is never touched again: a model file truncated or removed mid-run can
 /// only fail the experts' positioned reads (a clear error), never fault the process (`SIGBUS`).
-fn take_resident(weights: &mut Weights, file: &ExpertFile) -> Result<()> {
+fn take_resident(weights: &mut Weights, file: &ExpertFile, mode: ComputeMode) -> Result<()> {
     let blob = weights.embed.data.location().0.clone();
     if blob.path().is_none() {
         return Ok(());
@@ -574,7 +632,20 @@ fn take_resident(weights: &mut Weights, file: &ExpertFile) -> Result<()> {
             v.extend_from_slice(file.read(FileRange { offset: at, len }, &mut staging)?);
             at += len;
         }
-        m.data = TensorBytes::owned(v);
+        let packable = mode == ComputeMode::Fast
+            && m.ty == crate::quant::GgmlType::Q4_0
+            && m.rows.is_multiple_of(X8_ROWS);
+        if packable {
+            let mut owned = m.clone();
+            owned.data = TensorBytes::owned(v);
+            if owned.pack_x8()? {
+                m.packed = owned.packed;
+            } else {
+                m.data = owned.data;
+            }
+        } else {
+            m.data = TensorBytes::owned(v);
+        }
         Ok(())
     };
     let tied = {
@@ -585,6 +656,7 @@ fn take_resident(weights: &mut Weights, file: &ExpertFile) -> Result<()> {
     own(&mut weights.embed)?;
     if tied {
         weights.lm_head.data = weights.embed.data.clone();
+        weights.lm_head.packed = weights.embed.packed.clone();
     } else {
         own(&mut weights.lm_head)?;
     }

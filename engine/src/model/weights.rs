@@ -4,9 +4,12 @@
 //! `row_bytes` bytes at `r · row_bytes`. GGUF's ggml order lists `cols` first (`ne0`), so a ggml
 //! tensor `[ne0, ne1]` is a matrix with `rows = ne1`, `cols = ne0`.
 
+use bytemuck::Zeroable;
+
 use crate::error::{Error, Result};
 use crate::formats::mmap::Blob;
-use crate::quant::GgmlType;
+use crate::kernels::packed::{BlockQ4_0x8, X8_ROWS, repack_q4_0x8};
+use crate::quant::{BlockQ4_0, GgmlType};
 
 /// A byte range of a [`Blob`].
 #[derive(Clone, Debug)]
@@ -78,6 +81,16 @@ impl TensorBytes {
     }
 }
 
+/// An x8-packed copy of a Q4_0 matrix ([`crate::kernels::packed`]), shared between clones.
+#[derive(Clone)]
+pub struct PackedX8(pub std::sync::Arc<[BlockQ4_0x8]>);
+
+impl std::fmt::Debug for PackedX8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedX8({} blocks)", self.0.len())
+    }
+}
+
 /// A weight matrix `[rows × cols]` of one ggml type.
 #[derive(Clone, Debug)]
 pub struct Matrix {
@@ -91,6 +104,10 @@ pub struct Matrix {
     pub cols: usize,
     /// The data, `rows · row_bytes` bytes.
     pub data: TensorBytes,
+    /// The fast path's x8-packed copy (Q4_0 with rows in eights, built at load in fast mode;
+    /// the mapped original's pages are then released, and re-read only by paths that need
+    /// rows, such as embedding lookups and exact mode).
+    pub packed: Option<PackedX8>,
 }
 
 impl Matrix {
@@ -125,6 +142,7 @@ impl Matrix {
             rows,
             cols,
             data,
+            packed: None,
         })
     }
 
@@ -151,7 +169,67 @@ impl Matrix {
             rows: self.rows,
             cols: self.cols,
             data: self.data.as_slice(),
+            packed: self.packed.as_ref().map(|p| &p.0[..]),
         }
+    }
+
+    /// Dequantises row `r` into `out` (`cols` values), from the x8-packed copy when there is one
+    /// (so a packed matrix whose original pages were released is not read through the map).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        if r >= self.rows {
+            return Err(Error::InvalidInput(format!(
+                "row {r} of '{}', which has {} rows",
+                self.name, self.rows
+            )));
+        }
+        match &self.packed {
+            Some(p) => {
+                let nb = self.cols / crate::quant::QK;
+                // No allocation for rows of up to 8192 values (one lookup per token).
+                let mut stack = [BlockQ4_0::zeroed(); 256];
+                let mut heap = Vec::new();
+                let blocks = if nb <= stack.len() {
+                    &mut stack[..nb]
+                } else {
+                    heap.resize(nb, BlockQ4_0::zeroed());
+                    &mut heap[..]
+                };
+                crate::kernels::packed::unpack_q4_0x8_row(&p.0, nb, r, blocks);
+                crate::quant::dequantize_row(self.ty, bytemuck::cast_slice(blocks), out)
+            }
+            None => crate::quant::dequantize_row(self.ty, self.row(r), out),
+        }
+    }
+
+    /// Builds the x8-packed copy when the matrix is Q4_0 with a row count in eights (otherwise
+    /// returns `false`), in parallel on the current rayon pool, and releases the original's pages
+    /// when they are mapped, so the copy replaces rather than duplicates them.
+    pub fn pack_x8(&mut self) -> Result<bool> {
+        use rayon::prelude::*;
+        if self.packed.is_some() {
+            return Ok(true);
+        }
+        if self.ty != GgmlType::Q4_0 || self.rows == 0 || !self.rows.is_multiple_of(X8_ROWS) {
+            return Ok(false);
+        }
+        let nb = self.cols / crate::quant::QK;
+        let src: &[BlockQ4_0] =
+            crate::quant::blocks::as_blocks(self.data.as_slice()).ok_or_else(|| {
+                Error::Model(format!(
+                    "tensor '{}': not a whole number of Q4_0 blocks",
+                    self.name
+                ))
+            })?;
+        let mut out = vec![BlockQ4_0x8::zeroed(); src.len() / X8_ROWS];
+        // 64 groups (512 rows) per task.
+        const GROUPS: usize = 64;
+        out.par_chunks_mut(GROUPS * nb)
+            .zip(src.par_chunks(GROUPS * nb * X8_ROWS))
+            .try_for_each(|(o, s)| repack_q4_0x8(s, nb, o))?;
+        self.packed = Some(PackedX8(out.into()));
+        let (blob, start) = self.data.location();
+        blob.release_pages(start, self.data.len());
+        Ok(true)
     }
 
     /// Rows `r0..r0 + n` as a matrix of their own (shares the bytes).
@@ -180,6 +258,8 @@ pub struct MatRef<'a> {
     pub cols: usize,
     /// `rows · row_bytes` bytes.
     pub data: &'a [u8],
+    /// The x8-packed copy, when one was built ([`Matrix::pack_x8`]).
+    pub packed: Option<&'a [BlockQ4_0x8]>,
 }
 
 impl<'a> MatRef<'a> {
@@ -204,6 +284,7 @@ impl<'a> MatRef<'a> {
             rows,
             cols,
             data,
+            packed: None,
         })
     }
 
@@ -221,6 +302,16 @@ impl<'a> MatRef<'a> {
     /// All bytes.
     pub fn bytes(&self) -> &'a [u8] {
         self.data
+    }
+
+    /// The x8-packed blocks of rows `r0..r0 + n`, when packed and the range is in whole groups.
+    pub fn packed_rows(&self, r0: usize, n: usize) -> Option<&'a [BlockQ4_0x8]> {
+        let p = self.packed?;
+        if !r0.is_multiple_of(X8_ROWS) || !n.is_multiple_of(X8_ROWS) || r0 + n > self.rows {
+            return None;
+        }
+        let nb = self.cols / crate::quant::QK;
+        p.get(r0 / X8_ROWS * nb..(r0 + n) / X8_ROWS * nb)
     }
 }
 

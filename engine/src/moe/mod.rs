@@ -77,6 +77,8 @@ pub struct OffloadedLayer<'a> {
     pub shape: &'a ExpertWeights,
     /// The slots hold the down matrix repacked as planes of this kind (fast mode).
     pub planes: Option<PlaneKind>,
+    /// The slots hold the gate matrix x8-packed (fast mode, Q4_0).
+    pub gate_x8: bool,
 }
 
 impl OffloadedLayer<'_> {
@@ -97,8 +99,21 @@ impl OffloadedLayer<'_> {
             Some(kind) => Some(PlanesView::new(kind, sh.down.rows, sh.down.cols, g.down())?),
             None => None,
         };
+        let mut gate = m(&sh.gate, g.gate())?;
+        if self.gate_x8 {
+            // The slot's gate bytes are in the x8 layout (see `packed_rows`); only the packed
+            // view is read.
+            gate.packed = Some(bytemuck::try_cast_slice(g.gate()).map_err(|_| {
+                Error::Model(format!(
+                    "layer {} expert {}: packed gate of {} bytes",
+                    self.layer,
+                    g.expert(),
+                    g.gate().len()
+                ))
+            })?);
+        }
         Ok(ExpertRef {
-            gate: m(&sh.gate, g.gate())?,
+            gate,
             up: m(&sh.up, g.up())?,
             down: m(&sh.down, g.down())?,
             down_transposed: sh.down_transposed,
@@ -447,6 +462,9 @@ fn batch(
 
 /// Rows `r0 .. r0 + out.len()` of `m` times an activation prepared for `m.ty`.
 fn rows_dot(m: MatRef<'_>, r0: usize, act: &FastAct, out: &mut [f32]) -> Result<()> {
+    if let Some(w) = m.packed_rows(r0, out.len()) {
+        return act.dot_rows_x8(w, out);
+    }
     let rb = m.row_bytes();
     act.dot_rows(m.ty, &m.bytes()[r0 * rb..(r0 + out.len()) * rb], rb, out)
 }

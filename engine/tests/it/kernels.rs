@@ -37,6 +37,13 @@ fn levels() -> Vec<&'static Kernels> {
             "AVX2 CPU but no AVX2 table"
         );
     }
+    let f = kernels::features();
+    if f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni {
+        assert!(
+            v.iter().any(|k| k.level == SimdLevel::Avx512),
+            "AVX-512 VNNI CPU but no AVX-512 table"
+        );
+    }
     v
 }
 
@@ -330,6 +337,130 @@ fn gemv_matches_per_row_dot_for_ragged_row_counts() {
             }
         }
     }
+}
+
+/// The fused two-level kernels (`row·hi + row·lo` in one pass) against two scalar dots, on
+/// ragged block and row counts (odd block counts exercise the pair kernels' tail block).
+#[test]
+fn gemv2_matches_two_scalar_dots_for_ragged_sizes() {
+    let mut rng = Rng::new(43);
+    for nb in [1, 2, 3, 7, 24, 33, 48] {
+        for n_rows in [0, 1, 3, 4, 5, 8, 9, 13] {
+            let x = act_values(&mut rng, nb * 32, 0);
+            let mut hi = vec![BlockQ8_0::zeroed(); nb];
+            kernels::quantize_row_q8_0(&x, &mut hi);
+            let res: Vec<f32> = x
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v - quant::f16_to_f32(hi[i / 32].d) * hi[i / 32].qs[i % 32] as f32)
+                .collect();
+            let mut lo = vec![BlockQ8_0::zeroed(); nb];
+            kernels::quantize_row_q8_0(&res, &mut lo);
+            let w4: Vec<BlockQ4_0> = weights(&mut rng, nb * n_rows, &[0], 0);
+            let w8: Vec<BlockQ8_0> = weights(&mut rng, nb * n_rows, &[0], 0);
+            for k in levels() {
+                let mut out4 = vec![f32::NAN; n_rows];
+                let mut out8 = vec![f32::NAN; n_rows];
+                (k.gemv2_q4_0_q8_0)(&w4, &hi, &lo, &mut out4);
+                (k.gemv2_q8_0_q8_0)(&w8, &hi, &lo, &mut out8);
+                for r in 0..n_rows {
+                    let (row4, row8) = (&w4[r * nb..(r + 1) * nb], &w8[r * nb..(r + 1) * nb]);
+                    let (m4, _) = mag_exact(&deq(row4), &x);
+                    let (m8, _) = mag_exact(&deq(row8), &x);
+                    let s4 = (scalar().vec_dot_q4_0_q8_0)(row4, &hi) as f64
+                        + (scalar().vec_dot_q4_0_q8_0)(row4, &lo) as f64;
+                    let s8 = (scalar().vec_dot_q8_0_q8_0)(row8, &hi) as f64
+                        + (scalar().vec_dot_q8_0_q8_0)(row8, &lo) as f64;
+                    assert!(
+                        (out4[r] as f64 - s4).abs() <= SIMD_VS_SCALAR_REL_TOL * m4 + ABS_FLOOR,
+                        "gemv2 q4_0 {:?} nb {nb} rows {n_rows} r {r}: {} vs {s4}",
+                        k.level,
+                        out4[r]
+                    );
+                    assert!(
+                        (out8[r] as f64 - s8).abs() <= SIMD_VS_SCALAR_REL_TOL * m8 + ABS_FLOOR,
+                        "gemv2 q8_0 {:?} nb {nb} rows {n_rows} r {r}: {} vs {s8}",
+                        k.level,
+                        out8[r]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The x8-packed kernels of every level against the row-major scalar reference on the same
+/// rows, one and two activation levels, for ragged block and group counts.
+#[test]
+fn packed_x8_gemv_matches_row_major_scalar() {
+    use engine::kernels::packed::{BlockQ4_0x8, repack_q4_0x8};
+    let mut rng = Rng::new(44);
+    for nb in [1, 2, 3, 24, 48, 300] {
+        for groups in [0, 1, 2, 5] {
+            let n_rows = groups * 8;
+            let x = act_values(&mut rng, nb * 32, 0);
+            let mut hi = vec![BlockQ8_0::zeroed(); nb];
+            kernels::quantize_row_q8_0(&x, &mut hi);
+            let res: Vec<f32> = x
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v - quant::f16_to_f32(hi[i / 32].d) * hi[i / 32].qs[i % 32] as f32)
+                .collect();
+            let mut lo = vec![BlockQ8_0::zeroed(); nb];
+            kernels::quantize_row_q8_0(&res, &mut lo);
+            let w: Vec<BlockQ4_0> = weights(&mut rng, nb * n_rows, &[0], 0);
+            let mut p = vec![BlockQ4_0x8::zeroed(); groups * nb];
+            if n_rows > 0 {
+                repack_q4_0x8(&w, nb, &mut p).unwrap();
+            }
+            for k in levels() {
+                let mut one = vec![f32::NAN; n_rows];
+                let mut two = vec![f32::NAN; n_rows];
+                (k.gemv_q4_0x8_q8_0)(&p, &hi, &mut one);
+                (k.gemv2_q4_0x8_q8_0)(&p, &hi, &lo, &mut two);
+                for r in 0..n_rows {
+                    let row = &w[r * nb..(r + 1) * nb];
+                    let (m, _) = mag_exact(&deq(row), &x);
+                    let s1 = (scalar().vec_dot_q4_0_q8_0)(row, &hi) as f64;
+                    let s2 = s1 + (scalar().vec_dot_q4_0_q8_0)(row, &lo) as f64;
+                    let tol = SIMD_VS_SCALAR_REL_TOL * m + ABS_FLOOR;
+                    assert!(
+                        (one[r] as f64 - s1).abs() <= tol,
+                        "x8 {:?} nb {nb} rows {n_rows} r {r}: {} vs {s1}",
+                        k.level,
+                        one[r]
+                    );
+                    assert!(
+                        (two[r] as f64 - s2).abs() <= tol,
+                        "x8 two-level {:?} nb {nb} rows {n_rows} r {r}: {} vs {s2}",
+                        k.level,
+                        two[r]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The checked x8 entry rejects mismatched sizes and activation formats.
+#[test]
+fn packed_x8_entry_checks_lengths() {
+    use engine::kernels::packed::BlockQ4_0x8;
+    use engine::kernels::{ActFormat, QuantAct, dot_rows_x8};
+    let mut a = QuantAct::new();
+    a.quantize(&[0.5; 64], ActFormat::Q8_0).unwrap();
+    let p = vec![BlockQ4_0x8::zeroed(); 2];
+    let mut out = vec![0f32; 8];
+    dot_rows_x8(&p, &a, None, &mut out).unwrap();
+    dot_rows_x8(&p, &a, Some(&a), &mut out).unwrap();
+    assert!(dot_rows_x8(&p[..1], &a, None, &mut out).is_err());
+    assert!(dot_rows_x8(&p, &a, None, &mut out[..4]).is_err());
+    let mut f = QuantAct::new();
+    f.quantize(&[0.5; 64], ActFormat::F32).unwrap();
+    assert!(dot_rows_x8(&p, &f, None, &mut out).is_err());
+    let mut short = QuantAct::new();
+    short.quantize(&[0.5; 32], ActFormat::Q8_0).unwrap();
+    assert!(dot_rows_x8(&p, &a, Some(&short), &mut out).is_err());
 }
 
 #[test]

@@ -313,26 +313,50 @@ fn q4_0_block_dot(qs: &[u8; 16], qa: __m256i, corr: __m256i) -> __m256i {
 /// interleaved streams; the explicit prefetch lets a DRAM-resident matrix reach memory bandwidth.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8_0], next: &[u8]) -> [f32; 4] {
+fn dot4_q4_0<const TWO: bool>(
+    w: [&[BlockQ4_0]; 4],
+    a: &[BlockQ8_0],
+    lo: &[BlockQ8_0],
+    next: &[u8],
+) -> [f32; 4] {
     let eight = _mm256_set1_epi8(8);
     let mut acc = [_mm256_setzero_ps(); 4];
-    let rows = a.iter().zip(w[0]).zip(w[1]).zip(w[2]).zip(w[3]);
     // Spread prefetches of the next four rows (`next`) over this group's iterations.
     let step = next.len().div_ceil(a.len().max(1));
-    for (b, ((((y, x0), x1), x2), x3)) in rows.enumerate() {
+    for b in 0..a.len() {
         prefetch(next, b * step);
         prefetch(next, b * step + 64);
+        let y = &a[b];
         let qa = load_i8x32(&y.qs);
         let corr = _mm256_maddubs_epi16(eight, qa);
-        let d = scales4([x0.d, x1.d, x2.d, x3.d], f16(y.d));
-        let p = [
-            q4_0_block_dot(&x0.qs, qa, corr),
-            q4_0_block_dot(&x1.qs, qa, corr),
-            q4_0_block_dot(&x2.qs, qa, corr),
-            q4_0_block_dot(&x3.qs, qa, corr),
+        let ds = [w[0][b].d, w[1][b].d, w[2][b].d, w[3][b].d];
+        let d = scales4(ds, f16(y.d));
+        let q = [
+            nibbles(&w[0][b].qs),
+            nibbles(&w[1][b].qs),
+            nibbles(&w[2][b].qs),
+            nibbles(&w[3][b].qs),
         ];
         for k in 0..4 {
-            acc[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(p[k]), acc[k]);
+            let p = _mm256_madd_epi16(
+                _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], qa), corr),
+                _mm256_set1_epi16(1),
+            );
+            acc[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(p), acc[k]);
+        }
+        if TWO {
+            // The second level reuses the unpacked nibbles.
+            let z = &lo[b];
+            let qz = load_i8x32(&z.qs);
+            let corr = _mm256_maddubs_epi16(eight, qz);
+            let d = scales4(ds, f16(z.d));
+            for k in 0..4 {
+                let p = _mm256_madd_epi16(
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], qz), corr),
+                    _mm256_set1_epi16(1),
+                );
+                acc[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(p), acc[k]);
+            }
         }
     }
     [
@@ -376,6 +400,18 @@ pub fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
 /// Q4_0 matrix × Q8_0 vector, four rows at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn gemv_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0], out: &mut [f32]) {
+    gemv_q4_0::<false>(w, a, a, out)
+}
+
+/// As [`gemv_q4_0_q8_0`] with a two-level activation `a + lo`, in one pass over the weights.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn gemv2_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
+    gemv_q4_0::<true>(w, a, lo, out)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemv_q4_0<const TWO: bool>(w: &[BlockQ4_0], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
     let nb = a.len();
     if nb == 0 {
         out.fill(0.0);
@@ -393,38 +429,67 @@ pub fn gemv_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0], out: &mut [f32]) {
         };
         let next_start = ((g + 1) * group_bytes).min(bytes.len());
         let next_end = ((g + 2) * group_bytes).min(bytes.len());
-        o.copy_from_slice(&dot4_q4_0(
+        o.copy_from_slice(&dot4_q4_0::<TWO>(
             [r0, r1, r2, r3],
             a,
+            lo,
             &bytes[next_start..next_end],
         ));
     }
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
         *o = vec_dot_q4_0_q8_0(r, a);
+        if TWO {
+            *o += vec_dot_q4_0_q8_0(r, lo);
+        }
     }
 }
 
 /// Four Q8_0 rows · one Q8_0 activation.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8_0], next: &[u8]) -> [f32; 4] {
+fn dot4_q8_0<const TWO: bool>(
+    w: [&[BlockQ8_0]; 4],
+    a: &[BlockQ8_0],
+    lo: &[BlockQ8_0],
+    next: &[u8],
+) -> [f32; 4] {
     let mut acc = [_mm256_setzero_ps(); 4];
-    let rows = a.iter().zip(w[0]).zip(w[1]).zip(w[2]).zip(w[3]);
     let step = next.len().div_ceil(a.len().max(1));
-    for (b, ((((y, x0), x1), x2), x3)) in rows.enumerate() {
+    for b in 0..a.len() {
         prefetch(next, b * step);
         prefetch(next, b * step + 64);
         prefetch(next, b * step + 128);
-        let qa = load_i8x32(&y.qs);
-        let d = scales4([x0.d, x1.d, x2.d, x3.d], f16(y.d));
-        let p = [
-            mul_sum_i8(load_i8x32(&x0.qs), qa),
-            mul_sum_i8(load_i8x32(&x1.qs), qa),
-            mul_sum_i8(load_i8x32(&x2.qs), qa),
-            mul_sum_i8(load_i8x32(&x3.qs), qa),
+        let y = &a[b];
+        let ds = [w[0][b].d, w[1][b].d, w[2][b].d, w[3][b].d];
+        // Sign trick once per row: |w| and the activations with w's signs.
+        let x = [
+            load_i8x32(&w[0][b].qs),
+            load_i8x32(&w[1][b].qs),
+            load_i8x32(&w[2][b].qs),
+            load_i8x32(&w[3][b].qs),
         ];
+        let ax = x.map(|x| _mm256_sign_epi8(x, x));
+        let ones = _mm256_set1_epi16(1);
+        let qa = load_i8x32(&y.qs);
+        let d = scales4(ds, f16(y.d));
         for k in 0..4 {
-            acc[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(p[k]), acc[k]);
+            let p = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(ax[k], _mm256_sign_epi8(qa, x[k])),
+                ones,
+            );
+            acc[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(p), acc[k]);
+        }
+        if TWO {
+            let z = &lo[b];
+            let qz = load_i8x32(&z.qs);
+            let d = scales4(ds, f16(z.d));
+            for k in 0..4 {
+                let p = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(ax[k], _mm256_sign_epi8(qz, x[k])),
+                    ones,
+                );
+                acc[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(p), acc[k]);
+            }
         }
     }
     [
@@ -463,6 +528,18 @@ pub fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
 /// Q8_0 matrix × Q8_0 vector, four rows at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn gemv_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0], out: &mut [f32]) {
+    gemv_q8_0::<false>(w, a, a, out)
+}
+
+/// As [`gemv_q8_0_q8_0`] with a two-level activation `a + lo`, in one pass over the weights.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn gemv2_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
+    gemv_q8_0::<true>(w, a, lo, out)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemv_q8_0<const TWO: bool>(w: &[BlockQ8_0], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
     let nb = a.len();
     if nb == 0 {
         out.fill(0.0);
@@ -480,14 +557,18 @@ pub fn gemv_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0], out: &mut [f32]) {
         };
         let next_start = ((g + 1) * group_bytes).min(bytes.len());
         let next_end = ((g + 2) * group_bytes).min(bytes.len());
-        o.copy_from_slice(&dot4_q8_0(
+        o.copy_from_slice(&dot4_q8_0::<TWO>(
             [r0, r1, r2, r3],
             a,
+            lo,
             &bytes[next_start..next_end],
         ));
     }
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
         *o = vec_dot_q8_0_q8_0(r, a);
+        if TWO {
+            *o += vec_dot_q8_0_q8_0(r, lo);
+        }
     }
 }
 

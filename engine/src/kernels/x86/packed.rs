@@ -1,0 +1,196 @@
+//! x8-packed Q4_0 × Q8_0 matrix–vector kernels (layout: [`crate::kernels::packed`]), one and two
+//! activation levels, for AVX-512 VNNI (256-bit `vpdpbusd`) and AVX2 (`pmaddubsw`).
+//!
+//! Per block and group of eight rows: four 32-byte loads, a mask and a shift per load, eight
+//! integer dot steps against broadcast activation bytes, then one conversion and one FMA. The
+//! unsigned nibbles' offset (`q − 8`) is removed exactly by starting the integer sum at
+//! `−8·Σa`, computed once per activation block for the whole call.
+//!
+//! Every function is a safe `#[target_feature]` function, callable (as `unsafe`) only from the
+//! wrappers in [`super`] after runtime detection. The only `unsafe` operations are unaligned
+//! loads through references to fixed-size arrays.
+
+use std::arch::x86_64::*;
+
+use crate::kernels::packed::{BlockQ4_0x8, X8_ROWS};
+use crate::quant::BlockQ8_0;
+
+/// Activation blocks whose sums are kept on the stack at once (columns per pass: 8192).
+const SUM_CHUNK: usize = 256;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_u8x32(x: &[u8; 32]) -> __m256i {
+    // SAFETY: `x` refers to 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_u16x8(x: &[u16; 8]) -> __m128i {
+    // SAFETY: `x` refers to 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(x.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch(buf: &[u8], i: usize) {
+    if let Some(p) = buf.get(i) {
+        // A prefetch never faults and has no architectural effect (a safe intrinsic).
+        _mm_prefetch::<_MM_HINT_T0>((p as *const u8).cast());
+    }
+}
+
+/// Four activation bytes `k..k+4` broadcast to every i32 lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bcast4(q: &[i8; 32], k: usize) -> __m256i {
+    _mm256_set1_epi32(i32::from_le_bytes([
+        q[k] as u8,
+        q[k + 1] as u8,
+        q[k + 2] as u8,
+        q[k + 3] as u8,
+    ]))
+}
+
+/// `−8·Σq` of each activation block in `a`, into `out`.
+fn neg8_sums(a: &[BlockQ8_0], out: &mut [i32]) {
+    for (o, y) in out.iter_mut().zip(a) {
+        *o = -8 * y.qs.iter().map(|&q| q as i32).sum::<i32>();
+    }
+}
+
+macro_rules! x8_kernel {
+    ($gemv:ident, $feat:literal, |$acc:ident, $x:ident, $q:ident| $body:block) => {
+        /// One or two activation levels over an x8-packed Q4_0 matrix; `out.len() / 8` groups
+        /// of `hi.len()` blocks. With `TWO = false`, `lo` is ignored.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn $gemv<const TWO: bool>(
+            w: &[BlockQ4_0x8],
+            hi: &[BlockQ8_0],
+            lo: &[BlockQ8_0],
+            out: &mut [f32],
+        ) {
+            let nb = hi.len();
+            out.fill(0.0);
+            if nb == 0 {
+                return;
+            }
+            let bytes: &[u8] = bytemuck::cast_slice(w);
+            let blk_bytes = std::mem::size_of::<BlockQ4_0x8>();
+            let mut sh = [0i32; SUM_CHUNK];
+            let mut sl = [0i32; SUM_CHUNK];
+            // Column chunks (one for every row length below 8192).
+            for c0 in (0..nb).step_by(SUM_CHUNK) {
+                let c1 = (c0 + SUM_CHUNK).min(nb);
+                neg8_sums(&hi[c0..c1], &mut sh);
+                if TWO {
+                    neg8_sums(&lo[c0..c1], &mut sl);
+                }
+                for (g, o) in out.chunks_exact_mut(X8_ROWS).enumerate() {
+                    let mut acc = _mm256_setzero_ps();
+                    for b in c0..c1 {
+                        let i = g * nb + b;
+                        prefetch(bytes, (i + 4) * blk_bytes);
+                        prefetch(bytes, (i + 4) * blk_bytes + 64);
+                        prefetch(bytes, (i + 4) * blk_bytes + 128);
+                        let blk = &w[i];
+                        let (chunks, _) = blk.qs.as_chunks::<32>();
+                        let m = _mm256_set1_epi8(0x0F);
+                        let mut xs = [_mm256_setzero_si256(); 8];
+                        for (c, ch) in chunks.iter().enumerate() {
+                            let v = load_u8x32(ch);
+                            xs[c] = _mm256_and_si256(v, m);
+                            xs[c + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m);
+                        }
+                        let d = blk.d;
+                        let dw = _mm256_cvtph_ps(load_u16x8(&d));
+                        {
+                            let $x = &xs;
+                            let $q = &hi[b].qs;
+                            let $acc = _mm256_set1_epi32(sh[b - c0]);
+                            let s = $body;
+                            let da = _mm256_set1_ps(hi[b].scale());
+                            acc =
+                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), acc);
+                        }
+                        if TWO {
+                            let $x = &xs;
+                            let $q = &lo[b].qs;
+                            let $acc = _mm256_set1_epi32(sl[b - c0]);
+                            let s = $body;
+                            let da = _mm256_set1_ps(lo[b].scale());
+                            acc =
+                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), acc);
+                        }
+                    }
+                    let mut part = [0f32; 8];
+                    // SAFETY: `part` is 8 writable f32; `storeu` has no alignment requirement.
+                    unsafe { _mm256_storeu_ps(part.as_mut_ptr(), acc) };
+                    for (x, p) in o.iter_mut().zip(part) {
+                        *x += p;
+                    }
+                }
+            }
+        }
+    };
+}
+
+// xs[c] (c < 4): weights 4c..4c+4 of the eight rows; xs[c + 4]: weights 16+4c..16+4c+4.
+x8_kernel!(
+    gemv_x8_vnni,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    |acc, x, q| {
+        let mut s = acc;
+        for c in 0..4 {
+            s = _mm256_dpbusd_epi32(s, x[c], bcast4(q, 4 * c));
+            s = _mm256_dpbusd_epi32(s, x[c + 4], bcast4(q, 16 + 4 * c));
+        }
+        s
+    }
+);
+
+// Pair sums of at most 2·15·127 = 3810; eight of them stay below i16::MAX.
+x8_kernel!(gemv_x8_avx2, "avx2,fma,f16c", |acc, x, q| {
+    let mut s16 = _mm256_setzero_si256();
+    for c in 0..4 {
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(x[c], bcast4(q, 4 * c)));
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(x[c + 4], bcast4(q, 16 + 4 * c)));
+    }
+    _mm256_add_epi32(acc, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)))
+});
+
+/// x8 Q4_0 × Q8_0 (AVX-512 VNNI).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub fn gemv_q4_0x8_q8_0_vnni(w: &[BlockQ4_0x8], a: &[BlockQ8_0], out: &mut [f32]) {
+    gemv_x8_vnni::<false>(w, a, a, out)
+}
+
+/// x8 Q4_0 × two-level Q8_0 (AVX-512 VNNI).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub fn gemv2_q4_0x8_q8_0_vnni(
+    w: &[BlockQ4_0x8],
+    hi: &[BlockQ8_0],
+    lo: &[BlockQ8_0],
+    out: &mut [f32],
+) {
+    gemv_x8_vnni::<true>(w, hi, lo, out)
+}
+
+/// x8 Q4_0 × Q8_0 (AVX2).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn gemv_q4_0x8_q8_0_avx2(w: &[BlockQ4_0x8], a: &[BlockQ8_0], out: &mut [f32]) {
+    gemv_x8_avx2::<false>(w, a, a, out)
+}
+
+/// x8 Q4_0 × two-level Q8_0 (AVX2).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn gemv2_q4_0x8_q8_0_avx2(
+    w: &[BlockQ4_0x8],
+    hi: &[BlockQ8_0],
+    lo: &[BlockQ8_0],
+    out: &mut [f32],
+) {
+    gemv_x8_avx2::<true>(w, hi, lo, out)
+}
