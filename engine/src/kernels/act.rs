@@ -428,6 +428,66 @@ pub fn dot_rows_x8(
     Ok(())
 }
 
+/// `out[i] = row(idx[i]) · hi + row(idx[i]) · lo` for the rows `idx` of a matrix (`rows`:
+/// whole rows of `row_bytes` bytes) and a two-level activation. Q4_0 and Q8_0 go through the
+/// gathering kernels (four rows at a time); other types row by row.
+///
+/// # Errors
+/// As [`dot_rows2`], plus [`Error::InvalidInput`] for an index outside the matrix or
+/// `idx.len() != out.len()`.
+pub fn dot_rows_gather2(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    idx: &[u32],
+    hi: &QuantAct,
+    lo: &QuantAct,
+    out: &mut [f32],
+) -> Result<()> {
+    // Validates types, formats and the row size.
+    dot_rows2(ty, &[], row_bytes, hi, lo, &mut [])?;
+    let n_rows = rows.len().checked_div(row_bytes).unwrap_or(0);
+    if idx.len() != out.len() || idx.iter().any(|&i| i as usize >= n_rows) {
+        return Err(Error::InvalidInput(format!(
+            "gathering {} rows ({} outputs) of a {n_rows}-row matrix",
+            idx.len(),
+            out.len()
+        )));
+    }
+    let rows = &rows[..n_rows * row_bytes];
+    let k = Kernels::active();
+    match ty {
+        GgmlType::Q4_0 => (k.gather_gemv2_q4_0_q8_0)(
+            as_blocks(rows).expect("whole rows"),
+            idx,
+            &hi.q8_0,
+            &lo.q8_0,
+            out,
+        ),
+        GgmlType::Q8_0 => (k.gather_gemv2_q8_0_q8_0)(
+            as_blocks(rows).expect("whole rows"),
+            idx,
+            &hi.q8_0,
+            &lo.q8_0,
+            out,
+        ),
+        _ => {
+            for (o, &i) in out.iter_mut().zip(idx) {
+                let r = i as usize * row_bytes;
+                dot_rows2(
+                    ty,
+                    &rows[r..r + row_bytes],
+                    row_bytes,
+                    hi,
+                    lo,
+                    std::slice::from_mut(o),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_gemv(ty: GgmlType, rows: &[u8], row_bytes: usize, nb: usize, n_out: usize) -> Result<()> {
     if row_bytes != nb * ty.block_bytes() {
         return Err(bad_len(

@@ -27,8 +27,8 @@ mod x86;
 use std::sync::OnceLock;
 
 pub use act::{
-    ActFormat, QuantAct, act_format_for, dot_row, dot_rows, dot_rows_x8, dot_rows2, gemv_q4_0_q8_0,
-    gemv_q8_0_q8_0,
+    ActFormat, QuantAct, act_format_for, dot_row, dot_rows, dot_rows_gather2, dot_rows_x8,
+    dot_rows2, gemv_q4_0_q8_0, gemv_q8_0_q8_0,
 };
 
 use crate::quant::{
@@ -163,6 +163,9 @@ pub fn simd_level() -> SimdLevel {
 /// A matrix × two-level Q8_0 vector kernel: `(w, hi, lo, out)`.
 pub type Gemv2<W> = fn(&[W], &[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
 
+/// Gathered rows × a two-level Q8_0 vector: `(w, idx, hi, lo, out)`.
+pub type Gather2<W> = fn(&[W], &[u32], &[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
+
 /// A table of kernels for one [`SimdLevel`]. Every entry is a safe function; the SIMD tables
 /// can only be obtained on a CPU that supports them.
 ///
@@ -213,6 +216,11 @@ pub struct Kernels {
     pub gemv_q4_0x8_q8_0: fn(&[packed::BlockQ4_0x8], &[BlockQ8_0], &mut [f32]),
     /// As `gemv_q4_0x8_q8_0` with a two-level activation (`hi`, `lo`).
     pub gemv2_q4_0x8_q8_0: Gemv2<packed::BlockQ4_0x8>,
+    /// `gather(w, idx, hi, lo, out)`: `out[i] = row(idx[i]) · (hi + lo)` (the rows of active
+    /// neurons of an expert's up matrix), four gathered rows at a time.
+    pub gather_gemv2_q4_0_q8_0: Gather2<BlockQ4_0>,
+    /// As `gather_gemv2_q4_0_q8_0` for Q8_0 weights.
+    pub gather_gemv2_q8_0_q8_0: Gather2<BlockQ8_0>,
     /// See [`dot_f32`].
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
     /// See [`dot_f16_f32`].
@@ -250,6 +258,8 @@ static SCALAR: Kernels = Kernels {
     gemv2_q8_0_q8_0: scalar::gemv2_q8_0_q8_0,
     gemv_q4_0x8_q8_0: packed::gemv_q4_0x8_q8_0,
     gemv2_q4_0x8_q8_0: packed::gemv2_q4_0x8_q8_0,
+    gather_gemv2_q4_0_q8_0: scalar::gather_gemv2_q4_0_q8_0,
+    gather_gemv2_q8_0_q8_0: scalar::gather_gemv2_q8_0_q8_0,
     dot_f32: scalar::dot_f32,
     dot_f16_f32: scalar::dot_f16_f32,
     dot_bf16_f32: scalar::dot_bf16_f32,

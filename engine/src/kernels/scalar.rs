@@ -329,3 +329,33 @@ pub fn gemv2_q8_0_q8_0(w: &[BlockQ8_0], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out:
         *o = vec_dot_q8_0_q8_0(row, hi) + vec_dot_q8_0_q8_0(row, lo);
     }
 }
+
+/// Rows `idx` × a two-level activation: `out[i] = row(idx[i]) · hi + row(idx[i]) · lo`.
+pub fn gather_gemv2_q4_0_q8_0(
+    w: &[BlockQ4_0],
+    idx: &[u32],
+    hi: &[BlockQ8_0],
+    lo: &[BlockQ8_0],
+    out: &mut [f32],
+) {
+    let nb = hi.len();
+    for (o, &i) in out.iter_mut().zip(idx) {
+        let row = &w[i as usize * nb..(i as usize + 1) * nb];
+        *o = vec_dot_q4_0_q8_0(row, hi) + vec_dot_q4_0_q8_0(row, lo);
+    }
+}
+
+/// As [`gather_gemv2_q4_0_q8_0`] for Q8_0 weights.
+pub fn gather_gemv2_q8_0_q8_0(
+    w: &[BlockQ8_0],
+    idx: &[u32],
+    hi: &[BlockQ8_0],
+    lo: &[BlockQ8_0],
+    out: &mut [f32],
+) {
+    let nb = hi.len();
+    for (o, &i) in out.iter_mut().zip(idx) {
+        let row = &w[i as usize * nb..(i as usize + 1) * nb];
+        *o = vec_dot_q8_0_q8_0(row, hi) + vec_dot_q8_0_q8_0(row, lo);
+    }
+}

@@ -9,7 +9,9 @@ use rayon::prelude::*;
 use super::weights::{MatRef, Matrix};
 use crate::error::Result;
 use crate::kernels::packed::{BlockQ4_0x8, X8_ROWS};
-use crate::kernels::{ActFormat, QuantAct, act_format_for, dot_rows, dot_rows_x8, dot_rows2};
+use crate::kernels::{
+    ActFormat, QuantAct, act_format_for, dot_rows, dot_rows_gather2, dot_rows_x8, dot_rows2,
+};
 use crate::quant::GgmlType;
 
 /// How products are computed.
@@ -141,6 +143,30 @@ impl FastAct {
             self.lo.quantize(&self.residual, ActFormat::Q8_0)?;
         }
         Ok(())
+    }
+
+    /// `out[i] = row(idx[i]) · x` for gathered rows of a matrix of type `ty` (`rows`: whole rows
+    /// of `row_bytes`).
+    pub fn dot_rows_gather(
+        &self,
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        idx: &[u32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        if self.two_level {
+            dot_rows_gather2(ty, rows, row_bytes, idx, &self.hi, &self.lo, out)
+        } else {
+            for (o, &i) in out.iter_mut().zip(idx) {
+                let r = i as usize * row_bytes;
+                let row = rows.get(r..r + row_bytes).ok_or_else(|| {
+                    crate::error::Error::InvalidInput(format!("row {i} outside the matrix"))
+                })?;
+                dot_rows(ty, row, row_bytes, &self.hi, std::slice::from_mut(o))?;
+            }
+            Ok(())
+        }
     }
 
     /// `out[r] = row_r · x` over x8-packed Q4_0 rows (`out.len()`, a multiple of 8).

@@ -209,6 +209,9 @@ pub struct MoeScratch {
 #[derive(Default)]
 struct ExpertScratch {
     g: Vec<f32>,
+    /// Active neurons (positive gate) and their up values.
+    idx: Vec<u32>,
+    u: Vec<f32>,
     out: Vec<f32>,
     acc: Vec<f32>,
     hq: FastAct,
@@ -479,16 +482,25 @@ fn expert_fast(ew: ExpertRef<'_>, y: &[f32], es: &mut ExpertScratch) -> Result<(
     if ew.up.ty != ew.gate.ty {
         es.hq.prepare(ew.up.ty, y)?;
     }
-    let mut active = 0u64;
-    for j in 0..f {
-        if es.g[j] > 0.0 {
-            active += 1;
-            let mut u = [0f32];
-            rows_dot(ew.up, j, &es.hq, &mut u)?;
-            es.g[j] *= u[0];
+    es.idx.clear();
+    for (j, g) in es.g.iter_mut().enumerate() {
+        if *g > 0.0 {
+            es.idx.push(j as u32);
         } else {
-            es.g[j] = 0.0;
+            *g = 0.0;
         }
+    }
+    let active = es.idx.len() as u64;
+    es.u.resize(es.idx.len(), 0.0);
+    es.hq.dot_rows_gather(
+        ew.up.ty,
+        ew.up.bytes(),
+        ew.up.row_bytes(),
+        &es.idx,
+        &mut es.u,
+    )?;
+    for (&j, &u) in es.idx.iter().zip(&es.u) {
+        es.g[j as usize] *= u;
     }
     let inactive = f as u64 - active;
     es.stats.n_neurons += f as u64;

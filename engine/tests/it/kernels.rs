@@ -463,6 +463,66 @@ fn packed_x8_entry_checks_lengths() {
     assert!(dot_rows_x8(&p, &a, Some(&short), &mut out).is_err());
 }
 
+/// Gathered rows (an expert's active neurons): every level against per-row scalar dots, for
+/// index lists with ragged lengths, repeats and any order; the checked entry rejects indices
+/// outside the matrix.
+#[test]
+fn gather_gemv2_matches_scalar_rows() {
+    let mut rng = Rng::new(45);
+    let (nb, n_rows) = (7, 23);
+    let x = act_values(&mut rng, nb * 32, 0);
+    let mut hi = vec![BlockQ8_0::zeroed(); nb];
+    kernels::quantize_row_q8_0(&x, &mut hi);
+    let lo: Vec<BlockQ8_0> = hi.iter().rev().cloned().collect();
+    let w4: Vec<BlockQ4_0> = weights(&mut rng, nb * n_rows, &[0], 0);
+    let w8: Vec<BlockQ8_0> = weights(&mut rng, nb * n_rows, &[0], 0);
+    for idx in [
+        vec![],
+        vec![5],
+        vec![22, 0, 3, 3, 9],
+        (0..23u32).rev().collect::<Vec<_>>(),
+    ] {
+        for k in levels() {
+            let mut o4 = vec![f32::NAN; idx.len()];
+            let mut o8 = vec![f32::NAN; idx.len()];
+            (k.gather_gemv2_q4_0_q8_0)(&w4, &idx, &hi, &lo, &mut o4);
+            (k.gather_gemv2_q8_0_q8_0)(&w8, &idx, &hi, &lo, &mut o8);
+            for (n, &i) in idx.iter().enumerate() {
+                let i = i as usize;
+                let (r4, r8) = (&w4[i * nb..(i + 1) * nb], &w8[i * nb..(i + 1) * nb]);
+                let s4 = (scalar().vec_dot_q4_0_q8_0)(r4, &hi) as f64
+                    + (scalar().vec_dot_q4_0_q8_0)(r4, &lo) as f64;
+                let s8 = (scalar().vec_dot_q8_0_q8_0)(r8, &hi) as f64
+                    + (scalar().vec_dot_q8_0_q8_0)(r8, &lo) as f64;
+                let m4 = 2.0 * mag_exact(&deq(r4), &deq(&hi)).0;
+                let m8 = 2.0 * mag_exact(&deq(r8), &deq(&hi)).0;
+                assert!(
+                    (o4[n] as f64 - s4).abs() <= SIMD_VS_SCALAR_REL_TOL * m4 + ABS_FLOOR,
+                    "gather q4_0 {:?} {idx:?}: {} vs {s4}",
+                    k.level,
+                    o4[n]
+                );
+                assert!(
+                    (o8[n] as f64 - s8).abs() <= SIMD_VS_SCALAR_REL_TOL * m8 + ABS_FLOOR,
+                    "gather q8_0 {:?} {idx:?}: {} vs {s8}",
+                    k.level,
+                    o8[n]
+                );
+            }
+        }
+    }
+    let mut a = kernels::QuantAct::new();
+    a.quantize(&x, kernels::ActFormat::Q8_0).unwrap();
+    let bytes: &[u8] = bytemuck::cast_slice(&w4);
+    let mut out = [0f32; 1];
+    let rb = nb * 18;
+    kernels::dot_rows_gather2(quant::GgmlType::Q4_0, bytes, rb, &[22], &a, &a, &mut out).unwrap();
+    assert!(
+        kernels::dot_rows_gather2(quant::GgmlType::Q4_0, bytes, rb, &[23], &a, &a, &mut out)
+            .is_err()
+    );
+}
+
 #[test]
 fn gemv_byte_entry_checks_lengths() {
     let a = vec![BlockQ8_0::zeroed(); 2];

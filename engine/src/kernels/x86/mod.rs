@@ -50,6 +50,8 @@ avx2_wrappers! {
     fn gemv_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0], out: &mut [f32]);
     fn gemv2_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]);
     fn gemv2_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]);
+    fn gather_gemv2_q4_0_q8_0(w: &[BlockQ4_0], idx: &[u32], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]);
+    fn gather_gemv2_q8_0_q8_0(w: &[BlockQ8_0], idx: &[u32], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]);
     fn dot_f32(a: &[f32], b: &[f32]) -> f32;
     fn dot_f16_f32(w: &[u16], x: &[f32]) -> f32;
     fn dot_bf16_f32(w: &[u16], x: &[f32]) -> f32;
@@ -107,6 +109,8 @@ const AVX2_TABLE: Kernels = Kernels {
     gemv2_q8_0_q8_0,
     gemv_q4_0x8_q8_0,
     gemv2_q4_0x8_q8_0,
+    gather_gemv2_q4_0_q8_0,
+    gather_gemv2_q8_0_q8_0,
     dot_f32,
     dot_f16_f32,
     dot_bf16_f32,
