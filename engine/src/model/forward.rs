@@ -13,7 +13,7 @@
 use tracing::{Level, debug_span, event};
 
 use super::Model;
-use super::linear::{LinearScratch, matmul};
+use super::linear::{LinearScratch, matmul, matmul3};
 use super::ops::{rms_norm, route};
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvCacheConfig, KvType};
@@ -427,9 +427,14 @@ impl<'m> Session<'m> {
                             &mut s.h[t * hd..(t + 1) * hd],
                         );
                     }
-                    matmul(&lw.wq, &s.h, n, &mut s.q, model.mode, &mut s.lin)?;
-                    matmul(&lw.wk, &s.h, n, &mut s.k, model.mode, &mut s.lin)?;
-                    matmul(&lw.wv, &s.h, n, &mut s.v, model.mode, &mut s.lin)?;
+                    matmul3(
+                        [&lw.wq, &lw.wk, &lw.wv],
+                        &s.h,
+                        n,
+                        [&mut s.q, &mut s.k, &mut s.v],
+                        model.mode,
+                        &mut s.lin,
+                    )?;
                     if kind.rope {
                         for t in 0..n {
                             let p = pos0 + t;

@@ -237,6 +237,62 @@ pub fn matmul_fast(
     Ok(())
 }
 
+/// Rows `r0 .. r0 + out.len()` of `m` (fast mode, one token): the x8-packed copy when the range
+/// is in whole groups, else the row-major bytes.
+fn rows_fast(m: MatRef<'_>, r0: usize, act: &FastAct, out: &mut [f32]) -> Result<()> {
+    if let Some(w) = m.packed_rows(r0, out.len()) {
+        return act.dot_rows_x8(w, out);
+    }
+    let rb = m.row_bytes();
+    act.dot_rows(m.ty, &m.bytes()[r0 * rb..(r0 + out.len()) * rb], rb, out)
+}
+
+/// Rows per task of a fast product of `m` (whole x8 groups when packed).
+fn fast_chunk(m: MatRef<'_>) -> usize {
+    let c = rows_per_task(m.rows);
+    if m.packed.is_some() {
+        c.next_multiple_of(X8_ROWS)
+    } else {
+        c
+    }
+}
+
+/// Three products of the same input (the query, key and value projections). For one token in
+/// fast mode with matrices of one type, the activation is prepared once and the three matrices'
+/// row chunks go to the threads in one parallel dispatch (the key and value matrices are small:
+/// alone, each would cost a dispatch for a few microseconds of work). Otherwise three
+/// [`matmul`] calls.
+pub fn matmul3(
+    ms: [&Matrix; 3],
+    x: &[f32],
+    n_tokens: usize,
+    outs: [&mut [f32]; 3],
+    mode: ComputeMode,
+    scratch: &mut LinearScratch,
+) -> Result<()> {
+    let ty = ms[0].ty;
+    if mode != ComputeMode::Fast || n_tokens != 1 || ms.iter().any(|m| m.ty != ty) {
+        for (m, o) in ms.into_iter().zip(outs) {
+            matmul(m, x, n_tokens, o, mode, scratch)?;
+        }
+        return Ok(());
+    }
+    if scratch.acts.is_empty() {
+        scratch.acts.resize_with(1, FastAct::default);
+    }
+    scratch.acts[0].prepare(ty, x)?;
+    let act = &scratch.acts[0];
+    let v = ms.map(Matrix::view);
+    let c = v.map(fast_chunk);
+    let [o0, o1, o2] = outs;
+    o0.par_chunks_mut(c[0])
+        .enumerate()
+        .map(|(i, o)| (0usize, i, o))
+        .chain(o1.par_chunks_mut(c[1]).enumerate().map(|(i, o)| (1, i, o)))
+        .chain(o2.par_chunks_mut(c[2]).enumerate().map(|(i, o)| (2, i, o)))
+        .try_for_each(|(k, i, o)| rows_fast(v[k], i * c[k], act, o))
+}
+
 /// [`matmul_fast`] over the x8-packed copy: tasks of whole row groups.
 fn matmul_x8(m: MatRef<'_>, acts: &[FastAct], out: &mut [f32], tmp: &mut Vec<f32>) -> Result<()> {
     let (rows, n) = (m.rows, acts.len());

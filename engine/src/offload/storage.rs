@@ -491,7 +491,9 @@ mod tests {
         let dt = t.elapsed();
         assert_eq!(v, 42);
         assert!(dt >= Duration::from_micros(3000), "{dt:?}");
-        assert!(dt < Duration::from_micros(3000 + 2000), "{dt:?}");
+        // Sleeps overshoot on a loaded machine; the fidelity within 10% is checked over many
+        // requests in the integration tests. This bounds gross errors (a doubled wait).
+        assert!(dt < Duration::from_micros(3000 + 3000), "{dt:?}");
         let s = m.stats();
         assert_eq!((s.requests, s.bytes, s.real_slower), (1, 1_000_000, 0));
     }
