@@ -4,6 +4,7 @@ mod bench;
 mod cgroup;
 mod ci;
 mod gen_model;
+mod overhead;
 mod profile_data;
 mod report;
 mod scenario;
@@ -27,6 +28,8 @@ enum Cmd {
     Tidy,
     /// The main job: generate models, run the scenario matrix, write the HTML report.
     Bench(bench::Args),
+    /// The profiler layer's cost on a real decode: interleaved runs with and without it.
+    ProfilerOverhead(overhead::Args),
     /// Rebuild a report from existing result records.
     Report(report::Args),
     /// Deterministic regression gate against the committed baseline.
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Tidy => tidy::run(),
         Cmd::Bench(a) => bench::main(a),
+        Cmd::ProfilerOverhead(a) => overhead::main(a),
         Cmd::Report(a) => report::main(a),
         Cmd::Ci(a) => ci::main(a),
         Cmd::GenModel { args } => gen_model::run(&args),
