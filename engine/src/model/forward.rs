@@ -295,7 +295,12 @@ impl<'m> Session<'m> {
         } else {
             Phase::Prefill
         };
-        let _fwd = debug_span!("forward", pos0, n_tokens = n, phase = ?phase).entered();
+        // Field names and values as `docs/spans.md` lists them (the profiler matches on them).
+        let phase_name = match phase {
+            Phase::Prefill => "prefill",
+            Phase::Decode => "decode",
+        };
+        let _fwd = debug_span!("forward", token = pos0, n_tokens = n, phase = phase_name).entered();
         let (hd, qd, kvd) = (c.hidden, c.q_dim(), c.kv_dim());
         let s = &mut self.s;
         s.x.resize(n * hd, 0.0);
