@@ -44,6 +44,16 @@ pub enum Phase {
     Decode,
 }
 
+impl Phase {
+    /// The `phase` field of the `forward` span: `"prefill"` or `"decode"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Prefill => "prefill",
+            Phase::Decode => "decode",
+        }
+    }
+}
+
 /// An intermediate tensor an [`Observer`] may see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -296,11 +306,8 @@ impl<'m> Session<'m> {
             Phase::Prefill
         };
         // Field names and values as `docs/spans.md` lists them (the profiler matches on them).
-        let phase_name = match phase {
-            Phase::Prefill => "prefill",
-            Phase::Decode => "decode",
-        };
-        let _fwd = debug_span!("forward", token = pos0, n_tokens = n, phase = phase_name).entered();
+        let _fwd =
+            debug_span!("forward", token = pos0, n_tokens = n, phase = phase.name()).entered();
         let (hd, qd, kvd) = (c.hidden, c.q_dim(), c.kv_dim());
         let s = &mut self.s;
         s.x.resize(n * hd, 0.0);
