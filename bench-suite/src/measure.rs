@@ -56,17 +56,30 @@ pub struct TestResult {
 }
 
 impl TestResult {
-    /// Offload counters per token: (hit rate, bytes read, I/O ms, exposed I/O ms, overlap).
+    /// Offload counters per token: hit rate, bytes read, I/O ms, exposed I/O ms, compute ms,
+    /// overlap.
     pub fn offload_per_token(&self) -> Option<OffloadPerToken> {
         let o = self.offload.as_ref()?;
         let n = self.tokens.max(1) as f64;
+        let exposed_io_ms = o.exposed_io_ms() / n;
         Some(OffloadPerToken {
             hit_rate: o.hit_rate(),
             bytes_read: o.stats.io.bytes as f64 / n,
             io_ms: o.io_ms() / n,
-            exposed_io_ms: o.exposed_io_ms() / n,
+            exposed_io_ms,
+            compute_ms: self.timed_ms().map(|t| (t / n - exposed_io_ms).max(0.0)),
             overlap: o.overlap(),
         })
+    }
+
+    /// Wall time of all timed repetitions, ms (from the per-repetition t/s; `None` if a
+    /// sample is not a positive finite rate).
+    pub fn timed_ms(&self) -> Option<f64> {
+        let per_rep = (self.n_prompt + self.n_gen) as f64;
+        self.samples_tps
+            .iter()
+            .map(|&tps| (tps.is_finite() && tps > 0.0).then(|| 1e3 * per_rep / tps))
+            .sum()
     }
 }
 
@@ -81,6 +94,11 @@ pub struct OffloadPerToken {
     pub io_ms: f64,
     /// Time the compute waited for reads, ms.
     pub exposed_io_ms: f64,
+    /// Timed wall time minus the time the compute waited for reads, ms: what the forward
+    /// pass spent on its own work (arithmetic, cache lookups, issuing reads). With
+    /// `exposed_io_ms` it adds up to the measured time per token. `None` without valid
+    /// samples.
+    pub compute_ms: Option<f64>,
     /// Share of I/O time not waited for.
     pub overlap: Option<f64>,
 }
@@ -158,6 +176,56 @@ pub fn time_tg(model: &Model, tokens: &[u32]) -> Result<(f64, f64)> {
     Ok((tokens.len() as f64 / dt, sparsity(&s)))
 }
 
+/// Decode step times of one A/B test: the switch's off side and on side, nanoseconds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AbSteps {
+    /// Steps run with the switch off.
+    pub off_ns: Vec<u64>,
+    /// Steps run with the switch on.
+    pub on_ns: Vec<u64>,
+}
+
+impl AbSteps {
+    /// Per block of four steps (off, on, on, off): the on steps' time over the off steps'
+    /// (blocks in order; a trailing partial block is left out).
+    pub fn block_ratios(&self) -> Vec<f64> {
+        self.off_ns
+            .chunks_exact(2)
+            .zip(self.on_ns.chunks_exact(2))
+            .map(|(off, on)| (on[0] + on[1]) as f64 / (off[0] + off[1]) as f64)
+            .filter(|r| r.is_finite())
+            .collect()
+    }
+}
+
+/// Whether decode step `i` of an A/B test runs with the switch on: off, on, on, off, off, on,
+/// on, … so both sides see early and late positions (and slow drift) alike.
+pub fn ab_side(i: usize) -> bool {
+    i.div_ceil(2) % 2 == 1
+}
+
+/// Times `tokens.len()` decode steps from an empty context one by one, calling `set(on)`
+/// before each step with `on` = [`ab_side`] (and `set(false)` at the end). Interleaving single
+/// steps cancels the load changes of a shared machine far better than alternating runs.
+pub fn time_tg_ab(model: &Model, tokens: &[u32], mut set: impl FnMut(bool)) -> Result<AbSteps> {
+    let mut s = session(model, tokens.len(), 1)?;
+    let mut out = AbSteps::default();
+    for (i, &tok) in tokens.iter().enumerate() {
+        let on = ab_side(i);
+        set(on);
+        let t = Instant::now();
+        s.forward(&[tok], Logits::Last)?;
+        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if on {
+            out.on_ns.push(ns);
+        } else {
+            out.off_ns.push(ns);
+        }
+    }
+    set(false);
+    Ok(out)
+}
+
 fn sparsity(s: &Session<'_>) -> f64 {
     let m = s.moe_totals();
     if m.n_neurons == 0 {
@@ -231,6 +299,58 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compute_time_is_timed_wall_time_minus_waits() {
+        // Two tg10 repetitions at 10 and 5 t/s: 1 s + 2 s over 20 tokens = 150 ms/token, of
+        // which 400 ms in all (20 ms/token) were spent blocked on expert reads.
+        let mut snap = OffloadSnapshot::default();
+        snap.stats.wait.blocked_ns = 400_000_000;
+        snap.stats.io.busy_wall_ns = 1_000_000_000;
+        let r = TestResult {
+            test: "tg10".into(),
+            n_prompt: 0,
+            n_gen: 10,
+            samples_tps: vec![10.0, 5.0],
+            sparsity: None,
+            tokens: 20,
+            offload: Some(snap),
+            belady_hit_rate: None,
+        };
+        assert!((r.timed_ms().unwrap() - 3000.0).abs() < 1e-9);
+        let o = r.offload_per_token().unwrap();
+        assert!((o.exposed_io_ms - 20.0).abs() < 1e-9);
+        assert!((o.compute_ms.unwrap() - 130.0).abs() < 1e-9);
+        assert!((o.io_ms - 50.0).abs() < 1e-9);
+        // A broken sample gives no compute time rather than a wrong one.
+        let bad = TestResult {
+            samples_tps: vec![10.0, f64::NAN],
+            ..r
+        };
+        assert_eq!(bad.offload_per_token().unwrap().compute_ms, None);
+        // No offload counters, no per-token offload figures.
+        let plain = TestResult {
+            offload: None,
+            ..bad
+        };
+        assert!(plain.offload_per_token().is_none());
+    }
+
+    #[test]
+    fn ab_sides_alternate_in_pairs_and_balance() {
+        let sides: Vec<bool> = (0..8).map(ab_side).collect();
+        assert_eq!(sides, [false, true, true, false, false, true, true, false]);
+        // Over any multiple of 4 steps both sides get as many steps and the same mean position.
+        let on: Vec<usize> = (0..64).filter(|&i| ab_side(i)).collect();
+        assert_eq!(on.len(), 32);
+        assert_eq!(on.iter().sum::<usize>() * 2, (0..64).sum::<usize>());
+        // Blocks pair each two on steps with the two off steps around them.
+        let steps = AbSteps {
+            off_ns: vec![100, 100, 200, 200, 7],
+            on_ns: vec![110, 110, 180, 220, 9],
+        };
+        assert_eq!(steps.block_ratios(), vec![1.1, 1.0]);
+    }
 
     #[test]
     fn workload_is_seeded_and_in_range() {

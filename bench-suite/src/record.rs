@@ -79,7 +79,8 @@ pub struct Record {
     pub sparsity: Option<f64>,
     /// Storage I/O time per token, ms.
     pub io_ms_per_token: Option<f64>,
-    /// Compute time per token, ms.
+    /// Compute time per token, ms: measured time per token minus the time the compute thread
+    /// waited for expert reads (offloaded runs; see `measure::OffloadPerToken::compute_ms`).
     pub compute_ms_per_token: Option<f64>,
     /// I/O time the compute waited for, per token, ms.
     pub exposed_io_ms_per_token: Option<f64>,

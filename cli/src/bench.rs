@@ -1,11 +1,14 @@
 //! `thinker bench`: llama-bench-style `ppN` / `tgN` measurements with result records.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use bench_suite::machine::{Machine, now_rfc3339, peak_rss_bytes};
 use bench_suite::measure::{self, BenchConfig};
 use bench_suite::record::{self, Record, SCHEMA};
+
+use tracing_subscriber::layer::SubscriberExt;
 
 use crate::args::{ModelArgs, human_bytes};
 
@@ -54,6 +57,40 @@ pub struct Args {
     /// Workload seed.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
+    /// Measure with the profiler's tracing layer installed (as `thinker profile` installs it).
+    /// `on`: for the whole run (compare with a run without the flag). `ab`: behind a switch
+    /// flipped between single decode steps (off, on, on, off, …), tg tests only; prints both
+    /// sides' step times and their ratio. What the layer records is drained after every
+    /// repetition, outside the timing, and only counted.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "on",
+          value_parser = ["on", "ab"])]
+    profiler: Option<String>,
+}
+
+/// What the profiler layer recorded during `--profiler` runs, per test.
+#[derive(Default)]
+pub(crate) struct Captured {
+    forward_steps: usize,
+    pub(crate) spans: usize,
+    events: usize,
+}
+
+impl Captured {
+    pub(crate) fn add(&mut self, rec: &profiler::Recording) {
+        self.forward_steps += rec.spans_named("forward").count();
+        self.spans += rec.spans.len();
+        self.events += rec.events.len();
+    }
+
+    /// For the record's note.
+    pub(crate) fn describe(&self) -> String {
+        let per = |n: usize| n as f64 / self.forward_steps.max(1) as f64;
+        format!(
+            "profiler layer on: {:.0} spans + {:.0} events per forward step recorded",
+            per(self.spans),
+            per(self.events)
+        )
+    }
 }
 
 /// Runs the command.
@@ -85,7 +122,30 @@ pub fn main(a: Args) -> Result<()> {
         reps: a.reps,
         seed: a.seed,
     };
+    if a.profiler.as_deref() == Some("ab") {
+        let cfg = crate::bench_ab::AbConfig {
+            n_gen: &a.n_gen,
+            reps: a.reps,
+            seed: a.seed,
+            json: a.output != "md",
+        };
+        return crate::bench_ab::run(&model, &cfg);
+    }
+    let handle = if a.profiler.is_some() {
+        let (layer, handle) = profiler::ProfileLayer::new();
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .context("installing the profiler")?;
+        Some(handle)
+    } else {
+        None
+    };
+    let mut captured: HashMap<String, Captured> = HashMap::new();
     let results = measure::run(&model, &cfg, |name, rep| {
+        // Called between repetitions, outside the timed region. The first drain also holds
+        // the warm-up's steps; counts are per forward step, so that does not skew them.
+        if let Some(h) = &handle {
+            captured.entry(name.to_string()).or_default().add(&h.take());
+        }
         eprint!("\r{name} rep {}/{}   ", rep + 1, a.reps);
     })?;
     eprintln!();
@@ -161,6 +221,7 @@ pub fn main(a: Args) -> Result<()> {
             bytes_read_per_token: opt.map(|o| o.bytes_read),
             io_ms_per_token: opt.map(|o| o.io_ms),
             exposed_io_ms_per_token: opt.map(|o| o.exposed_io_ms),
+            compute_ms_per_token: opt.and_then(|o| o.compute_ms),
             test: r.test.clone(),
             n_prompt: r.n_prompt as u32,
             n_gen: r.n_gen as u32,
@@ -174,7 +235,10 @@ pub fn main(a: Args) -> Result<()> {
             roofline_tps: bw.filter(|_| r.n_gen > 0).map(|b| b / per_token),
             bandwidth_gbps: bw.map(|b| b / 1e9),
             sparsity: r.sparsity,
-            note: Some(note.clone()),
+            note: Some(match captured.get(&r.test) {
+                Some(c) => format!("{note}; {}", c.describe()),
+                None => note.clone(),
+            }),
             ..Record::default()
         });
     }
@@ -206,9 +270,14 @@ pub fn main(a: Args) -> Result<()> {
                     share
                 );
             }
+            for r in &records {
+                if let Some(c) = captured.get(&r.test) {
+                    println!("\n{}: {}", r.test, c.describe());
+                }
+            }
             if off.is_some() {
                 println!(
-                    "\n| test | hit rate | Belady | MiB read/token | I/O ms/token | exposed ms/token | overlap |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+                    "\n| test | hit rate | Belady | MiB read/token | I/O ms/token | exposed ms/token | compute ms/token | overlap |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
                 );
                 for r in &records {
                     let pct = |v: Option<f64>| {
@@ -218,13 +287,14 @@ pub fn main(a: Args) -> Result<()> {
                         v.map_or_else(|| "-".to_string(), |x| format!("{:.2}", x * scale))
                     };
                     println!(
-                        "| {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
                         r.test,
                         pct(r.hit_rate),
                         pct(r.belady_hit_rate),
                         num(r.bytes_read_per_token, 1.0 / f64::from(1 << 20)),
                         num(r.io_ms_per_token, 1.0),
                         num(r.exposed_io_ms_per_token, 1.0),
+                        num(r.compute_ms_per_token, 1.0),
                         pct(r.overlap_ratio)
                     );
                 }

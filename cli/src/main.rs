@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod bench_ab;
 mod chat;
 mod r#gen;
 mod gen_loop;

@@ -10,7 +10,8 @@
 //!   `thread_sort_index`;
 //! - `ph:"X"` complete events, one per span interval: `name`, `cat` (the part before the first
 //!   `.`: `compute`, `io`, `kv`, or `forward`), `ts` and `dur` in microseconds (floats with ns
-//!   precision), `pid` 1, `tid` = [`ThreadInfo::tid`](crate::ThreadInfo), `args` = the fields;
+//!   precision), `pid` 1, `tid` = [`ThreadInfo::tid`](crate::ThreadInfo) + 1 ([`trace_tid`]),
+//!   `args` = the fields;
 //! - `ph:"i"` global instants named `token <n>` (category `token`) at each `forward` start;
 //! - `ph:"i"` thread instants for events (category = target, name = message, args = fields).
 
@@ -31,6 +32,14 @@ use crate::summary::Summary;
 
 /// Process id used in `trace.json`.
 pub const TRACE_PID: u32 = 1;
+
+/// The `tid` a recorded thread gets in `trace.json`: its [`ThreadInfo::tid`](crate::ThreadInfo)
+/// plus one. Perfetto's importer takes tid 0 for the idle (swapper) thread: a thread written as
+/// tid 0 loses its name and its slices land on another thread's track (seen in Perfetto's
+/// trace processor v52).
+pub fn trace_tid(tid: u32) -> u64 {
+    u64::from(tid) + 1
+}
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -89,11 +98,11 @@ pub fn chrome_trace(rec: &Recording) -> Value {
     }));
     for t in &rec.threads {
         ev.push(json!({
-            "name": "thread_name", "ph": "M", "pid": TRACE_PID, "tid": t.tid,
+            "name": "thread_name", "ph": "M", "pid": TRACE_PID, "tid": trace_tid(t.tid),
             "args": {"name": t.name}
         }));
         ev.push(json!({
-            "name": "thread_sort_index", "ph": "M", "pid": TRACE_PID, "tid": t.tid,
+            "name": "thread_sort_index", "ph": "M", "pid": TRACE_PID, "tid": trace_tid(t.tid),
             "args": {"sort_index": t.tid}
         }));
     }
@@ -110,7 +119,7 @@ pub fn chrome_trace(rec: &Recording) -> Value {
         ev.push(json!({
             "name": s.name, "cat": category(&s.name), "ph": "X",
             "ts": us(s.start_ns), "dur": us(s.dur_ns()),
-            "pid": TRACE_PID, "tid": s.tid, "args": args(&s.fields)
+            "pid": TRACE_PID, "tid": trace_tid(s.tid), "args": args(&s.fields)
         }));
         if s.name == names::FORWARD {
             let label = s
@@ -118,7 +127,7 @@ pub fn chrome_trace(rec: &Recording) -> Value {
                 .map_or_else(|| "token".to_owned(), |t| format!("token {t}"));
             ev.push(json!({
                 "name": label, "cat": "token", "ph": "i", "s": "g",
-                "ts": us(s.start_ns), "pid": TRACE_PID, "tid": s.tid,
+                "ts": us(s.start_ns), "pid": TRACE_PID, "tid": trace_tid(s.tid),
                 "args": args(&s.fields)
             }));
         }
@@ -126,7 +135,7 @@ pub fn chrome_trace(rec: &Recording) -> Value {
     for e in &rec.events {
         ev.push(json!({
             "name": e.name, "cat": e.target, "ph": "i", "s": "t",
-            "ts": us(e.ts_ns), "pid": TRACE_PID, "tid": e.tid, "args": args(&e.fields)
+            "ts": us(e.ts_ns), "pid": TRACE_PID, "tid": trace_tid(e.tid), "args": args(&e.fields)
         }));
     }
     json!({"traceEvents": ev, "displayTimeUnit": "ms"})

@@ -4,6 +4,8 @@ mod bench;
 mod cgroup;
 mod ci;
 mod gen_model;
+mod overhead;
+mod perfetto;
 mod profile_data;
 mod report;
 mod scenario;
@@ -27,6 +29,10 @@ enum Cmd {
     Tidy,
     /// The main job: generate models, run the scenario matrix, write the HTML report.
     Bench(bench::Args),
+    /// The profiler layer's cost on a real decode: interleaved runs with and without it.
+    ProfilerOverhead(overhead::Args),
+    /// Load a `thinker profile` trace into Perfetto's trace processor and check it with SQL.
+    PerfettoCheck(perfetto::Args),
     /// Rebuild a report from existing result records.
     Report(report::Args),
     /// Deterministic regression gate against the committed baseline.
@@ -53,6 +59,8 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Tidy => tidy::run(),
         Cmd::Bench(a) => bench::main(a),
+        Cmd::ProfilerOverhead(a) => overhead::main(a),
+        Cmd::PerfettoCheck(a) => perfetto::main(a),
         Cmd::Report(a) => report::main(a),
         Cmd::Ci(a) => ci::main(a),
         Cmd::GenModel { args } => gen_model::run(&args),

@@ -2,6 +2,7 @@
 
 mod chat;
 mod http;
+mod perfetto;
 mod serve;
 
 /// The fixture models.

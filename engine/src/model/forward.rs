@@ -44,6 +44,16 @@ pub enum Phase {
     Decode,
 }
 
+impl Phase {
+    /// The `phase` field of the `forward` span: `"prefill"` or `"decode"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Prefill => "prefill",
+            Phase::Decode => "decode",
+        }
+    }
+}
+
 /// An intermediate tensor an [`Observer`] may see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -295,7 +305,9 @@ impl<'m> Session<'m> {
         } else {
             Phase::Prefill
         };
-        let _fwd = debug_span!("forward", pos0, n_tokens = n, phase = ?phase).entered();
+        // Field names and values as `docs/spans.md` lists them (the profiler matches on them).
+        let _fwd =
+            debug_span!("forward", token = pos0, n_tokens = n, phase = phase.name()).entered();
         let (hd, qd, kvd) = (c.hidden, c.q_dim(), c.kv_dim());
         let s = &mut self.s;
         s.x.resize(n * hd, 0.0);

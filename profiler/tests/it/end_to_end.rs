@@ -160,8 +160,10 @@ fn check_trace_json(bytes: &[u8], io_tids: &HashSet<u32>, n_steps: usize) {
             "tid {tid} has no thread_name"
         );
     }
+    // No thread is written as tid 0 (Perfetto's idle thread); trace tids are recorded + 1.
+    assert!(!by_tid.contains_key(&0) && !thread_names.contains_key(&0));
     for tid in io_tids {
-        assert!(thread_names[&u64::from(*tid)].starts_with("io-"));
+        assert!(thread_names[&profiler::artefacts::trace_tid(*tid)].starts_with("io-"));
     }
     // Complete events on one thread nest: each is inside the enclosing open one or after it.
     for (tid, spans) in &by_tid {
