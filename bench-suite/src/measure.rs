@@ -50,8 +50,10 @@ pub struct TestResult {
     pub tokens: usize,
     /// Offload counters accumulated over the test's repetitions (offloaded models only).
     pub offload: Option<OffloadSnapshot>,
-    /// Belady's optimal hit rate for the test's demand accesses at the cache's capacity, the
-    /// run's earlier accesses warming the cache (offloaded models loaded with `record_trace`).
+    /// Belady's optimal hit rate for the test's demand accesses at the cache's capacity (its
+    /// slot shares), the run's earlier accesses warming the cache (offloaded models loaded with
+    /// `record_trace`). Same trace, capacity, window and hit definition as
+    /// [`OffloadPerToken::hit_rate`], which is therefore never above it.
     pub belady_hit_rate: Option<f64>,
 }
 
@@ -64,6 +66,7 @@ impl TestResult {
         let exposed_io_ms = o.exposed_io_ms() / n;
         Some(OffloadPerToken {
             hit_rate: o.hit_rate(),
+            ready_rate: o.ready_rate(),
             bytes_read: o.stats.io.bytes as f64 / n,
             io_ms: o.io_ms() / n,
             exposed_io_ms,
@@ -86,8 +89,11 @@ impl TestResult {
 /// Offload counters of a test, per token.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OffloadPerToken {
-    /// Demand accesses that found their expert in memory.
+    /// Demand accesses that found their expert resident since its previous demand access
+    /// (prefetched experts not counted; comparable with Belady's optimum).
     pub hit_rate: f64,
+    /// Demand accesses that found their expert ready, cached or prefetched.
+    pub ready_rate: f64,
     /// Bytes read from storage.
     pub bytes_read: f64,
     /// Wall time some expert read was in progress, ms.
@@ -125,14 +131,9 @@ impl TraceLog {
         if self.keys.len() <= from {
             return None;
         }
-        let slots = usize::try_from(o.plan().cache_slots).unwrap_or(usize::MAX);
-        let h = engine::offload::sim::belady_for_from(
-            &self.keys,
-            model.config.n_layers as u32,
-            slots,
-            o.options().scope,
-            from,
-        );
+        // The cache's own slot shares (hot slots, uneven per-layer splits included), so that
+        // the bound is for the capacity the run had.
+        let h = engine::offload::sim::belady_shares_from(&self.keys, &o.slot_shares(), from);
         Some(h.hit_rate())
     }
 }

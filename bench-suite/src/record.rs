@@ -61,8 +61,12 @@ pub struct Record {
     pub peak_mem_bytes: Option<u64>,
     /// Where the peak comes from: "cgroup" (page cache included) or "rss" (VmHWM).
     pub mem_source: Option<String>,
-    /// Expert cache hit rate.
+    /// Expert cache hit rate: demand accesses that found their expert resident since its
+    /// previous demand access (prefetched ones not counted), comparable with
+    /// `belady_hit_rate`.
     pub hit_rate: Option<f64>,
+    /// Demand accesses that found their expert ready, cached or prefetched.
+    pub ready_rate: Option<f64>,
     /// Belady-optimal hit rate for the same trace and capacity.
     pub belady_hit_rate: Option<f64>,
     /// Share of expert I/O time hidden behind compute.

@@ -32,11 +32,11 @@ pub struct ModelArgs {
         requires = "memory_budget"
     )]
     pub storage: StorageProfile,
-    /// Expert cache eviction policy: lru, lfu or lrfu.
+    /// Expert cache eviction policy: lru, lfu, lrfu or learned.
     #[arg(
         long = "cache-policy",
         value_name = "POLICY",
-        default_value = "lrfu",
+        default_value = "learned",
         requires = "memory_budget"
     )]
     pub cache_policy: PolicyKind,

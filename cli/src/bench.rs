@@ -216,6 +216,7 @@ pub fn main(a: Args) -> Result<()> {
             storage: storage.clone(),
             budget_bytes: off.map(|o| o.options().budget.bytes()),
             hit_rate: opt.map(|o| o.hit_rate),
+            ready_rate: opt.map(|o| o.ready_rate),
             belady_hit_rate: r.belady_hit_rate,
             overlap_ratio: opt.and_then(|o| o.overlap),
             bytes_read_per_token: opt.map(|o| o.bytes_read),
@@ -277,7 +278,7 @@ pub fn main(a: Args) -> Result<()> {
             }
             if off.is_some() {
                 println!(
-                    "\n| test | hit rate | Belady | MiB read/token | I/O ms/token | exposed ms/token | compute ms/token | overlap |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+                    "\n| test | hit rate | Belady | ready | MiB read/token | I/O ms/token | exposed ms/token | compute ms/token | overlap |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
                 );
                 for r in &records {
                     let pct = |v: Option<f64>| {
@@ -287,10 +288,11 @@ pub fn main(a: Args) -> Result<()> {
                         v.map_or_else(|| "-".to_string(), |x| format!("{:.2}", x * scale))
                     };
                     println!(
-                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         r.test,
                         pct(r.hit_rate),
                         pct(r.belady_hit_rate),
+                        pct(r.ready_rate),
                         num(r.bytes_read_per_token, 1.0 / f64::from(1 << 20)),
                         num(r.io_ms_per_token, 1.0),
                         num(r.exposed_io_ms_per_token, 1.0),

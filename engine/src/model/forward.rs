@@ -546,7 +546,13 @@ impl<'m> Session<'m> {
                         &mut s.moe,
                     );
                     if let Some(off) = model.offload() {
-                        off.prefetcher().release(l as u32);
+                        let pf = off.prefetcher();
+                        pf.release(l as u32);
+                        // The last token's router scores: a hint for the layer's next visit.
+                        let e = c.n_experts;
+                        if let Some(last) = s.rl.get((n - 1) * e..n * e) {
+                            pf.hint(l as u32, last);
+                        }
                     }
                     let stats = res?;
                     self.moe_totals.add(&stats);

@@ -39,6 +39,7 @@ use crate::offload::{
     ALIGN, AlignedBuf, CacheConfig, CacheScope, Capacity, ExpertFile, ExpertKey, ExpertLayout,
     FileRange, HotSet, IoConfig, IoMode, MemoryBudget, OffloadStats, OpenMode, Part, Plan,
     PlanInput, PolicyKind, PrefetchConfig, Prefetcher, SlotLayout, SlotTransform, StorageProfile,
+    sim::SlotShares,
 };
 
 /// Process overhead the plan sets aside beyond what it counts explicitly: the executable's and
@@ -85,8 +86,8 @@ pub struct OffloadOptions {
 }
 
 impl OffloadOptions {
-    /// Defaults for a budget: real storage, LRFU, global cache, 4 I/O threads, prefetch and
-    /// speculation on, `O_DIRECT` where possible, a 4096-position context, 256-token chunks.
+    /// Defaults for a budget: real storage, the `learned` policy, global cache, 4 I/O threads,
+    /// prefetch and speculation on, `O_DIRECT` where possible, a 4096-position context, 256-token chunks.
     pub fn new(budget: MemoryBudget) -> OffloadOptions {
         OffloadOptions {
             budget,
@@ -139,6 +140,7 @@ impl OffloadSnapshot {
         let (a, b) = (&self.stats, &earlier.stats);
         let mut d = *self;
         d.stats.cache.hits = a.cache.hits - b.cache.hits;
+        d.stats.cache.prefetch_hits = a.cache.prefetch_hits - b.cache.prefetch_hits;
         d.stats.cache.inflight_hits = a.cache.inflight_hits - b.cache.inflight_hits;
         d.stats.cache.misses = a.cache.misses - b.cache.misses;
         d.stats.cache.evictions = a.cache.evictions - b.cache.evictions;
@@ -164,9 +166,16 @@ impl OffloadSnapshot {
         d
     }
 
-    /// Demand accesses that found their expert in memory.
+    /// Demand accesses that found their expert resident since its previous demand access (the
+    /// rate Belady's optimum bounds; prefetched experts are not counted, see
+    /// [`crate::offload::CacheStats`]).
     pub fn hit_rate(&self) -> f64 {
         self.stats.cache.hit_rate()
+    }
+
+    /// Demand accesses that found their expert ready, cached or prefetched.
+    pub fn ready_rate(&self) -> f64 {
+        self.stats.cache.ready_rate()
     }
 
     /// Time the compute thread was blocked on expert reads, milliseconds.
@@ -533,6 +542,12 @@ impl Offload {
             stats: self.prefetcher.stats(),
             spec: self.lock().spec,
         }
+    }
+
+    /// The slots the cache gives each layer (see [`crate::offload::ExpertCache::slot_shares`]):
+    /// with the recorded trace, the capacity for Belady's bound.
+    pub fn slot_shares(&self) -> SlotShares {
+        self.prefetcher.with_cache(|c| c.slot_shares())
     }
 
     /// The demand accesses recorded so far (with [`OffloadOptions::record_trace`]), emptied.

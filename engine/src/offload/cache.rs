@@ -10,8 +10,12 @@
 //!   or split evenly between layers ([`CacheScope::PerLayer`], each layer with its own policy).
 //! - **Hot set**: the first slots are reserved for the [`HotSet`]'s experts; they are loaded
 //!   like any miss but never evicted.
-//! - **Stats**: demand accesses split into hits, in-flight hits and misses; evictions; bytes
-//!   read; prefetches evicted unused.
+//! - **Stats**: demand accesses split into hits, prefetch hits, in-flight hits and misses;
+//!   evictions; bytes read; prefetches evicted unused. A *hit* is an access to an expert that
+//!   stayed resident since its previous demand access; an access served by a prefetch (the
+//!   speculation or the hot-set warm-up) is a *prefetch hit*. So the hit rate is the one
+//!   [`crate::offload::sim::belady`] bounds on the same demand trace and capacity
+//!   ([`ExpertCache::slot_shares`]): no cache, with or without prefetching, can beat it.
 //!
 //! The cache is bookkeeping plus buffers: it does no I/O itself (see
 //! [`crate::offload::prefetch::Prefetcher`]) and is used from one thread (the compute thread).
@@ -27,6 +31,7 @@ use super::hotset::HotSet;
 use super::io::SlotBuf;
 use super::layout::ExpertLayout;
 use super::policy::{Policy, PolicyKind, PolicyShape, SlotId};
+use super::sim::SlotShares;
 use super::sys::AlignedBuf;
 use crate::error::{Error, Result};
 
@@ -72,8 +77,8 @@ pub struct CacheConfig {
     pub scope: CacheScope,
     /// Eviction policy for the non-hot slots.
     pub policy: PolicyKind,
-    /// Experts to pin (taken from the front while they fit, leaving at least one evictable slot
-    /// per partition).
+    /// Experts to pin (taken from the front while they fit in [`HOT_SHARE_MAX`] of the slots,
+    /// leaving at least one evictable slot per partition).
     pub hot: Option<HotSet>,
 }
 
@@ -102,8 +107,11 @@ pub enum Lookup {
 /// Counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Demand accesses that found the expert ready.
+    /// Demand accesses that found the expert ready, resident since its previous demand access.
     pub hits: u64,
+    /// Demand accesses that found the expert ready thanks to a prefetch (inserted by one and not
+    /// demanded since): no demand-only cache could have had it.
+    pub prefetch_hits: u64,
     /// Demand accesses that found a read already in progress (usually a prefetch).
     pub inflight_hits: u64,
     /// Demand accesses that needed a new read.
@@ -121,17 +129,24 @@ pub struct CacheStats {
 impl CacheStats {
     /// Demand accesses.
     pub fn accesses(&self) -> u64 {
-        self.hits + self.inflight_hits + self.misses
+        self.hits + self.prefetch_hits + self.inflight_hits + self.misses
     }
 
-    /// Fraction of accesses that found the expert ready.
+    /// Fraction of accesses that found the expert resident since its previous demand access:
+    /// the cache's own merit, at most Belady's hit rate on the same trace and capacity.
     pub fn hit_rate(&self) -> f64 {
         self.hits as f64 / self.accesses().max(1) as f64
     }
 
+    /// Fraction of accesses that found the expert ready (cached or prefetched): the share the
+    /// compute never waited for.
+    pub fn ready_rate(&self) -> f64 {
+        (self.hits + self.prefetch_hits) as f64 / self.accesses().max(1) as f64
+    }
+
     /// Fraction of accesses that did not start a read (ready or already loading).
     pub fn hit_or_inflight_rate(&self) -> f64 {
-        (self.hits + self.inflight_hits) as f64 / self.accesses().max(1) as f64
+        (self.hits + self.prefetch_hits + self.inflight_hits) as f64 / self.accesses().max(1) as f64
     }
 }
 
@@ -139,10 +154,11 @@ impl fmt::Display for CacheStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} accesses: {} hits ({:.1}%), {} in flight, {} misses; {} evictions ({} unused prefetches); {:.1} MiB read",
+            "{} accesses: {} hits ({:.1}%), {} prefetch hits, {} in flight, {} misses; {} evictions ({} unused prefetches); {:.1} MiB read",
             self.accesses(),
             self.hits,
             100.0 * self.hit_rate(),
+            self.prefetch_hits,
             self.inflight_hits,
             self.misses,
             self.evictions,
@@ -179,6 +195,13 @@ struct Partition {
 
 const NONE: u32 = u32::MAX;
 
+/// The largest share of the slots a hot set may pin. A hot set learned from a whole
+/// `routing.csv` lists nearly every expert; pinning them all would leave the cache one
+/// evictable slot. Replaying the 4B model's routing, pinning the top quarter or half of the
+/// slots changed LRFU's hit rate by under a point; pinning all but one slot (the earlier
+/// behaviour) cut decode speed at 1 GiB by more than half.
+pub const HOT_SHARE_MAX: f64 = 0.5;
+
 /// The expert cache; see the module docs.
 pub struct ExpertCache {
     n_layers: u32,
@@ -194,6 +217,8 @@ pub struct ExpertCache {
     hot_slot: Vec<u32>,
     n_hot: usize,
     parts: Vec<Partition>,
+    /// Layer of the last access or insert (`NONE` before any).
+    last_layer: u32,
     stats: CacheStats,
 }
 
@@ -236,12 +261,14 @@ impl ExpertCache {
                 n_parts.max(1)
             )));
         }
-        // Hot keys, valid and at most what leaves one evictable slot per partition.
+        // Hot keys, valid, at most `HOT_SHARE_MAX` of the slots and what leaves one evictable
+        // slot per partition.
         let mut hot_slot = vec![NONE; n_keys];
         let mut hot_keys = Vec::new();
+        let max_hot = ((n_slots as f64 * HOT_SHARE_MAX) as usize).min(n_slots - n_parts.max(1));
         if let Some(h) = &cfg.hot {
             for k in h.keys() {
-                if hot_keys.len() + n_parts >= n_slots {
+                if hot_keys.len() >= max_hot {
                     break;
                 }
                 let i = layout.index(k)?;
@@ -298,6 +325,7 @@ impl ExpertCache {
             hot_slot,
             n_hot,
             parts,
+            last_layer: NONE,
             stats: CacheStats::default(),
         })
     }
@@ -348,6 +376,23 @@ impl ExpertCache {
         self.scope
     }
 
+    /// The slots each part of the key space can use, hot slots included: all of them for
+    /// [`CacheScope::Global`]; per layer, its partition plus its hot experts' slots. Belady's
+    /// optimum with these shares ([`crate::offload::sim::belady_shares_from`]) bounds the
+    /// cache's hit count.
+    pub fn slot_shares(&self) -> SlotShares {
+        match self.scope {
+            CacheScope::Global => SlotShares::Global(self.n_slots()),
+            CacheScope::PerLayer => {
+                let mut per_layer: Vec<usize> = self.parts.iter().map(|p| p.slots.len()).collect();
+                for k in self.hot_keys() {
+                    per_layer[k.layer as usize] += 1;
+                }
+                SlotShares::PerLayer(per_layer)
+            }
+        }
+    }
+
     /// The hot experts (whether loaded yet or not).
     pub fn hot_keys(&self) -> impl Iterator<Item = ExpertKey> + '_ {
         self.hot_slot
@@ -382,7 +427,9 @@ impl ExpertCache {
     /// [`Lookup::Absent`] the caller reads the expert into [`ExpertCache::insert`]'s slot.
     pub fn access(&mut self, key: ExpertKey) -> Result<Lookup> {
         let l = self.lookup(key)?;
+        self.note_layer(key.layer);
         match l {
+            Lookup::Ready(s) if self.meta[s].prefetched_unused => self.stats.prefetch_hits += 1,
             Lookup::Ready(_) => self.stats.hits += 1,
             Lookup::Loading(_) => self.stats.inflight_hits += 1,
             Lookup::Absent => self.stats.misses += 1,
@@ -400,15 +447,48 @@ impl ExpertCache {
         Ok(l)
     }
 
-    /// Records a demand use of the key in slot `s` with its partition's policy. The first use
-    /// of a prefetched slot was already counted when it was inserted.
-    fn touch(&mut self, s: SlotId) {
-        let m = &mut self.meta[s];
-        if std::mem::take(&mut m.prefetched_unused) {
+    /// The router's scores for every expert of `layer` at the token just routed (higher: more
+    /// likely chosen), passed to the layer's policy as a hint for the layer's next visit. Given
+    /// after the visit's accesses.
+    pub fn hint(&mut self, layer: u32, scores: &[f32]) {
+        if layer >= self.n_layers || scores.len() != self.n_experts as usize {
             return;
         }
+        let p = match self.scope {
+            CacheScope::Global => 0,
+            CacheScope::PerLayer => layer as usize,
+        };
+        if let Some(part) = self.parts.get_mut(p) {
+            part.policy.on_hint(layer as usize, scores);
+        }
+    }
+
+    /// Tells the policy of `layer`'s partition when a visit of the layer starts.
+    fn note_layer(&mut self, layer: u32) {
+        if layer == self.last_layer {
+            return;
+        }
+        self.last_layer = layer;
+        let p = match self.scope {
+            CacheScope::Global => 0,
+            CacheScope::PerLayer => layer as usize,
+        };
+        if let Some(part) = self.parts.get_mut(p) {
+            part.policy.on_visit(layer as usize);
+        }
+    }
+
+    /// Records a demand use of the key in slot `s` with its partition's policy. The first use
+    /// of a prefetched slot was already counted when it was inserted, if the policy counts
+    /// prefetches as uses.
+    fn touch(&mut self, s: SlotId) {
+        let m = &mut self.meta[s];
+        let prefetched = std::mem::take(&mut m.prefetched_unused);
         if let (Some(p), Some(k)) = (m.partition, m.key) {
-            self.parts[p].policy.on_access(s, k);
+            let pol = &mut self.parts[p].policy;
+            if !prefetched || !pol.prefetch_counts_as_use() {
+                pol.on_access(s, k);
+            }
         }
     }
 
@@ -418,6 +498,7 @@ impl ExpertCache {
     /// their reserved slot.
     pub fn insert(&mut self, key: ExpertKey, demand: bool) -> Result<Option<SlotId>> {
         let i = self.idx(key)?;
+        self.note_layer(key.layer);
         if self.index[i] != NONE {
             return Err(Error::InvalidInput(format!("{key} is already cached")));
         }
@@ -450,9 +531,13 @@ impl ExpertCache {
         if let Some(p) = self.meta[s].partition {
             let pol = &mut self.parts[p].policy;
             pol.on_insert(s, i);
-            // Count the use now: a demand miss is its access, and a prefetch predicts one (so
-            // that the speculation is not the policy's first victim).
-            pol.on_access(s, i);
+            // A demand miss is its access; a prefetch predicts one (so that the speculation is
+            // not the policy's first victim).
+            if demand {
+                pol.on_access(s, i);
+            } else {
+                pol.on_prefetch(s, i);
+            }
         }
         Ok(Some(s))
     }
@@ -710,7 +795,7 @@ mod tests {
     #[test]
     fn hot_experts_have_reserved_slots_and_survive_pressure() {
         let hot = HotSet::from_keys([k(1, 3), k(0, 2)]);
-        let mut c = cache(3, CacheScope::Global, PolicyKind::Lrfu, Some(hot));
+        let mut c = cache(4, CacheScope::Global, PolicyKind::Lrfu, Some(hot));
         assert_eq!(c.n_hot(), 2);
         assert!(c.is_hot(k(1, 3)) && !c.is_hot(k(0, 0)));
         assert!(!use_key(&mut c, k(1, 3)));
@@ -720,10 +805,13 @@ mod tests {
         }
         assert!(use_key(&mut c, k(1, 3)));
         assert!(use_key(&mut c, k(0, 2)));
-        // The hot set leaves at least one evictable slot.
-        let hot = HotSet::from_keys((0..4).map(|e| k(0, e)));
-        let c = cache(3, CacheScope::Global, PolicyKind::Lru, Some(hot));
+        // The hot set takes at most half the slots, and leaves one evictable slot per
+        // partition.
+        let hot = HotSet::from_keys((0..8).map(|e| k(e / 4, e % 4)));
+        let c = cache(5, CacheScope::Global, PolicyKind::Lru, Some(hot.clone()));
         assert_eq!(c.n_hot(), 2);
+        let c = cache(3, CacheScope::PerLayer, PolicyKind::Lru, Some(hot));
+        assert_eq!(c.n_hot(), 1);
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //!   aligned buffers, with typed errors for truncated/removed/unreadable files.
 //! - [`storage`]: storage-device profiles (`--storage`) and their emulation on top of real reads.
 //! - [`io`]: a pool of I/O threads serving prioritised, cancellable expert reads.
-//! - [`cache`] and [`policy`]: the expert cache over a pre-allocated slab, with LRU, LFU and LRFU
-//!   eviction, pinning, per-layer or global capacity, and a pinned hot set ([`hotset`]).
+//! - [`cache`] and [`policy`]: the expert cache over a pre-allocated slab, with LRU, LFU, LRFU and
+//!   [`learned`] eviction, pinning, per-layer or global capacity, and a pinned hot set ([`hotset`]).
 //! - [`budget`]: memory-budget parsing (`--memory-budget`) and the planner that splits it.
 //! - [`prefetch`]: the [`Prefetcher`] the forward pass calls: `request` experts as soon as the
 //!   router has run, `wait` for each one and compute on its bytes while it is pinned.
@@ -24,6 +24,7 @@ pub mod file;
 pub mod hotset;
 pub mod io;
 pub mod layout;
+pub mod learned;
 pub mod policy;
 pub mod prefetch;
 pub mod sim;

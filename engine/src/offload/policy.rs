@@ -1,4 +1,5 @@
-//! Eviction policies of the expert cache: LRU, LFU with aging, and LRFU.
+//! Eviction policies of the expert cache: LRU, LFU with aging, LRFU, and the `learned` policy
+//! ([`super::learned`]).
 //!
 //! A policy sees the cache's slots (by index) and the keys in them (by dense key index,
 //! `layer · n_experts + expert`), and picks a victim among the evictable slots of its
@@ -33,6 +34,7 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
+use super::learned::Learned;
 use crate::error::{Error, Result};
 
 /// Index of a cache slot.
@@ -40,7 +42,7 @@ pub type SlotId = usize;
 
 /// An eviction policy over one partition of the cache.
 pub trait Policy: Send + fmt::Debug {
-    /// Short name (`lru`, `lfu`, `lrfu`).
+    /// Short name (`lru`, `lfu`, `lrfu`, `learned`).
     fn name(&self) -> &'static str;
     /// `key` (dense index) was placed in `slot`.
     fn on_insert(&mut self, slot: SlotId, key: usize);
@@ -48,6 +50,21 @@ pub trait Policy: Send + fmt::Debug {
     fn on_access(&mut self, slot: SlotId, key: usize);
     /// `slot` (holding `key`) was emptied.
     fn on_remove(&mut self, slot: SlotId, key: usize);
+    /// `key`, in `slot`, was prefetched (a predicted use). By default counted as a use.
+    fn on_prefetch(&mut self, slot: SlotId, key: usize) {
+        self.on_access(slot, key);
+    }
+    /// Whether [`Policy::on_prefetch`] counted the use, so the first demand access of a
+    /// prefetched key is not reported again.
+    fn prefetch_counts_as_use(&self) -> bool {
+        true
+    }
+    /// A visit of `layer` starts: the cache's accesses (demand or prefetch) moved to this
+    /// layer from another. Called before the visit's first `on_insert`/`on_access`.
+    fn on_visit(&mut self, _layer: usize) {}
+    /// The router's scores for every expert of `layer` at the token just routed (higher: more
+    /// likely chosen), after the visit's accesses: a hint for the layer's next visit.
+    fn on_hint(&mut self, _layer: usize, _scores: &[f32]) {}
     /// The slot to evict among `slots` for which `evictable` holds; `key_of` gives a slot's key.
     fn victim(
         &mut self,
@@ -57,7 +74,7 @@ pub trait Policy: Send + fmt::Debug {
     ) -> Option<SlotId>;
 }
 
-/// The policies, as chosen on the command line (`--cache-policy lru|lfu|lrfu`).
+/// The policies, as chosen on the command line (`--cache-policy lru|lfu|lrfu|learned`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PolicyKind {
     /// Least recently used.
@@ -65,13 +82,20 @@ pub enum PolicyKind {
     /// Least frequently used, counts halved periodically (aging).
     Lfu,
     /// Least recently/frequently used (combined score), see the module docs.
-    #[default]
     Lrfu,
+    /// Reuse probability learned online per (recency, frequency) class, see [`Learned`].
+    #[default]
+    Learned,
 }
 
 impl PolicyKind {
     /// Every policy.
-    pub const ALL: [PolicyKind; 3] = [PolicyKind::Lru, PolicyKind::Lfu, PolicyKind::Lrfu];
+    pub const ALL: [PolicyKind; 4] = [
+        PolicyKind::Lru,
+        PolicyKind::Lfu,
+        PolicyKind::Lrfu,
+        PolicyKind::Learned,
+    ];
 
     /// Name as parsed.
     pub fn name(self) -> &'static str {
@@ -79,6 +103,7 @@ impl PolicyKind {
             PolicyKind::Lru => "lru",
             PolicyKind::Lfu => "lfu",
             PolicyKind::Lrfu => "lrfu",
+            PolicyKind::Learned => "learned",
         }
     }
 
@@ -92,6 +117,7 @@ impl PolicyKind {
                 Lfu::default_period(shape.n_slots),
             )),
             PolicyKind::Lrfu => Box::new(Lrfu::new(shape, Lrfu::default_half_life(shape))),
+            PolicyKind::Learned => Box::new(Learned::new(shape)),
         }
     }
 }
@@ -125,7 +151,9 @@ impl FromStr for PolicyKind {
             .into_iter()
             .find(|p| p.name() == t)
             .ok_or_else(|| {
-                Error::InvalidInput(format!("unknown cache policy '{s}'; valid: lru, lfu, lrfu"))
+                Error::InvalidInput(format!(
+                    "unknown cache policy '{s}'; valid: lru, lfu, lrfu, learned"
+                ))
             })
     }
 }

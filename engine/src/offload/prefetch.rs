@@ -295,6 +295,13 @@ impl Prefetcher {
         }
     }
 
+    /// The router's scores for every expert of `layer` at the latest token (higher: more
+    /// likely chosen), for the cache policy (see [`ExpertCache::hint`]). Call once the layer's
+    /// experts have been requested.
+    pub fn hint(&self, layer: u32, scores: &[f32]) {
+        self.lock().cache.hint(layer, scores);
+    }
+
     /// Unpins the experts of `layer` requested with [`Priority::Demand`] and not (yet) taken
     /// with `wait`.
     pub fn release(&self, layer: u32) {

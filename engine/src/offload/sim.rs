@@ -18,6 +18,16 @@ pub fn simulate(
     trace: &[ExpertKey],
     cfg: &CacheConfig,
 ) -> Result<CacheStats> {
+    Ok(replay(n_layers, n_experts, trace, cfg)?.stats())
+}
+
+/// [`simulate`], returning the cache itself (its counters and [`ExpertCache::slot_shares`]).
+fn replay(
+    n_layers: u32,
+    n_experts: u32,
+    trace: &[ExpertKey],
+    cfg: &CacheConfig,
+) -> Result<ExpertCache> {
     // One-byte experts: every slot is three blocks, so even large capacities stay small.
     let layout = ExpertLayout::from_stacked(n_layers, n_experts, |_, _| {
         Ok(FileRange {
@@ -39,7 +49,7 @@ pub fn simulate(
             }
         }
     }
-    Ok(c.stats())
+    Ok(c)
 }
 
 /// Hits and misses of a replay.
@@ -112,22 +122,47 @@ fn belady_per_layer_from(
     slots_per_layer: usize,
     from: usize,
 ) -> HitCount {
-    let mut total = HitCount::default();
-    for l in 0..n_layers {
-        let sub: Vec<ExpertKey> = trace.iter().copied().filter(|k| k.layer == l).collect();
-        let before = trace[..from.min(trace.len())]
-            .iter()
-            .filter(|k| k.layer == l)
-            .count();
-        let h = belady_counting_from(&sub, slots_per_layer, before);
-        total.hits += h.hits;
-        total.misses += h.misses;
-    }
-    total
+    let shares = SlotShares::PerLayer(vec![slots_per_layer; n_layers as usize]);
+    belady_shares_from(trace, &shares, from)
 }
 
-/// Belady's hit count for the scope of `cfg` (global, or per layer with the cache's per-layer
-/// share).
+/// How many slots a cache gives each part of the key space (see
+/// [`ExpertCache::slot_shares`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotShares {
+    /// One pool of this many slots for every key.
+    Global(usize),
+    /// Layer `l`'s keys have `shares[l]` slots of their own.
+    PerLayer(Vec<usize>),
+}
+
+/// Belady's hit count for a cache whose slots are shared as `shares` says, counting only the
+/// accesses from index `from` on (the earlier ones warm the cache). With the cache's own shares
+/// and the demand trace it saw, this bounds its [`CacheStats::hits`] over the same window.
+pub fn belady_shares_from(trace: &[ExpertKey], shares: &SlotShares, from: usize) -> HitCount {
+    match shares {
+        SlotShares::Global(n) => belady_counting_from(trace, *n, from),
+        SlotShares::PerLayer(per_layer) => {
+            let mut total = HitCount::default();
+            for (l, &n) in per_layer.iter().enumerate() {
+                let in_layer = |k: &&ExpertKey| k.layer as usize == l;
+                let sub: Vec<ExpertKey> = trace.iter().filter(in_layer).copied().collect();
+                let before = trace[..from.min(trace.len())]
+                    .iter()
+                    .filter(in_layer)
+                    .count();
+                let h = belady_counting_from(&sub, n, before);
+                total.hits += h.hits;
+                total.misses += h.misses;
+            }
+            total
+        }
+    }
+}
+
+/// Belady's hit count for the scope of `cfg` (global, or per layer with an even per-layer
+/// share, rounded down; a cache built with a hot set or a capacity not a multiple of the layers
+/// may hold more per layer: use [`belady_shares_from`] with its [`ExpertCache::slot_shares`]).
 pub fn belady_for(
     trace: &[ExpertKey],
     n_layers: u32,
@@ -157,6 +192,7 @@ pub fn belady_for_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offload::HotSet;
     use crate::offload::policy::PolicyKind;
 
     fn k(e: u32) -> ExpertKey {
@@ -185,6 +221,68 @@ mod tests {
         assert_eq!((h.hits, h.misses), (3, 0));
         let h = belady_for_from(&t, 1, 2, CacheScope::Global, 0);
         assert_eq!(h.hits + h.misses, 6);
+    }
+
+    /// A skewed pseudo-random trace over `n_layers × 16` keys.
+    fn skewed(n: usize, n_layers: u32) -> Vec<ExpertKey> {
+        let mut x = 99u64;
+        (0..n)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let r = (x >> 33) % 100;
+                let e = if r < 60 { r % 4 } else { r % 16 };
+                ExpertKey::new(i as u32 % n_layers, e as u32)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn belady_with_the_caches_own_slot_shares_bounds_hot_sets_and_uneven_splits() {
+        // 3 layers, 11 slots: per layer 4 + 4 + 3 before the hot set, which takes two slots
+        // and gives them to layers 0 and 2.
+        let t = skewed(6000, 3);
+        let hot = HotSet::from_keys([ExpertKey::new(0, 0), ExpertKey::new(2, 1)]);
+        for scope in [CacheScope::Global, CacheScope::PerLayer] {
+            for hot in [None, Some(hot.clone())] {
+                for p in PolicyKind::ALL {
+                    let cfg = CacheConfig {
+                        capacity: Capacity::Slots(11),
+                        scope,
+                        policy: p,
+                        hot: hot.clone(),
+                    };
+                    let c = replay(3, 16, &t, &cfg).unwrap();
+                    let shares = c.slot_shares();
+                    let total = match &shares {
+                        SlotShares::Global(n) => *n,
+                        SlotShares::PerLayer(v) => v.iter().sum(),
+                    };
+                    assert_eq!(total, 11, "{shares:?}");
+                    let opt = belady_shares_from(&t, &shares, 0);
+                    let s = c.stats();
+                    // The hot set's warm-up is not part of a demand-only replay.
+                    assert_eq!(s.prefetch_hits, 0);
+                    assert_eq!(opt.hits + opt.misses, s.accesses());
+                    assert!(
+                        s.hits <= opt.hits,
+                        "{scope:?} {p} hot {}: {} > {}",
+                        hot.is_some(),
+                        s.hits,
+                        opt.hits
+                    );
+                }
+            }
+        }
+        // The even split rounds down; the cache gives the remainder to the first layers.
+        let cfg = CacheConfig {
+            capacity: Capacity::Slots(11),
+            scope: CacheScope::PerLayer,
+            ..CacheConfig::default()
+        };
+        let shares = replay(3, 16, &[], &cfg).unwrap().slot_shares();
+        assert_eq!(shares, SlotShares::PerLayer(vec![4, 4, 3]));
     }
 
     #[test]
