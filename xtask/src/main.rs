@@ -4,6 +4,9 @@ mod bench;
 mod cgroup;
 mod ci;
 mod gen_model;
+mod peer;
+mod peer_setup;
+mod plan;
 mod profile_data;
 mod report;
 mod scenario;
@@ -27,6 +30,8 @@ enum Cmd {
     Tidy,
     /// The main job: generate models, run the scenario matrix, write the HTML report.
     Bench(bench::Args),
+    /// Install the llama.cpp peer (llama-cpp-python built from source) under `target/peer/venv`.
+    PeerSetup(peer_setup::Args),
     /// Rebuild a report from existing result records.
     Report(report::Args),
     /// Deterministic regression gate against the committed baseline.
@@ -53,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Tidy => tidy::run(),
         Cmd::Bench(a) => bench::main(a),
+        Cmd::PeerSetup(a) => peer_setup::main(a),
         Cmd::Report(a) => report::main(a),
         Cmd::Ci(a) => ci::main(a),
         Cmd::GenModel { args } => gen_model::run(&args),
