@@ -2,9 +2,13 @@
 //! (each scenario in its own process, inside a cgroup memory limit when it has a budget), appends
 //! one record per test to `results.jsonl`, profiles one run, and renders the HTML report.
 //!
-//! Resuming: a scenario whose records (same key, same commit) are already in `results.jsonl` is
-//! skipped, so a re-run after Ctrl-C finishes the rest. Records are appended and fsynced one at a
-//! time, so an interruption loses nothing already measured.
+//! With `--peer llama.cpp` every scenario the peer can run is measured by llama.cpp too (through
+//! `xtask/peer/llama_cpp_bench.py` in the venv of `cargo xtask peer-setup`), with the same threads,
+//! tests, repetitions and cgroup limit; see [`crate::peer`] for what it can run.
+//!
+//! Resuming: a scenario whose records (same key — engine included —, same commit) are already in
+//! `results.jsonl` is skipped, so a re-run after Ctrl-C finishes the rest. Records are appended
+//! and fsynced one at a time, so an interruption loses nothing already measured.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -17,7 +21,9 @@ use bench_suite::record::{self, Record};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cgroup::Cgroup;
-use crate::scenario::{Matrix, Scenario, default_matrix};
+use crate::peer::{self, DriverConfig, Peer, Ready, RecordContext};
+use crate::plan::{self, Engine, Job, PlanConfig};
+use crate::scenario::{Matrix, Scenario, counts_arg, default_matrix};
 use crate::{profile_data, report, workspace_root};
 
 /// `cargo xtask bench` flags.
@@ -53,21 +59,11 @@ pub struct Args {
     /// Skip the profiled run.
     #[arg(long)]
     no_profile: bool,
-}
-
-/// A rough per-scenario time estimate, seconds (for the plan printed up front).
-fn estimate_secs(s: &Scenario, reps: usize, tiny: bool) -> f64 {
-    if tiny {
-        return 2.0;
-    }
-    let runs = (reps + 1) as f64;
-    let offload = s.budget.is_some();
-    let pp: f64 = s.pp.iter().map(|&n| n as f64 / 40.0).sum();
-    let tg: f64 =
-        s.tg.iter()
-            .map(|&n| n as f64 / if offload { 4.0 } else { 15.0 })
-            .sum();
-    5.0 + runs * (pp + tg)
+    /// Also measure a peer engine on the scenarios it can run (needs `cargo xtask peer-setup`):
+    /// in memory, and memory budgets on the real disk under the same cgroup limit (mmap); the
+    /// emulated storage profiles are ours only.
+    #[arg(long, value_enum)]
+    peer: Option<Peer>,
 }
 
 /// What the built `thinker` supports (older builds lack offload flags).
@@ -120,6 +116,90 @@ fn drop_caches() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
 }
 
+/// The memory cgroup scenarios with a budget run in.
+const CGROUP: &str = "smallthinker-bench";
+
+/// What a process run under a scenario's limits left behind.
+struct Limited {
+    /// Its stdout.
+    stdout: String,
+    /// Peak memory of its cgroup (page cache included), if it ran in one.
+    peak: Option<u64>,
+    /// How the limits were applied.
+    notes: Vec<String>,
+}
+
+/// Runs `cmd` under the scenario's limits: with a budget, the page cache is dropped first and
+/// the process runs in a cgroup limited to budget + 5% (the engine plans for the budget, the
+/// cgroup proves it). Without a cgroup the run goes on with a note, unless `require_cgroup`
+/// (an engine with no budget of its own would measure nothing then).
+fn run_limited(
+    cmd: &mut Command,
+    s: &Scenario,
+    what: &str,
+    require_cgroup: bool,
+) -> Result<Limited> {
+    let mut notes = Vec::new();
+    let mut cgroup = None;
+    if let Some(b) = s.budget {
+        if drop_caches() {
+            notes.push("page cache dropped before the run".to_string());
+        } else {
+            notes
+                .push("could not drop the page cache (not root?): storage may be warm".to_string());
+        }
+        match Cgroup::create(CGROUP, b + b / 20) {
+            Ok(cg) => cgroup = Some(cg),
+            Err(e) if require_cgroup => return Err(e.context(format!("{what} needs a cgroup"))),
+            Err(e) => notes.push(format!("no cgroup limit ({e}); peak is the process RSS")),
+        }
+    }
+    let out = match &cgroup {
+        Some(cg) => cg.run(cmd)?,
+        None => cmd
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {what}"))?,
+    };
+    if !out.status.success() {
+        let killed = cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
+        bail!(
+            "{what} failed ({}){}",
+            out.status,
+            if killed {
+                ": killed by the cgroup memory limit"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(Limited {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        peak: cgroup.as_ref().and_then(|cg| cg.max_usage()),
+        notes,
+    })
+}
+
+/// Stamps the scenario's storage, budget, cgroup peak and notes on its records.
+fn apply_limits(recs: &mut [Record], s: &Scenario, lim: &Limited) {
+    for r in recs {
+        r.storage = s.storage.clone();
+        r.budget_bytes = s.budget;
+        if let Some(p) = lim.peak {
+            r.peak_mem_bytes = Some(p);
+            r.mem_source = Some("cgroup".into());
+        }
+        if !lim.notes.is_empty() {
+            let prev = r.note.take().unwrap_or_default();
+            r.note = Some(
+                format!("{prev}; {}", lim.notes.join("; "))
+                    .trim_start_matches("; ")
+                    .to_string(),
+            );
+        }
+    }
+}
+
 /// Runs one scenario's `thinker bench`; returns its records.
 fn run_scenario(
     thinker: &Path,
@@ -137,9 +217,7 @@ fn run_scenario(
         .args(["-r", &reps.to_string()])
         .args(["-o", "jsonl", "--run-id", run_id])
         .args(["--label", &s.model_label, "--quant", &s.quant])
-        .args(["-p", &join(&s.pp, "0"), "-n", &join(&s.tg, "0")]);
-    let mut note = Vec::new();
-    let mut cgroup = None;
+        .args(["-p", &counts_arg(&s.pp), "-n", &counts_arg(&s.tg)]);
     if let Some(b) = s.budget {
         if !caps.offload {
             bail!("this build of thinker has no --memory-budget (offload not available)");
@@ -147,60 +225,59 @@ fn run_scenario(
         cmd.args(["--memory-budget", &b.to_string(), "--storage", &s.storage]);
         // Measure without the bandwidth probe's buffer inside the budget.
         cmd.args(["--bandwidth-mib", "0"]);
-        if drop_caches() {
-            note.push("page cache dropped before the run".to_string());
-        } else {
-            note.push("could not drop the page cache (not root?): storage may be warm".to_string());
-        }
-        // Limit at budget + 5%: the engine plans for the budget, the cgroup proves it.
-        match Cgroup::create("smallthinker-bench", b + b / 20) {
-            Ok(cg) => cgroup = Some(cg),
-            Err(e) => note.push(format!("no cgroup limit ({e}); peak is the process RSS")),
-        }
     }
-    let out = match &cgroup {
-        Some(cg) => cg.run(&mut cmd)?,
-        None => cmd
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running thinker bench")?,
-    };
-    if !out.status.success() {
-        let killed = cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
-        bail!(
-            "thinker bench failed ({}){}",
-            out.status,
-            if killed {
-                ": killed by the cgroup memory limit"
-            } else {
-                ""
-            }
-        );
-    }
-    let peak = cgroup.as_ref().and_then(|cg| cg.max_usage());
+    let lim = run_limited(&mut cmd, s, "thinker bench", false)?;
     let mut recs = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in lim.stdout.lines() {
         if line.trim().is_empty() {
             continue;
         }
-        let mut r: Record = serde_json::from_str(line)
+        let r: Record = serde_json::from_str(line)
             .with_context(|| format!("bad record from thinker: {line}"))?;
-        r.storage = s.storage.clone();
-        r.budget_bytes = s.budget;
-        if let Some(p) = peak {
-            r.peak_mem_bytes = Some(p);
-            r.mem_source = Some("cgroup".into());
-        }
-        if !note.is_empty() {
-            let prev = r.note.take().unwrap_or_default();
-            r.note = Some(
-                format!("{prev}; {}", note.join("; "))
-                    .trim_start_matches("; ")
-                    .to_string(),
-            );
-        }
         recs.push(r);
     }
+    apply_limits(&mut recs, s, &lim);
+    Ok(recs)
+}
+
+/// Runs one scenario through the llama.cpp driver; returns its records.
+fn run_peer_scenario(
+    root: &Path,
+    ready: &Ready,
+    s: &Scenario,
+    threads: usize,
+    reps: usize,
+    cx: RecordContext,
+) -> Result<Vec<Record>> {
+    let c = DriverConfig {
+        model: s.model_path.clone(),
+        threads,
+        pp: s.pp.clone(),
+        tg: s.tg.clone(),
+        reps,
+        ctx: 0,
+    };
+    let mut cmd = peer::driver_command(root, ready, &c);
+    let mut lim = run_limited(&mut cmd, s, "the llama.cpp driver", true)?;
+    if s.budget.is_some() {
+        lim.notes.push(
+            "llama.cpp has no budget of its own: the kernel pages its mmap'ed weights within the cgroup limit"
+                .into(),
+        );
+    }
+    let tests = peer::parse_output(&lim.stdout, &c)?;
+    lim.notes.extend(peer::cache_leak_note(&tests, s.budget));
+    let mut recs = peer::to_records(
+        &tests,
+        &RecordContext {
+            model: s.model_label.clone(),
+            quant: s.quant.clone(),
+            storage: s.storage.clone(),
+            budget_bytes: s.budget,
+            ..cx
+        },
+    );
+    apply_limits(&mut recs, s, &lim);
     Ok(recs)
 }
 
@@ -211,16 +288,6 @@ fn say(pb: &ProgressBar, line: String) {
     } else {
         pb.println(line);
     }
-}
-
-fn join(v: &[usize], empty: &str) -> String {
-    if v.is_empty() {
-        return empty.to_string();
-    }
-    v.iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Runs the command.
@@ -266,6 +333,11 @@ pub fn main(a: Args) -> Result<()> {
     let run_id = format!("{}-{}", now_rfc3339().replace(':', ""), machine.commit);
     let results = results_dir.join("results.jsonl");
 
+    // Before any build: a missing peer is the user's to fix first.
+    let peer_ready = match a.peer {
+        Some(Peer::LlamaCpp) => Some(peer::check_ready(&root)?),
+        None => None,
+    };
     let thinker = build_thinker(&root)?;
     let caps = capabilities(&thinker)?;
 
@@ -285,33 +357,38 @@ pub fn main(a: Args) -> Result<()> {
         scenarios.len(),
         matrix.reps
     );
-    let mut total_est = 0.0;
-    let mut todo = Vec::new();
-    for s in &scenarios {
-        let finished = s.keys(threads as u32).iter().all(|k| done.contains(k));
-        let skip = s.budget.is_some() && !caps.offload;
-        let est = estimate_secs(s, matrix.reps, tiny);
-        let status = if finished {
-            "done (resumed)"
-        } else if skip {
-            "skipped: offload not in this build"
-        } else {
-            total_est += est;
-            todo.push(s.clone());
-            "to run"
-        };
-        println!("  {:<60} ~{:>4.0} s  {status}", s.describe(), est);
+    if let Some(r) = &peer_ready {
+        println!(
+            "  peer: llama.cpp via llama-cpp-python {} (CMAKE_ARGS \"{}\"), mmap, no repack; emulated storage profiles are ours only",
+            r.info.llama_cpp_python, r.setup.cmake_args
+        );
     }
+    let p = plan::plan(
+        &scenarios,
+        &done,
+        &PlanConfig {
+            threads: threads as u32,
+            reps: matrix.reps,
+            tiny,
+            offload: caps.offload,
+            peer: a.peer,
+            cgroup: Cgroup::available(CGROUP),
+        },
+    );
+    for l in &p.lines {
+        println!("{l}");
+    }
+    let todo = p.todo;
     let presets: Vec<(String, String, PathBuf)> = {
         let mut v: Vec<(String, String, PathBuf)> = todo
             .iter()
+            .map(|j| &j.scenario)
             .filter_map(|s| {
                 s.preset
                     .clone()
                     .map(|p| (p, s.quant.clone(), s.model_path.clone()))
             })
             .collect();
-        v.dedup();
         v.sort();
         v.dedup();
         v
@@ -319,7 +396,7 @@ pub fn main(a: Args) -> Result<()> {
     println!(
         "  plus model generation ({} file(s), reused when present) — estimated {:.1} min in all (the default run is designed to stay under 15 min on 2 cores)",
         presets.len(),
-        (total_est + 60.0 * presets.len() as f64) / 60.0
+        (p.est_secs + 60.0 * presets.len() as f64) / 60.0
     );
     println!("  results: {}", results.display());
 
@@ -336,16 +413,43 @@ pub fn main(a: Args) -> Result<()> {
     );
     let mut failures = Vec::new();
     let started = Instant::now();
-    for s in &todo {
-        pb.set_message(s.describe());
-        match run_scenario(&thinker, s, threads, matrix.reps, &run_id, &caps) {
+    for Job {
+        scenario: s,
+        engine,
+    } in &todo
+    {
+        let who = match engine {
+            Engine::Ours => String::new(),
+            Engine::Peer(_) => format!("[{}] ", engine.name()),
+        };
+        pb.set_message(format!("{who}{}", s.describe()));
+        let measured = match (engine, &peer_ready) {
+            (Engine::Peer(_), Some(ready)) => run_peer_scenario(
+                &root,
+                ready,
+                s,
+                threads,
+                matrix.reps,
+                RecordContext {
+                    run_id: run_id.clone(),
+                    commit: machine.commit.clone(),
+                    cpu_model: machine.cpu_model.clone(),
+                    cmake_args: ready.setup.cmake_args.clone(),
+                    date: now_rfc3339(),
+                    ..RecordContext::default()
+                },
+            ),
+            (Engine::Peer(_), None) => Err(anyhow::anyhow!("peer not set up")),
+            (Engine::Ours, _) => run_scenario(&thinker, s, threads, matrix.reps, &run_id, &caps),
+        };
+        match measured {
             Ok(recs) => {
                 for r in &recs {
                     record::append(&results, r)?;
                     say(
                         &pb,
                         format!(
-                            "  {:<44} {:>6} {:>9.2} t/s (median){}",
+                            "  {who}{:<44} {:>6} {:>9.2} t/s (median){}",
                             s.describe(),
                             r.test,
                             r.median_tps,
@@ -361,15 +465,15 @@ pub fn main(a: Args) -> Result<()> {
                 }
             }
             Err(e) => {
-                say(&pb, format!("  FAILED {}: {e:#}", s.describe()));
-                failures.push(format!("{}: {e:#}", s.describe()));
+                say(&pb, format!("  FAILED {who}{}: {e:#}", s.describe()));
+                failures.push(format!("{who}{}: {e:#}", s.describe()));
             }
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
     println!(
-        "measured {} scenarios in {:.1} min",
+        "measured {} scenario runs in {:.1} min",
         todo.len(),
         started.elapsed().as_secs_f64() / 60.0
     );

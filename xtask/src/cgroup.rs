@@ -14,6 +14,22 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
+    /// Whether a memory cgroup `name` can be made here: the controller is mounted and the group
+    /// (created if absent, as [`Cgroup::create`] would) has a writable limit. The root of the
+    /// hierarchy reads as mode 0555 even to root, so permissions are probed, not inferred.
+    pub fn available(name: &str) -> bool {
+        let root = PathBuf::from(ROOT);
+        if !root.join("memory.limit_in_bytes").exists() {
+            return false;
+        }
+        let dir = root.join(name);
+        (dir.exists() || std::fs::create_dir(&dir).is_ok())
+            && std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("memory.limit_in_bytes"))
+                .is_ok()
+    }
+
     /// Creates (or reuses) `name` with `limit` bytes and resets its counters.
     pub fn create(name: &str, limit: u64) -> Result<Cgroup> {
         let root = PathBuf::from(ROOT);

@@ -5,7 +5,10 @@ mod cgroup;
 mod ci;
 mod gen_model;
 mod overhead;
+mod peer;
+mod peer_setup;
 mod perfetto;
+mod plan;
 mod profile_data;
 mod report;
 mod scenario;
@@ -33,6 +36,8 @@ enum Cmd {
     ProfilerOverhead(overhead::Args),
     /// Load a `thinker profile` trace into Perfetto's trace processor and check it with SQL.
     PerfettoCheck(perfetto::Args),
+    /// Install the llama.cpp peer (llama-cpp-python built from source) under `target/peer/venv`.
+    PeerSetup(peer_setup::Args),
     /// Rebuild a report from existing result records.
     Report(report::Args),
     /// Deterministic regression gate against the committed baseline.
@@ -61,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(a) => bench::main(a),
         Cmd::ProfilerOverhead(a) => overhead::main(a),
         Cmd::PerfettoCheck(a) => perfetto::main(a),
+        Cmd::PeerSetup(a) => peer_setup::main(a),
         Cmd::Report(a) => report::main(a),
         Cmd::Ci(a) => ci::main(a),
         Cmd::GenModel { args } => gen_model::run(&args),

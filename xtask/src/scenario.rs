@@ -94,8 +94,14 @@ impl Scenario {
         )
     }
 
-    /// Record keys (as `bench_suite::record::Record::key`) this scenario produces.
-    pub fn keys(&self, threads: u32) -> Vec<String> {
+    /// Whether the storage profile is one of our engine's emulated devices (not the real disk and
+    /// not in memory): only our engine can run on those.
+    pub fn emulated_storage(&self) -> bool {
+        self.storage != "in-memory" && self.storage != "real"
+    }
+
+    /// Record keys (as `bench_suite::record::Record::key`) this scenario produces for `engine`.
+    pub fn keys(&self, threads: u32, engine: &str) -> Vec<String> {
         let b = self
             .budget
             .map(|b| b.to_string())
@@ -106,7 +112,7 @@ impl Scenario {
             .chain(self.tg.iter().map(|n| format!("tg{n}")))
             .map(|t| {
                 format!(
-                    "smallthinker-rs|{}|{}|{}|{}|{}|{}",
+                    "{engine}|{}|{}|{}|{}|{}|{}",
                     self.model_label, self.quant, self.storage, b, threads, t
                 )
             })
@@ -138,6 +144,18 @@ pub fn parse_budget(s: &str) -> Result<Option<u64>> {
         u => bail!("budget '{s}': unknown unit '{u}'"),
     };
     Ok(Some((v * mult) as u64))
+}
+
+/// Token counts as a `-p` / `-n` argument of `thinker bench` and the peer driver: `128,512`, or
+/// `0` for none.
+pub fn counts_arg(v: &[usize]) -> String {
+    if v.is_empty() {
+        return "0".into();
+    }
+    v.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_tests(tests: &[String]) -> Result<(Vec<usize>, Vec<usize>)> {
@@ -290,7 +308,19 @@ mod tests {
             sc[0].model_path,
             std::path::Path::new("m/4b-a0.6b-q4_0.gguf")
         );
-        assert_eq!(sc[0].keys(2).len(), 2);
+        assert_eq!(
+            sc[0].keys(2, "llama.cpp"),
+            [
+                "llama.cpp|4b-a0.6b|q4_0|in-memory|unlimited|2|pp128",
+                "llama.cpp|4b-a0.6b|q4_0|in-memory|unlimited|2|tg64"
+            ]
+        );
+        let emulated: Vec<&str> = sc
+            .iter()
+            .filter(|s| s.emulated_storage())
+            .map(|s| s.storage.as_str())
+            .collect();
+        assert_eq!(emulated, ["nvme-gen4", "ufs-3.1", "sata-ssd", "emmc"]);
     }
 
     #[test]
