@@ -253,3 +253,52 @@ fn gen_writes_reuses_and_measures_a_synthetic_model() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--preset must be one of"));
 }
+
+/// `thinker profile` on a real model writes `kv.csv` from the engine's own per-layer KV events:
+/// one row per step, context growing by one per decode step, bytes never shrinking, and the
+/// per-kind columns adding up to the total.
+#[test]
+fn profile_writes_kv_csv_from_the_engines_allocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-t1-gguf/tiny-t1-Q4_0.gguf");
+    let o = thinker(&[
+        "profile",
+        "-m",
+        model.to_str().unwrap(),
+        "--tokens",
+        "1,2,3,4,5",
+        "-n",
+        "4",
+        "-t",
+        "1",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kv = std::fs::read_to_string(dir.path().join("kv.csv")).unwrap();
+    let mut lines = kv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<u64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    // Prefill (5 positions) and the decode steps that fed a token back (at least 3).
+    assert!(rows.len() >= 4, "{kv}");
+    assert_eq!(rows[0][col("context_len")], 5, "{kv}");
+    for w in rows.windows(2) {
+        assert_eq!(
+            w[1][col("context_len")],
+            w[0][col("context_len")] + 1,
+            "{kv}"
+        );
+        assert!(w[1][col("total_bytes")] >= w[0][col("total_bytes")], "{kv}");
+    }
+    for r in &rows {
+        assert!(r[col("total_bytes")] > 0, "{kv}");
+        assert_eq!(
+            r[col("global_bytes")] + r[col("sliding_bytes")] + r[col("other_bytes")],
+            r[col("total_bytes")],
+            "{kv}"
+        );
+    }
+}

@@ -586,13 +586,27 @@ impl<'m> Session<'m> {
             Ok(())
         })?;
         self.kv.advance(n);
-        event!(
-            target: "engine::kv",
-            Level::DEBUG,
-            positions = self.kv.len(),
-            kv_bytes = self.kv.total_bytes() as u64,
-            "kv_bytes"
-        );
+        if tracing::enabled!(target: "engine::kv", Level::DEBUG) {
+            // One event per layer: the profiler's KV analysis (kv.csv) groups them per step.
+            let last = self.kv.len().saturating_sub(1);
+            for l in 0..c.n_layers {
+                let (lo, hi) = self.kv.visible_range(l, last);
+                let kind = if self.kv.is_sliding(l) {
+                    "sliding"
+                } else {
+                    "global"
+                };
+                event!(
+                    target: "engine::kv",
+                    Level::DEBUG,
+                    layer = l,
+                    kind,
+                    allocated_bytes = self.kv.layer_bytes(l) as u64,
+                    n_positions = (hi + 1 - lo) as u64,
+                    "kv_bytes"
+                );
+            }
+        }
 
         let want_final = wants(&obs, Probe::FinalNorm);
         let (first, rows) = match logits {
