@@ -36,32 +36,38 @@ pub(super) fn apply(
     Some(unsafe { apply_avx2(p, a, out, acc) })
 }
 
+/// Per block of 32 neurons: the active ones are listed first; then for each group of 32
+/// outputs, their contributions accumulate in four registers (no accumulator round trips
+/// through memory), and the block's scales are applied once per group.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn apply_avx2(p: PlanesView<'_>, a: &[f32], out: &mut [f32], acc: &mut [f32]) -> usize {
+unsafe fn apply_avx2(p: PlanesView<'_>, a: &[f32], out: &mut [f32], _acc: &mut [f32]) -> usize {
     let pb = plane_bytes(p.kind, p.h);
     let groups = p.h / QK;
     let mut n_active = 0;
-    let accp = acc.as_mut_ptr();
+    let mut act = [(0usize, 0f32); QK];
     for b in 0..p.f / QK {
-        let mut any = false;
+        let mut n = 0;
         for i in 0..QK {
             let j = b * QK + i;
-            let aj = a[j];
-            if aj == 0.0 {
-                continue;
+            if a[j] != 0.0 {
+                act[n] = (j, a[j]);
+                n += 1;
             }
-            if !any {
-                acc.fill(0.0);
-                any = true;
-            }
-            n_active += 1;
-            let va = _mm256_set1_ps(aj);
-            let plane = p.planes[j * pb..(j + 1) * pb].as_ptr();
-            for g in 0..groups {
+        }
+        if n == 0 {
+            continue;
+        }
+        n_active += n;
+        let sc = &p.scales[b * p.h * 2..(b + 1) * p.h * 2];
+        for g in 0..groups {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for &(j, aj) in &act[..n] {
+                let va = _mm256_set1_ps(aj);
+                let plane = p.planes[j * pb..(j + 1) * pb].as_ptr();
                 // SAFETY: group g covers plane bytes [g*16, g*16+16) (Q4) or [g*32, g*32+32)
-                // (Q8) and acc[g*32 .. g*32+32], all within the asserted lengths.
-                unsafe {
-                    let q: [__m128i; 2] = match p.kind {
+                // (Q8), within the plane's `pb` bytes (asserted lengths).
+                let q: [__m128i; 2] = unsafe {
+                    match p.kind {
                         PlaneKind::Q4 => {
                             let bytes = _mm_loadu_si128(plane.add(g * 16) as *const __m128i);
                             let m = _mm_set1_epi8(0x0F);
@@ -75,31 +81,24 @@ unsafe fn apply_avx2(p: PlanesView<'_>, a: &[f32], out: &mut [f32], acc: &mut [f
                             _mm_loadu_si128(plane.add(g * 32) as *const __m128i),
                             _mm_loadu_si128(plane.add(g * 32 + 16) as *const __m128i),
                         ],
-                    };
-                    for (half_i, qv) in q.iter().enumerate() {
-                        let base = accp.add(g * QK + half_i * 16);
-                        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(*qv));
-                        let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(*qv, 8)));
-                        _mm256_storeu_ps(base, _mm256_fmadd_ps(va, w0, _mm256_loadu_ps(base)));
-                        _mm256_storeu_ps(
-                            base.add(8),
-                            _mm256_fmadd_ps(va, w1, _mm256_loadu_ps(base.add(8))),
-                        );
                     }
+                };
+                for (half, qv) in q.iter().enumerate() {
+                    let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(*qv));
+                    let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(*qv, 8)));
+                    acc[2 * half] = _mm256_fmadd_ps(va, w0, acc[2 * half]);
+                    acc[2 * half + 1] = _mm256_fmadd_ps(va, w1, acc[2 * half + 1]);
                 }
             }
-        }
-        if any {
-            let sc = &p.scales[b * p.h * 2..(b + 1) * p.h * 2];
-            for k in (0..p.h).step_by(8) {
-                // SAFETY: k + 8 <= h (h is a multiple of 32); acc and out have h elements and sc has
-                // 2h bytes (h f16 scales), so the 16 bytes at 2k are in bounds.
+            for (k, v) in acc.iter().enumerate() {
+                let o = g * QK + 8 * k;
+                // SAFETY: o + 8 <= h; `out` has h elements and `sc` 2h bytes (h f16 scales), so
+                // the 16 bytes at 2o are in bounds.
                 unsafe {
                     let s =
-                        _mm256_cvtph_ps(_mm_loadu_si128(sc.as_ptr().add(2 * k) as *const __m128i));
-                    let o = out.as_mut_ptr().add(k);
-                    let x = _mm256_loadu_ps(accp.add(k));
-                    _mm256_storeu_ps(o, _mm256_fmadd_ps(s, x, _mm256_loadu_ps(o)));
+                        _mm256_cvtph_ps(_mm_loadu_si128(sc.as_ptr().add(2 * o) as *const __m128i));
+                    let op = out.as_mut_ptr().add(o);
+                    _mm256_storeu_ps(op, _mm256_fmadd_ps(s, *v, _mm256_loadu_ps(op)));
                 }
             }
         }
