@@ -190,7 +190,8 @@ impl FastAct {
     }
 }
 
-/// `out[t · rows + r] = m.row(r) · acts[t]` with activations prepared for `m.ty`.
+/// `out[t · rows + r] = m.row(r) · acts[t]` with activations prepared for `m.ty` (over the
+/// x8-packed copy when there is one).
 pub fn matmul_fast(
     m: MatRef<'_>,
     acts: &[FastAct],
@@ -198,20 +199,12 @@ pub fn matmul_fast(
     tmp: &mut Vec<f32>,
 ) -> Result<()> {
     let (rows, n) = (m.rows, acts.len());
-    let rb = m.row_bytes();
-    let bytes = m.bytes();
-    if m.packed.is_some() {
-        return matmul_x8(m, acts, out, tmp);
-    }
-    let chunk = rows_per_task(rows);
+    let chunk = fast_chunk(m);
     if n == 1 {
         return out
             .par_chunks_mut(chunk)
             .enumerate()
-            .try_for_each(|(task, o)| {
-                let r0 = task * chunk;
-                acts[0].dot_rows(m.ty, &bytes[r0 * rb..(r0 + o.len()) * rb], rb, o)
-            });
+            .try_for_each(|(task, o)| rows_fast(m, task * chunk, &acts[0], o));
     }
     // Row chunks outermost so a chunk of weights is reused from cache by every token.
     tmp.clear();
@@ -219,11 +212,9 @@ pub fn matmul_fast(
     tmp.par_chunks_mut(chunk * n)
         .enumerate()
         .try_for_each(|(task, dst)| -> Result<()> {
-            let r0 = task * chunk;
             let nr = dst.len() / n;
-            let w = &bytes[r0 * rb..(r0 + nr) * rb];
             for (t, act) in acts.iter().enumerate() {
-                act.dot_rows(m.ty, w, rb, &mut dst[t * nr..(t + 1) * nr])?;
+                rows_fast(m, task * chunk, act, &mut dst[t * nr..(t + 1) * nr])?;
             }
             Ok(())
         })?;
@@ -237,10 +228,18 @@ pub fn matmul_fast(
     Ok(())
 }
 
-/// Rows `r0 .. r0 + out.len()` of `m` (fast mode, one token): the x8-packed copy when the range
-/// is in whole groups, else the row-major bytes.
-fn rows_fast(m: MatRef<'_>, r0: usize, act: &FastAct, out: &mut [f32]) -> Result<()> {
-    if let Some(w) = m.packed_rows(r0, out.len()) {
+/// Rows `r0 .. r0 + out.len()` of `m` times one prepared activation: the x8-packed copy when
+/// there is one (the range must then be in whole groups: a packed expert slot has no row-major
+/// bytes to fall back on), else the row-major bytes.
+pub(crate) fn rows_fast(m: MatRef<'_>, r0: usize, act: &FastAct, out: &mut [f32]) -> Result<()> {
+    if m.packed.is_some() {
+        let w = m.packed_rows(r0, out.len()).ok_or_else(|| {
+            crate::error::Error::Model(format!(
+                "x8 rows {r0}+{} outside whole groups of a {}-row matrix",
+                out.len(),
+                m.rows
+            ))
+        })?;
         return act.dot_rows_x8(w, out);
     }
     let rb = m.row_bytes();
@@ -291,44 +290,6 @@ pub fn matmul3(
         .chain(o1.par_chunks_mut(c[1]).enumerate().map(|(i, o)| (1, i, o)))
         .chain(o2.par_chunks_mut(c[2]).enumerate().map(|(i, o)| (2, i, o)))
         .try_for_each(|(k, i, o)| rows_fast(v[k], i * c[k], act, o))
-}
-
-/// [`matmul_fast`] over the x8-packed copy: tasks of whole row groups.
-fn matmul_x8(m: MatRef<'_>, acts: &[FastAct], out: &mut [f32], tmp: &mut Vec<f32>) -> Result<()> {
-    let (rows, n) = (m.rows, acts.len());
-    let chunk = rows_per_task(rows).next_multiple_of(X8_ROWS);
-    let rows_of = |r0: usize, nr: usize| {
-        m.packed_rows(r0, nr).ok_or_else(|| {
-            crate::error::Error::Model(format!("x8 rows {r0}+{nr} outside a {rows}-row matrix"))
-        })
-    };
-    if n == 1 {
-        return out
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .try_for_each(|(task, o)| acts[0].dot_rows_x8(rows_of(task * chunk, o.len())?, o));
-    }
-    tmp.clear();
-    tmp.resize(rows * n, 0.0);
-    tmp.par_chunks_mut(chunk * n)
-        .enumerate()
-        .try_for_each(|(task, dst)| -> Result<()> {
-            let r0 = task * chunk;
-            let nr = dst.len() / n;
-            let w = rows_of(r0, nr)?;
-            for (t, act) in acts.iter().enumerate() {
-                act.dot_rows_x8(w, &mut dst[t * nr..(t + 1) * nr])?;
-            }
-            Ok(())
-        })?;
-    for (task, src) in tmp.chunks(chunk * n).enumerate() {
-        let r0 = task * chunk;
-        let nr = src.len() / n;
-        for t in 0..n {
-            out[t * rows + r0..t * rows + r0 + nr].copy_from_slice(&src[t * nr..(t + 1) * nr]);
-        }
-    }
-    Ok(())
 }
 
 fn matvec_exact(m: MatRef<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {

@@ -21,7 +21,7 @@ pub mod sparse_down;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::linear::{ComputeMode, FastAct, LinearScratch, matmul_ref};
+use crate::model::linear::{ComputeMode, FastAct, LinearScratch, matmul_ref, rows_fast};
 use crate::model::weights::{ExpertWeights, MatRef};
 use crate::offload::{ExpertGuard, Prefetcher};
 use sparse_down::{PlaneKind, PlanesView};
@@ -463,22 +463,13 @@ fn batch(
     Ok(stats)
 }
 
-/// Rows `r0 .. r0 + out.len()` of `m` times an activation prepared for `m.ty`.
-fn rows_dot(m: MatRef<'_>, r0: usize, act: &FastAct, out: &mut [f32]) -> Result<()> {
-    if let Some(w) = m.packed_rows(r0, out.len()) {
-        return act.dot_rows_x8(w, out);
-    }
-    let rb = m.row_bytes();
-    act.dot_rows(m.ty, &m.bytes()[r0 * rb..(r0 + out.len()) * rb], rb, out)
-}
-
 /// One token, one expert, fast path: `es.out = expert(y)`.
 fn expert_fast(ew: ExpertRef<'_>, y: &[f32], es: &mut ExpertScratch) -> Result<()> {
     let f = ew.gate.rows;
     let h = ew.down_rows_out();
     es.g.resize(f, 0.0);
     es.hq.prepare(ew.gate.ty, y)?;
-    rows_dot(ew.gate, 0, &es.hq, &mut es.g)?;
+    rows_fast(ew.gate, 0, &es.hq, &mut es.g)?;
     if ew.up.ty != ew.gate.ty {
         es.hq.prepare(ew.up.ty, y)?;
     }
@@ -529,7 +520,7 @@ fn expert_fast(ew: ExpertRef<'_>, y: &[f32], es: &mut ExpertScratch) -> Result<(
     } else {
         let g = std::mem::take(&mut es.g);
         es.hq.prepare(ew.down.ty, &g)?;
-        rows_dot(ew.down, 0, &es.hq, &mut es.out)?;
+        rows_fast(ew.down, 0, &es.hq, &mut es.out)?;
         es.g = g;
     }
     Ok(())
