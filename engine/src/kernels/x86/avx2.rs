@@ -31,7 +31,7 @@ fn load_i8x32(x: &[i8; 32]) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load_u8x32(x: &[u8; 32]) -> __m256i {
+pub(super) fn load_u8x32(x: &[u8; 32]) -> __m256i {
     // SAFETY: `x` refers to 32 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
 }
@@ -45,7 +45,7 @@ fn load_u8x16(x: &[u8; 16]) -> __m128i {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load_u16x8(x: &[u16; 8]) -> __m128i {
+pub(super) fn load_u16x8(x: &[u16; 8]) -> __m128i {
     // SAFETY: `x` refers to 16 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm_loadu_si128(x.as_ptr().cast()) }
 }
@@ -74,7 +74,7 @@ fn store_i8x32(x: &mut [i8; 32], v: __m256i) {
 /// Hints the cache line holding `buf[i]` into L1 (no-op when `i` is out of range).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch(buf: &[u8], i: usize) {
+pub(super) fn prefetch(buf: &[u8], i: usize) {
     if let Some(p) = buf.get(i) {
         // A prefetch never faults and has no architectural effect (a safe intrinsic).
         _mm_prefetch::<_MM_HINT_T0>((p as *const u8).cast());

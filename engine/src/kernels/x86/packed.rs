@@ -12,34 +12,12 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::{load_u8x32, load_u16x8, prefetch};
 use crate::kernels::packed::{BlockQ4_0x8, X8_ROWS};
 use crate::quant::BlockQ8_0;
 
 /// Activation blocks whose sums are kept on the stack at once (columns per pass: 8192).
 const SUM_CHUNK: usize = 256;
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load_u8x32(x: &[u8; 32]) -> __m256i {
-    // SAFETY: `x` refers to 32 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load_u16x8(x: &[u16; 8]) -> __m128i {
-    // SAFETY: `x` refers to 16 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm_loadu_si128(x.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch(buf: &[u8], i: usize) {
-    if let Some(p) = buf.get(i) {
-        // A prefetch never faults and has no architectural effect (a safe intrinsic).
-        _mm_prefetch::<_MM_HINT_T0>((p as *const u8).cast());
-    }
-}
 
 /// Four activation bytes `k..k+4` broadcast to every i32 lane.
 #[inline]
