@@ -209,13 +209,21 @@ pub struct MoeScratch {
 #[derive(Default)]
 struct ExpertScratch {
     g: Vec<f32>,
+    out: Vec<f32>,
+    hq: FastAct,
+    t: TokenBufs,
+    stats: MoeStats,
+}
+
+/// Buffers of one token's ReGLU and down projection ([`reglu_down`]).
+#[derive(Default)]
+struct TokenBufs {
     /// Active neurons (positive gate) and their up values.
     idx: Vec<u32>,
     u: Vec<f32>,
-    out: Vec<f32>,
     acc: Vec<f32>,
-    hq: FastAct,
-    stats: MoeStats,
+    /// The hidden activation prepared for a row-major down matrix.
+    dq: FastAct,
 }
 
 /// Statistics of one MoE step.
@@ -304,6 +312,9 @@ fn expert_batch(
     b: BatchBufs<'_>,
     d: &mut Vec<f32>,
 ) -> Result<MoeStats> {
+    if mode == ComputeMode::Fast {
+        return expert_batch_fast(ew, tokens, y, hidden, b, d);
+    }
     let mut stats = MoeStats::default();
     let n = tokens.len();
     let f = ew.gate.rows;
@@ -326,39 +337,78 @@ fn expert_batch(
     }
     d.clear();
     d.resize(n * hidden, 0.0);
-    match (mode, ew.planes) {
-        (ComputeMode::Fast, Some(p)) => {
-            let g = &*b.g;
-            d.par_chunks_mut(hidden)
-                .zip(g.par_chunks(f))
-                .try_for_each_init(Vec::new, |acc, (d, g)| -> Result<()> {
-                    p.apply(g, d, acc)?;
-                    Ok(())
-                })?;
-        }
-        _ if ew.down_transposed => {
-            // Row j of down^T is neuron j's output column: accumulate h_j · row_j.
-            let mut row = vec![0f32; hidden];
-            for j in 0..f {
-                let mut loaded = false;
-                for i in 0..n {
-                    let h = b.g[i * f + j];
-                    if h == 0.0 {
-                        continue;
-                    }
-                    if !loaded {
-                        crate::quant::dequantize_row(ew.down.ty, ew.down.row(j), &mut row)?;
-                        loaded = true;
-                    }
-                    for (d, &r) in d[i * hidden..(i + 1) * hidden].iter_mut().zip(&row) {
-                        *d += h * r;
-                    }
+    if ew.down_transposed {
+        // Row j of down^T is neuron j's output column: accumulate h_j · row_j.
+        let mut row = vec![0f32; hidden];
+        for j in 0..f {
+            let mut loaded = false;
+            for i in 0..n {
+                let h = b.g[i * f + j];
+                if h == 0.0 {
+                    continue;
+                }
+                if !loaded {
+                    crate::quant::dequantize_row(ew.down.ty, ew.down.row(j), &mut row)?;
+                    loaded = true;
+                }
+                for (d, &r) in d[i * hidden..(i + 1) * hidden].iter_mut().zip(&row) {
+                    *d += h * r;
                 }
             }
         }
-        _ => matmul_ref(ew.down, b.g, n, d, mode, b.lin)?,
+    } else {
+        matmul_ref(ew.down, b.g, n, d, mode, b.lin)?;
     }
     Ok(stats)
+}
+
+/// [`expert_batch`] in fast mode: the gate as one product over the gathered tokens (each block
+/// of weights reused from cache by every token), then per token, in parallel, the up rows of its
+/// active neurons only and the sparse down projection ([`reglu_down`], as in decode).
+fn expert_batch_fast(
+    ew: ExpertRef<'_>,
+    tokens: &[usize],
+    y: &[f32],
+    hidden: usize,
+    b: BatchBufs<'_>,
+    d: &mut Vec<f32>,
+) -> Result<MoeStats> {
+    let n = tokens.len();
+    let f = ew.gate.rows;
+    b.ys.clear();
+    for &t in tokens {
+        b.ys.extend_from_slice(&y[t * hidden..(t + 1) * hidden]);
+    }
+    b.g.resize(n * f, 0.0);
+    // Prepares `b.lin.acts[..n]` for the gate's type.
+    matmul_ref(ew.gate, b.ys, n, b.g, ComputeMode::Fast, b.lin)?;
+    let acts = &b.lin.acts[..n];
+    let same = ew.up.ty == ew.gate.ty;
+    let ys = &*b.ys;
+    let out_len = ew.down_rows_out();
+    d.clear();
+    d.resize(n * out_len, 0.0);
+    d.par_chunks_mut(out_len)
+        .zip(b.g.par_chunks_mut(f))
+        .enumerate()
+        .map_init(
+            || (TokenBufs::default(), FastAct::default()),
+            |(tb, ua), (i, (d, g))| -> Result<MoeStats> {
+                let mut st = MoeStats::default();
+                let act = if same {
+                    &acts[i]
+                } else {
+                    ua.prepare(ew.up.ty, &ys[i * hidden..(i + 1) * hidden])?;
+                    &*ua
+                };
+                reglu_down(ew, act, g, tb, d, &mut st)?;
+                Ok(st)
+            },
+        )
+        .try_reduce(MoeStats::default, |mut a, s| {
+            a.add(&s);
+            Ok(a)
+        })
 }
 
 /// `out[t] += w · d[i]` for each gathered token.
@@ -473,55 +523,61 @@ fn expert_fast(ew: ExpertRef<'_>, y: &[f32], es: &mut ExpertScratch) -> Result<(
     if ew.up.ty != ew.gate.ty {
         es.hq.prepare(ew.up.ty, y)?;
     }
-    es.idx.clear();
-    for (j, g) in es.g.iter_mut().enumerate() {
+    es.out.clear();
+    es.out.resize(h, 0.0);
+    reglu_down(ew, &es.hq, &mut es.g, &mut es.t, &mut es.out, &mut es.stats)
+}
+
+/// One token of one expert after its gate: ReLU of the gate outputs `g`, the up rows of the
+/// active neurons only (`up_act`: the input prepared for the up matrix's type), their product
+/// into `g`, then the down projection of `g` into `out` (zeroed by the caller), skipping the
+/// inactive neurons' bytes where the layout allows. Counts into `stats`.
+fn reglu_down(
+    ew: ExpertRef<'_>,
+    up_act: &FastAct,
+    g: &mut [f32],
+    t: &mut TokenBufs,
+    out: &mut [f32],
+    stats: &mut MoeStats,
+) -> Result<()> {
+    let f = ew.gate.rows;
+    let h = out.len();
+    t.idx.clear();
+    for (j, g) in g.iter_mut().enumerate() {
         if *g > 0.0 {
-            es.idx.push(j as u32);
+            t.idx.push(j as u32);
         } else {
             *g = 0.0;
         }
     }
-    let active = es.idx.len() as u64;
-    es.u.resize(es.idx.len(), 0.0);
-    es.hq.dot_rows_gather(
-        ew.up.ty,
-        ew.up.bytes(),
-        ew.up.row_bytes(),
-        &es.idx,
-        &mut es.u,
-    )?;
-    for (&j, &u) in es.idx.iter().zip(&es.u) {
-        es.g[j as usize] *= u;
+    let active = t.idx.len() as u64;
+    t.u.resize(t.idx.len(), 0.0);
+    up_act.dot_rows_gather(ew.up.ty, ew.up.bytes(), ew.up.row_bytes(), &t.idx, &mut t.u)?;
+    for (&j, &u) in t.idx.iter().zip(&t.u) {
+        g[j as usize] *= u;
     }
     let inactive = f as u64 - active;
-    es.stats.n_neurons += f as u64;
-    es.stats.n_active += active;
-    es.stats.bytes_skipped += inactive * ew.up.row_bytes() as u64;
-    es.out.clear();
-    es.out.resize(h, 0.0);
+    stats.n_neurons += f as u64;
+    stats.n_active += active;
+    stats.bytes_skipped += inactive * ew.up.row_bytes() as u64;
     if let Some(p) = ew.planes {
-        p.apply(&es.g, &mut es.out, &mut es.acc)?;
-        es.stats.bytes_skipped += inactive * p.neuron_bytes() as u64;
+        p.apply(g, out, &mut t.acc)?;
+        stats.bytes_skipped += inactive * p.neuron_bytes() as u64;
     } else if ew.down_transposed {
         // Neuron-major file layout: axpy the rows of active neurons.
-        let mut row = std::mem::take(&mut es.acc);
-        row.resize(h, 0.0);
-        for j in 0..f {
-            let a = es.g[j];
+        t.acc.resize(h, 0.0);
+        for (j, &a) in g.iter().enumerate() {
             if a != 0.0 {
-                crate::quant::dequantize_row(ew.down.ty, ew.down.row(j), &mut row)?;
-                for (o, &r) in es.out.iter_mut().zip(&row) {
+                crate::quant::dequantize_row(ew.down.ty, ew.down.row(j), &mut t.acc)?;
+                for (o, &r) in out.iter_mut().zip(&t.acc) {
                     *o += a * r;
                 }
             }
         }
-        es.acc = row;
-        es.stats.bytes_skipped += inactive * ew.down.row_bytes() as u64;
+        stats.bytes_skipped += inactive * ew.down.row_bytes() as u64;
     } else {
-        let g = std::mem::take(&mut es.g);
-        es.hq.prepare(ew.down.ty, &g)?;
-        rows_fast(ew.down, 0, &es.hq, &mut es.out)?;
-        es.g = g;
+        t.dq.prepare(ew.down.ty, g)?;
+        rows_fast(ew.down, 0, &t.dq, out)?;
     }
     Ok(())
 }

@@ -31,6 +31,13 @@ fn bcast4(q: &[i8; 32], k: usize) -> __m256i {
     ]))
 }
 
+/// The f32 scale of each activation block in `a`, into `out`.
+fn scales(a: &[BlockQ8_0], out: &mut [f32]) {
+    for (o, y) in out.iter_mut().zip(a) {
+        *o = y.scale();
+    }
+}
+
 /// `−8·Σq` of each activation block in `a`, into `out`.
 fn neg8_sums(a: &[BlockQ8_0], out: &mut [i32]) {
     for (o, y) in out.iter_mut().zip(a) {
@@ -59,15 +66,21 @@ macro_rules! x8_kernel {
             let blk_bytes = std::mem::size_of::<BlockQ4_0x8>();
             let mut sh = [0i32; SUM_CHUNK];
             let mut sl = [0i32; SUM_CHUNK];
+            let mut fh = [0f32; SUM_CHUNK];
+            let mut fl = [0f32; SUM_CHUNK];
             // Column chunks (one for every row length below 8192).
             for c0 in (0..nb).step_by(SUM_CHUNK) {
                 let c1 = (c0 + SUM_CHUNK).min(nb);
                 neg8_sums(&hi[c0..c1], &mut sh);
+                scales(&hi[c0..c1], &mut fh);
                 if TWO {
                     neg8_sums(&lo[c0..c1], &mut sl);
+                    scales(&lo[c0..c1], &mut fl);
                 }
                 for (g, o) in out.chunks_exact_mut(X8_ROWS).enumerate() {
-                    let mut acc = _mm256_setzero_ps();
+                    // One accumulator per level: two short FMA chains instead of one long one.
+                    let mut acc_h = _mm256_setzero_ps();
+                    let mut acc_l = _mm256_setzero_ps();
                     for b in c0..c1 {
                         let i = g * nb + b;
                         prefetch(bytes, (i + 4) * blk_bytes);
@@ -89,20 +102,27 @@ macro_rules! x8_kernel {
                             let $q = &hi[b].qs;
                             let $acc = _mm256_set1_epi32(sh[b - c0]);
                             let s = $body;
-                            let da = _mm256_set1_ps(hi[b].scale());
-                            acc =
-                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), acc);
+                            let da = _mm256_set1_ps(fh[b - c0]);
+                            acc_h = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(s),
+                                _mm256_mul_ps(dw, da),
+                                acc_h,
+                            );
                         }
                         if TWO {
                             let $x = &xs;
                             let $q = &lo[b].qs;
                             let $acc = _mm256_set1_epi32(sl[b - c0]);
                             let s = $body;
-                            let da = _mm256_set1_ps(lo[b].scale());
-                            acc =
-                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), acc);
+                            let da = _mm256_set1_ps(fl[b - c0]);
+                            acc_l = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(s),
+                                _mm256_mul_ps(dw, da),
+                                acc_l,
+                            );
                         }
                     }
+                    let acc = _mm256_add_ps(acc_h, acc_l);
                     let mut part = [0f32; 8];
                     // SAFETY: `part` is 8 writable f32; `storeu` has no alignment requirement.
                     unsafe { _mm256_storeu_ps(part.as_mut_ptr(), acc) };
@@ -120,12 +140,18 @@ x8_kernel!(
     gemv_x8_vnni,
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
     |acc, x, q| {
-        let mut s = acc;
+        // Four independent chains of two steps (the integer sum is exact in any order).
+        let mut s = [
+            acc,
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+        ];
         for c in 0..4 {
-            s = _mm256_dpbusd_epi32(s, x[c], bcast4(q, 4 * c));
-            s = _mm256_dpbusd_epi32(s, x[c + 4], bcast4(q, 16 + 4 * c));
+            s[c] = _mm256_dpbusd_epi32(s[c], x[c], bcast4(q, 4 * c));
+            s[c] = _mm256_dpbusd_epi32(s[c], x[c + 4], bcast4(q, 16 + 4 * c));
         }
-        s
+        _mm256_add_epi32(_mm256_add_epi32(s[0], s[1]), _mm256_add_epi32(s[2], s[3]))
     }
 );
 
