@@ -24,7 +24,7 @@ use crate::quant::{
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load_i8x32(x: &[i8; 32]) -> __m256i {
+pub(super) fn load_i8x32(x: &[i8; 32]) -> __m256i {
     // SAFETY: `x` refers to 32 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
 }
@@ -84,7 +84,7 @@ pub(super) fn prefetch(buf: &[u8], i: usize) {
 /// f16 bits → f32 with the F16C instruction.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn f16(bits: u16) -> f32 {
+pub(super) fn f16(bits: u16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
@@ -97,7 +97,7 @@ fn to_f16(x: f32) -> u16 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum_ps(v: __m256) -> f32 {
+pub(super) fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -126,7 +126,7 @@ fn hmax_ps(v: __m256) -> f32 {
 /// elements 0..16, high nibbles 16..32).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn nibbles(qs: &[u8; 16]) -> __m256i {
+pub(super) fn nibbles(qs: &[u8; 16]) -> __m256i {
     let v = _mm256_broadcastsi128_si256(load_u8x16(qs));
     let v = _mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0));
     _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
@@ -283,7 +283,7 @@ pub fn quantize_row_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
 /// Four f16 scales → f32, times `da`, each broadcast to a full vector.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scales4(d: [u16; 4], da: f32) -> [__m256; 4] {
+pub(super) fn scales4(d: [u16; 4], da: f32) -> [__m256; 4] {
     let h = _mm_set_epi64x(
         0,
         ((d[3] as i64) << 48) | ((d[2] as i64) << 32) | ((d[1] as i64) << 16) | d[0] as i64,
