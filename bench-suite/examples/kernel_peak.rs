@@ -83,6 +83,29 @@ fn main() {
         });
         report(name, buf.len(), t);
     }
+    // Repacking one 21B expert's gate (x8) and down (neuron-major planes), as the offload path
+    // does in a cache slot after each read.
+    {
+        let (h, f) = (2560, 768);
+        let gate = matrix(GgmlType::Q4_0, f, h);
+        let rows: &[BlockQ4_0] = bytemuck::cast_slice(&gate);
+        let mut p = vec![BlockQ4_0x8::zeroed(); rows.len() / 8];
+        let t = best(|| packed::repack_q4_0x8(black_box(rows), h / 32, &mut p).expect("repack"));
+        report("repack_q4_0x8 768x2560", gate.len(), t);
+        let down = matrix(GgmlType::Q4_0, h, f);
+        let mut dst = vec![0u8; down.len()];
+        let t = best(|| {
+            engine::moe::sparse_down::repack(
+                engine::moe::sparse_down::PlaneKind::Q4,
+                h,
+                f,
+                black_box(&down),
+                &mut dst,
+            )
+            .expect("repack")
+        });
+        report("sparse_down::repack Q4 2560x768", down.len(), t);
+    }
     for k in Kernels::available() {
         let lvl = k.level.name();
         let row: &[BlockQ4_0] = bytemuck::cast_slice(&gate4[..H / 32 * 18]);

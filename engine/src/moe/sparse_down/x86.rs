@@ -18,6 +18,27 @@ fn has_avx2() -> bool {
     })
 }
 
+/// Transposes a 16×16 byte matrix (16 little-endian `u128` rows; see [`super::transpose16`], its
+/// scalar reference) with SSE2, part of every x86-64 CPU: four rounds of byte interleaves,
+/// `x[2i] = lo(r[i], r[i+8])`, `x[2i+1] = hi(r[i], r[i+8])`, transpose a 16×16 byte matrix.
+pub(super) fn transpose16(m: &[u128; 16]) -> [u128; 16] {
+    // SAFETY: `u128` and `__m128i` are both 16 plain bytes; SSE2 is in the x86-64 baseline.
+    let mut r: [__m128i; 16] = unsafe { std::mem::transmute(*m) };
+    for _ in 0..4 {
+        let mut x = r;
+        for i in 0..8 {
+            // SAFETY: SSE2 is in the x86-64 baseline (register-only operations).
+            unsafe {
+                x[2 * i] = _mm_unpacklo_epi8(r[i], r[i + 8]);
+                x[2 * i + 1] = _mm_unpackhi_epi8(r[i], r[i + 8]);
+            }
+        }
+        r = x;
+    }
+    // SAFETY: as above.
+    unsafe { std::mem::transmute(r) }
+}
+
 /// Runs the AVX2 kernel when the CPU has it; `None` otherwise.
 pub(super) fn apply(
     p: PlanesView<'_>,
