@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use crate::kernels;
 use crate::kv_cache::{KvCache, Run};
 
 /// Attention of `n_tokens` queries (positions `pos0..`) of one layer, whose keys and values are
@@ -51,15 +52,14 @@ fn attend_one(
     scores.clear();
     kv.for_each_run(layer, g, lo, hi, |_, n, run| match run {
         Run::F32(k, _) => {
-            for j in 0..n {
-                scores.push(super::linear::dot(q, &k[j * d..(j + 1) * d]) * scale);
+            for kj in k[..n * d].chunks_exact(d) {
+                scores.push(kernels::dot_f32(q, kj) * scale);
             }
         }
         Run::F16(k, _) => {
-            for j in 0..n {
-                let kj = &k[j * d..(j + 1) * d];
-                let s: f32 = q.iter().zip(kj).map(|(a, b)| a * b.to_f32()).sum();
-                scores.push(s * scale);
+            let k: &[u16] = bytemuck::cast_slice(&k[..n * d]);
+            for kj in k.chunks_exact(d) {
+                scores.push(kernels::dot_f16_f32(kj, q) * scale);
             }
         }
     });
@@ -68,11 +68,8 @@ fn attend_one(
     let mut idx = 0;
     kv.for_each_run(layer, g, lo, hi, |_, n, run| match run {
         Run::F32(_, v) => {
-            for j in 0..n {
-                let a = scores[idx + j];
-                for (o, &x) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-                    *o += a * x;
-                }
+            for (j, vj) in v[..n * d].chunks_exact(d).enumerate() {
+                kernels::axpy_f32(scores[idx + j], vj, out);
             }
             idx += n;
         }

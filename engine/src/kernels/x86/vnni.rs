@@ -150,7 +150,17 @@ fn gather<W: Row>(w: &[W], idx: &[u32], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out:
     let row = |i: u32| w.get(i as usize * nb..(i as usize + 1) * nb).unwrap_or(&[]);
     let (i4, ir) = idx.as_chunks::<4>();
     let (o4, or) = out.as_chunks_mut::<4>();
-    for (i, o) in i4.iter().zip(o4.iter_mut()) {
+    for (g, (i, o)) in i4.iter().zip(o4.iter_mut()).enumerate() {
+        // Gathered rows are scattered: no hardware prefetcher follows them, so the next four
+        // are requested while these four compute.
+        if let Some(nx) = i4.get(g + 1) {
+            for &r in nx {
+                let bytes: &[u8] = bytemuck::cast_slice(row(r));
+                for at in (0..bytes.len()).step_by(64) {
+                    prefetch(bytes, at);
+                }
+            }
+        }
         *o = dot4::<W, true>([row(i[0]), row(i[1]), row(i[2]), row(i[3])], hi, lo, &[]);
     }
     for (&i, o) in ir.iter().zip(or.iter_mut()) {

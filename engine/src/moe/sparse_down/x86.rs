@@ -65,14 +65,34 @@ unsafe fn apply_avx2(p: PlanesView<'_>, a: &[f32], out: &mut [f32], _acc: &mut [
     let pb = plane_bytes(p.kind, p.h);
     let groups = p.h / QK;
     let mut n_active = 0;
-    let mut act = [(0usize, 0f32); QK];
-    for b in 0..p.f / QK {
+    // The active neurons of block `b` into `act`; their count.
+    let list = |b: usize, act: &mut [(usize, f32); QK]| {
         let mut n = 0;
         for i in 0..QK {
             let j = b * QK + i;
             if a[j] != 0.0 {
                 act[n] = (j, a[j]);
                 n += 1;
+            }
+        }
+        n
+    };
+    let mut next = [(0usize, 0f32); QK];
+    let nblocks = p.f / QK;
+    let mut n_next = if nblocks > 0 { list(0, &mut next) } else { 0 };
+    for b in 0..nblocks {
+        let n = n_next;
+        let act = next;
+        // The next block's active planes are scattered in memory (no hardware prefetcher
+        // follows them): request them while this block computes.
+        if b + 1 < nblocks {
+            n_next = list(b + 1, &mut next);
+            for &(j, _) in &next[..n_next] {
+                let plane = &p.planes[j * pb..(j + 1) * pb];
+                for at in (0..pb).step_by(64) {
+                    // A prefetch never faults and has no architectural effect.
+                    _mm_prefetch::<_MM_HINT_T0>(plane[at..].as_ptr().cast());
+                }
             }
         }
         if n == 0 {
