@@ -106,6 +106,8 @@ fn main() {
         });
         report("sparse_down::repack Q4 2560x768", down.len(), t);
     }
+    let facts = packed::Q8Facts::of(&a);
+    let av = facts.view(&a).expect("facts of a");
     for k in Kernels::available() {
         let lvl = k.level.name();
         let row: &[BlockQ4_0] = bytemuck::cast_slice(&gate4[..H / 32 * 18]);
@@ -132,17 +134,17 @@ fn main() {
         report(&format!("{lvl} gemv_q4_0 40000x1536 (DRAM)"), big.len(), t);
         let t = best(|| (k.gemv2_q4_0_q8_0)(black_box(wb), &a, &a, &mut outb));
         report(&format!("{lvl} gemv2_q4_0 40000x1536 (DRAM)"), big.len(), t);
-        let t = best(|| (k.gemv_q4_0x8_q8_0)(black_box(&px8), &a, &mut out));
+        let t = best(|| (k.gemv_q4_0x8_q8_0)(black_box(&px8), av, &mut out));
         report(&format!("{lvl} gemv_q4_0x8 768x1536"), gate4.len(), t);
-        let t = best(|| (k.gemv2_q4_0x8_q8_0)(black_box(&px8), &a, &a, &mut out));
+        let t = best(|| (k.gemv2_q4_0x8_q8_0)(black_box(&px8), av, av, &mut out));
         report(&format!("{lvl} gemv2_q4_0x8 768x1536"), gate4.len(), t);
-        let t = best(|| (k.gemv_q4_0x8_q8_0)(black_box(&bx8), &a, &mut outb));
+        let t = best(|| (k.gemv_q4_0x8_q8_0)(black_box(&bx8), av, &mut outb));
         report(
             &format!("{lvl} gemv_q4_0x8 40000x1536 (DRAM)"),
             big.len(),
             t,
         );
-        let t = best(|| (k.gemv2_q4_0x8_q8_0)(black_box(&bx8), &a, &a, &mut outb));
+        let t = best(|| (k.gemv2_q4_0x8_q8_0)(black_box(&bx8), av, av, &mut outb));
         report(
             &format!("{lvl} gemv2_q4_0x8 40000x1536 (DRAM)"),
             big.len(),

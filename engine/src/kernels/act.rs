@@ -2,7 +2,7 @@
 //! it with weight rows of any supported type ([`dot_row`], [`dot_rows`]).
 
 use super::Kernels;
-use super::packed::{BlockQ4_0x8, X8_ROWS};
+use super::packed::{BlockQ4_0x8, Q8Blocks, Q8Facts, X8_ROWS};
 use crate::error::{Error, Result};
 use crate::quant::blocks::as_blocks;
 use crate::quant::{BlockQ4_0, BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType, QK, QK_K};
@@ -59,6 +59,8 @@ pub struct QuantAct {
     fmt: ActFormat,
     f32: Vec<f32>,
     q8_0: Vec<BlockQ8_0>,
+    /// Per-block facts of `q8_0` for the x8 kernels.
+    q8_0_facts: Q8Facts,
     q8_1: Vec<BlockQ8_1>,
     q8k: Vec<BlockQ8K>,
 }
@@ -76,6 +78,7 @@ impl QuantAct {
             fmt: ActFormat::F32,
             f32: Vec::new(),
             q8_0: Vec::new(),
+            q8_0_facts: Q8Facts::default(),
             q8_1: Vec::new(),
             q8k: Vec::new(),
         }
@@ -87,6 +90,7 @@ impl QuantAct {
             fmt: ActFormat::F32,
             f32: Vec::with_capacity(n),
             q8_0: Vec::with_capacity(n / QK),
+            q8_0_facts: Q8Facts::default(),
             q8_1: Vec::with_capacity(n / QK),
             q8k: Vec::with_capacity(n / QK_K),
         }
@@ -115,6 +119,7 @@ impl QuantAct {
             ActFormat::Q8_0 => {
                 self.q8_0.resize(nb, bytemuck::Zeroable::zeroed());
                 (k.quantize_row_q8_0)(x, &mut self.q8_0);
+                self.q8_0_facts.compute(&self.q8_0);
             }
             ActFormat::Q8_1 => {
                 self.q8_1.resize(nb, bytemuck::Zeroable::zeroed());
@@ -421,9 +426,14 @@ pub fn dot_rows_x8(
         ));
     }
     let k = Kernels::active();
+    fn view(a: &QuantAct) -> Result<Q8Blocks<'_>> {
+        a.q8_0_facts.view(&a.q8_0).ok_or_else(|| {
+            Error::InvalidInput("activation facts out of date with its blocks".into())
+        })
+    }
     match lo {
-        Some(lo) => (k.gemv2_q4_0x8_q8_0)(w, &hi.q8_0, &lo.q8_0, out),
-        None => (k.gemv_q4_0x8_q8_0)(w, &hi.q8_0, out),
+        Some(lo) => (k.gemv2_q4_0x8_q8_0)(w, view(hi)?, view(lo)?, out),
+        None => (k.gemv_q4_0x8_q8_0)(w, view(hi)?, out),
     }
     Ok(())
 }

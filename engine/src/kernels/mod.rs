@@ -213,9 +213,10 @@ pub struct Kernels {
     pub gemv2_q8_0_q8_0: Gemv2<BlockQ8_0>,
     /// `gemv(w, a, out)` over an x8-packed Q4_0 matrix ([`packed`]): `out.len() / 8` groups
     /// of `a.len()` blocks.
-    pub gemv_q4_0x8_q8_0: fn(&[packed::BlockQ4_0x8], &[BlockQ8_0], &mut [f32]),
+    pub gemv_q4_0x8_q8_0: fn(&[packed::BlockQ4_0x8], packed::Q8Blocks<'_>, &mut [f32]),
     /// As `gemv_q4_0x8_q8_0` with a two-level activation (`hi`, `lo`).
-    pub gemv2_q4_0x8_q8_0: Gemv2<packed::BlockQ4_0x8>,
+    pub gemv2_q4_0x8_q8_0:
+        fn(&[packed::BlockQ4_0x8], packed::Q8Blocks<'_>, packed::Q8Blocks<'_>, &mut [f32]),
     /// `gather(w, idx, hi, lo, out)`: `out[i] = row(idx[i]) · (hi + lo)` (the rows of active
     /// neurons of an expert's up matrix), four gathered rows at a time.
     pub gather_gemv2_q4_0_q8_0: Gather2<BlockQ4_0>,

@@ -95,10 +95,89 @@ pub fn unpack_q4_0x8_row(p: &[BlockQ4_0x8], nb: usize, r: usize, out: &mut [Bloc
     }
 }
 
+/// A Q8_0 activation with two per-block facts the x8 kernels use, computed once per activation
+/// rather than once per call: each block's scale as f32 and `−8·Σq` (the exact correction for
+/// the unsigned Q4_0 nibbles, `Σ (q−8)·a = Σ q·a − 8·Σ a`). The three slices have one length.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Blocks<'a> {
+    blocks: &'a [BlockQ8_0],
+    neg8: &'a [i32],
+    scales: &'a [f32],
+}
+
+impl<'a> Q8Blocks<'a> {
+    /// The view, or `None` when the lengths differ.
+    pub fn new(blocks: &'a [BlockQ8_0], neg8: &'a [i32], scales: &'a [f32]) -> Option<Self> {
+        (neg8.len() == blocks.len() && scales.len() == blocks.len()).then_some(Q8Blocks {
+            blocks,
+            neg8,
+            scales,
+        })
+    }
+
+    /// The blocks.
+    pub fn blocks(&self) -> &'a [BlockQ8_0] {
+        self.blocks
+    }
+
+    /// `−8·Σq` per block.
+    pub fn neg8(&self) -> &'a [i32] {
+        self.neg8
+    }
+
+    /// Scale per block, as f32.
+    pub fn scales(&self) -> &'a [f32] {
+        self.scales
+    }
+
+    /// Number of blocks.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether there are no blocks.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+}
+
+/// Owned per-block facts of a Q8_0 activation (see [`Q8Blocks`]).
+#[derive(Clone, Debug, Default)]
+pub struct Q8Facts {
+    neg8: Vec<i32>,
+    scales: Vec<f32>,
+}
+
+impl Q8Facts {
+    /// The facts of `a`.
+    pub fn of(a: &[BlockQ8_0]) -> Self {
+        let mut f = Q8Facts::default();
+        f.compute(a);
+        f
+    }
+
+    /// Recomputes the facts for `a` (no allocation once warm).
+    pub fn compute(&mut self, a: &[BlockQ8_0]) {
+        self.neg8.clear();
+        self.neg8.extend(
+            a.iter()
+                .map(|y| -8 * y.qs.iter().map(|&q| q as i32).sum::<i32>()),
+        );
+        self.scales.clear();
+        self.scales.extend(a.iter().map(BlockQ8_0::scale));
+    }
+
+    /// `a` with these facts, or `None` if they were computed for a different length.
+    pub fn view<'a>(&'a self, a: &'a [BlockQ8_0]) -> Option<Q8Blocks<'a>> {
+        Q8Blocks::new(a, &self.neg8, &self.scales)
+    }
+}
+
 /// Scalar reference: `out[8g + r] = Σ_b d_w·d_a·Σ_j (q−8)·a` over an x8-packed Q4_0 matrix
 /// (`out.len() / 8` groups of `a.len()` blocks).
-pub fn gemv_q4_0x8_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0], out: &mut [f32]) {
+pub fn gemv_q4_0x8_q8_0(w: &[BlockQ4_0x8], a: Q8Blocks<'_>, out: &mut [f32]) {
     let nb = a.len();
+    let a = a.blocks();
     for (g, o) in out.chunks_exact_mut(X8_ROWS).enumerate() {
         let mut acc = [0f32; 8];
         for (blk, y) in w[g * nb..(g + 1) * nb].iter().zip(a) {
@@ -118,7 +197,7 @@ pub fn gemv_q4_0x8_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0], out: &mut [f32]) {
 }
 
 /// Scalar reference of the two-level product: `row·hi + row·lo` per row.
-pub fn gemv2_q4_0x8_q8_0(w: &[BlockQ4_0x8], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
+pub fn gemv2_q4_0x8_q8_0(w: &[BlockQ4_0x8], hi: Q8Blocks<'_>, lo: Q8Blocks<'_>, out: &mut [f32]) {
     gemv_q4_0x8_q8_0(w, hi, out);
     let mut l = [0f32; X8_ROWS];
     let nb = hi.len();
@@ -188,7 +267,8 @@ mod tests {
             })
             .collect();
         let mut got = vec![0f32; 24];
-        gemv_q4_0x8_q8_0(&p, &a, &mut got);
+        let facts = Q8Facts::of(&a);
+        gemv_q4_0x8_q8_0(&p, facts.view(&a).unwrap(), &mut got);
         for (r, g) in got.iter().enumerate() {
             let want = super::super::scalar::vec_dot_q4_0_q8_0(&rows[r * nb..(r + 1) * nb], &a);
             // Same integer sums and the same f32 operations in the same order.

@@ -21,9 +21,11 @@ pub mod sparse_down;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::kernels::packed::X8_ROWS;
 use crate::model::linear::{ComputeMode, FastAct, LinearScratch, matmul_ref, rows_fast};
 use crate::model::weights::{ExpertWeights, MatRef};
 use crate::offload::{ExpertGuard, Prefetcher};
+use crate::quant::GgmlType;
 use sparse_down::{PlaneKind, PlanesView};
 
 /// One expert's weights, borrowed: from [`ExpertWeights`] in memory or from an expert cache slot.
@@ -200,6 +202,7 @@ pub struct MoeScratch {
     d: Vec<f32>,
     lin: LinearScratch,
     per_expert: Vec<ExpertScratch>,
+    decode_acts: DecodeActs,
     /// Per expert (position in the ascending order): its output rows, kept until the mix when
     /// experts are computed in arrival order.
     outs: Vec<Vec<f32>>,
@@ -210,7 +213,6 @@ pub struct MoeScratch {
 struct ExpertScratch {
     g: Vec<f32>,
     out: Vec<f32>,
-    hq: FastAct,
     t: TokenBufs,
     stats: MoeStats,
 }
@@ -513,21 +515,6 @@ fn batch(
     Ok(stats)
 }
 
-/// One token, one expert, fast path: `es.out = expert(y)`.
-fn expert_fast(ew: ExpertRef<'_>, y: &[f32], es: &mut ExpertScratch) -> Result<()> {
-    let f = ew.gate.rows;
-    let h = ew.down_rows_out();
-    es.g.resize(f, 0.0);
-    es.hq.prepare(ew.gate.ty, y)?;
-    rows_fast(ew.gate, 0, &es.hq, &mut es.g)?;
-    if ew.up.ty != ew.gate.ty {
-        es.hq.prepare(ew.up.ty, y)?;
-    }
-    es.out.clear();
-    es.out.resize(h, 0.0);
-    reglu_down(ew, &es.hq, &mut es.g, &mut es.t, &mut es.out, &mut es.stats)
-}
-
 /// One token of one expert after its gate: ReLU of the gate outputs `g`, the up rows of the
 /// active neurons only (`up_act`: the input prepared for the up matrix's type), their product
 /// into `g`, then the down projection of `g` into `out` (zeroed by the caller), skipping the
@@ -582,23 +569,69 @@ fn reglu_down(
     Ok(())
 }
 
-/// Runs `expert_fast` for the experts at the order positions where `refs` has one, in parallel.
+/// The decode input prepared once per layer for the experts' gate and (if its type differs)
+/// up matrices.
+#[derive(Default)]
+struct DecodeActs {
+    gate: FastAct,
+    up: FastAct,
+    up_differs: bool,
+}
+
+impl DecodeActs {
+    fn prepare(&mut self, gate: GgmlType, up: GgmlType, y: &[f32]) -> Result<()> {
+        self.gate.prepare(gate, y)?;
+        self.up_differs = up != gate;
+        if self.up_differs {
+            self.up.prepare(up, y)?;
+        }
+        Ok(())
+    }
+
+    fn up(&self) -> &FastAct {
+        if self.up_differs {
+            &self.up
+        } else {
+            &self.gate
+        }
+    }
+}
+
+/// Runs one token through the experts at the order positions where `refs` has one, in
+/// parallel: per expert, the gate rows in two parallel halves (so a thread whose experts finish
+/// early takes half of another's gate instead of idling), then the ReGLU and sparse down
+/// ([`reglu_down`]) into `tasks[i].out`.
 fn run_fast_tasks(
     layer: usize,
     order: &[u32],
     refs: &[Option<ExpertRef<'_>>],
-    y: &[f32],
+    acts: &DecodeActs,
     tasks: &mut [ExpertScratch],
 ) -> Result<()> {
     tasks
         .par_iter_mut()
         .zip(order.par_iter().zip(refs.par_iter()))
         .try_for_each(|(es, (&e, r))| -> Result<()> {
-            let Some(ew) = r else { return Ok(()) };
+            let Some(ew) = *r else { return Ok(()) };
             let _sp =
                 tracing::debug_span!("compute.expert", layer, expert = e, n_tokens = 1).entered();
             es.stats = MoeStats::default();
-            expert_fast(*ew, y, es)
+            let f = ew.gate.rows;
+            es.g.resize(f, 0.0);
+            let half = f.div_ceil(2).next_multiple_of(X8_ROWS).max(X8_ROWS);
+            es.g.par_chunks_mut(half)
+                .enumerate()
+                .try_for_each(|(i, o)| rows_fast(ew.gate, i * half, &acts.gate, o))?;
+            es.out.clear();
+            es.out.resize(ew.down_rows_out(), 0.0);
+            reglu_down(
+                ew,
+                acts.up(),
+                &mut es.g,
+                &mut es.t,
+                &mut es.out,
+                &mut es.stats,
+            )
         })
 }
 
@@ -617,16 +650,21 @@ fn decode_fast(
             .resize_with(order.len(), ExpertScratch::default);
     }
     let tasks = &mut s.per_expert[..order.len()];
+    let acts = &mut s.decode_acts;
     match experts {
         ExpertSource::Resident { .. } => {
             let refs = order
                 .iter()
                 .map(|&e| experts.resident(e).map(Some))
                 .collect::<Result<Vec<_>>>()?;
-            run_fast_tasks(layer, &order, &refs, y, tasks)?;
+            if let Some(Some(r)) = refs.first() {
+                acts.prepare(r.gate.ty, r.up.ty, y)?;
+            }
+            run_fast_tasks(layer, &order, &refs, acts, tasks)?;
         }
         ExpertSource::Offloaded(o) => {
             // Compute whatever has arrived, all of it in parallel; block only when nothing has.
+            acts.prepare(o.shape.gate.ty, o.shape.up.ty, y)?;
             let mut pending: Vec<u32> = order.clone();
             while !pending.is_empty() {
                 let mut guards: Vec<ExpertGuard<'_>> = Vec::with_capacity(pending.len());
@@ -655,7 +693,7 @@ fn decode_fast(
                     })?;
                     refs[pos] = Some(o.expert_ref(g)?);
                 }
-                run_fast_tasks(layer, &order, &refs, y, tasks)?;
+                run_fast_tasks(layer, &order, &refs, acts, tasks)?;
                 pending.retain(|e| !guards.iter().any(|g| g.expert() == *e));
             }
         }

@@ -393,7 +393,7 @@ fn gemv2_matches_two_scalar_dots_for_ragged_sizes() {
 /// rows, one and two activation levels, for ragged block and group counts.
 #[test]
 fn packed_x8_gemv_matches_row_major_scalar() {
-    use engine::kernels::packed::{BlockQ4_0x8, repack_q4_0x8};
+    use engine::kernels::packed::{BlockQ4_0x8, Q8Facts, repack_q4_0x8};
     let mut rng = Rng::new(44);
     for nb in [1, 2, 3, 24, 48, 300] {
         for groups in [0, 1, 2, 5] {
@@ -416,8 +416,10 @@ fn packed_x8_gemv_matches_row_major_scalar() {
             for k in levels() {
                 let mut one = vec![f32::NAN; n_rows];
                 let mut two = vec![f32::NAN; n_rows];
-                (k.gemv_q4_0x8_q8_0)(&p, &hi, &mut one);
-                (k.gemv2_q4_0x8_q8_0)(&p, &hi, &lo, &mut two);
+                let (fh, fl) = (Q8Facts::of(&hi), Q8Facts::of(&lo));
+                let (vh, vl) = (fh.view(&hi).unwrap(), fl.view(&lo).unwrap());
+                (k.gemv_q4_0x8_q8_0)(&p, vh, &mut one);
+                (k.gemv2_q4_0x8_q8_0)(&p, vh, vl, &mut two);
                 for r in 0..n_rows {
                     let row = &w[r * nb..(r + 1) * nb];
                     let (m, _) = mag_exact(&deq(row), &x);

@@ -4,7 +4,7 @@ pub(super) mod avx2;
 mod packed;
 mod vnni;
 
-use super::packed::BlockQ4_0x8;
+use super::packed::{BlockQ4_0x8, Q8Blocks};
 use super::{Kernels, SimdLevel, scalar};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K};
 
@@ -62,25 +62,25 @@ avx2_wrappers! {
     fn axpy_q8_0_f32(alpha: f32, w: &[BlockQ8_0], y: &mut [f32]);
 }
 
-fn gemv_q4_0x8_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0], out: &mut [f32]) {
+fn gemv_q4_0x8_q8_0(w: &[BlockQ4_0x8], a: Q8Blocks<'_>, out: &mut [f32]) {
     debug_assert!(avx2_supported());
     // SAFETY: reachable only through `AVX2`/`AVX512`, handed out after detection of AVX2+.
     unsafe { packed::gemv_q4_0x8_q8_0_avx2(w, a, out) }
 }
 
-fn gemv2_q4_0x8_q8_0(w: &[BlockQ4_0x8], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
+fn gemv2_q4_0x8_q8_0(w: &[BlockQ4_0x8], hi: Q8Blocks<'_>, lo: Q8Blocks<'_>, out: &mut [f32]) {
     debug_assert!(avx2_supported());
     // SAFETY: reachable only through `AVX2`/`AVX512`, handed out after detection of AVX2+.
     unsafe { packed::gemv2_q4_0x8_q8_0_avx2(w, hi, lo, out) }
 }
 
-fn gemv_q4_0x8_q8_0_vnni(w: &[BlockQ4_0x8], a: &[BlockQ8_0], out: &mut [f32]) {
+fn gemv_q4_0x8_q8_0_vnni(w: &[BlockQ4_0x8], a: Q8Blocks<'_>, out: &mut [f32]) {
     debug_assert!(avx512_supported());
     // SAFETY: reachable only through `AVX512`, handed out after `avx512_supported()`.
     unsafe { packed::gemv_q4_0x8_q8_0_vnni(w, a, out) }
 }
 
-fn gemv2_q4_0x8_q8_0_vnni(w: &[BlockQ4_0x8], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
+fn gemv2_q4_0x8_q8_0_vnni(w: &[BlockQ4_0x8], hi: Q8Blocks<'_>, lo: Q8Blocks<'_>, out: &mut [f32]) {
     debug_assert!(avx512_supported());
     // SAFETY: reachable only through `AVX512`, handed out after `avx512_supported()`.
     unsafe { packed::gemv2_q4_0x8_q8_0_vnni(w, hi, lo, out) }

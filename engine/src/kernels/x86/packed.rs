@@ -4,7 +4,7 @@
 //! Per block and group of eight rows: four 32-byte loads, a mask and a shift per load, eight
 //! integer dot steps against broadcast activation bytes, then one conversion and one FMA. The
 //! unsigned nibbles' offset (`q − 8`) is removed exactly by starting the integer sum at
-//! `−8·Σa`, computed once per activation block for the whole call.
+//! `−8·Σa`, computed once per activation ([`Q8Blocks`]), as are the activation scales in f32.
 //!
 //! Every function is a safe `#[target_feature]` function, callable (as `unsafe`) only from the
 //! wrappers in [`super`] after runtime detection. The only `unsafe` operations are unaligned
@@ -13,11 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{load_u8x32, load_u16x8, prefetch};
-use crate::kernels::packed::{BlockQ4_0x8, X8_ROWS};
-use crate::quant::BlockQ8_0;
-
-/// Activation blocks whose sums are kept on the stack at once (columns per pass: 8192).
-const SUM_CHUNK: usize = 256;
+use crate::kernels::packed::{BlockQ4_0x8, Q8Blocks, X8_ROWS};
 
 /// Four activation bytes `k..k+4` broadcast to every i32 lane.
 #[inline]
@@ -31,104 +27,73 @@ fn bcast4(q: &[i8; 32], k: usize) -> __m256i {
     ]))
 }
 
-/// The f32 scale of each activation block in `a`, into `out`.
-fn scales(a: &[BlockQ8_0], out: &mut [f32]) {
-    for (o, y) in out.iter_mut().zip(a) {
-        *o = y.scale();
-    }
-}
-
-/// `−8·Σq` of each activation block in `a`, into `out`.
-fn neg8_sums(a: &[BlockQ8_0], out: &mut [i32]) {
-    for (o, y) in out.iter_mut().zip(a) {
-        *o = -8 * y.qs.iter().map(|&q| q as i32).sum::<i32>();
-    }
-}
-
 macro_rules! x8_kernel {
     ($gemv:ident, $feat:literal, |$acc:ident, $x:ident, $q:ident| $body:block) => {
         /// One or two activation levels over an x8-packed Q4_0 matrix; `out.len() / 8` groups
-        /// of `hi.len()` blocks. With `TWO = false`, `lo` is ignored.
+        /// of `hi.len()` blocks. With `TWO = false`, `lo` is ignored; with `TWO`, the caller
+        /// has checked that `lo` has `hi`'s length.
         #[inline]
         #[target_feature(enable = $feat)]
         fn $gemv<const TWO: bool>(
             w: &[BlockQ4_0x8],
-            hi: &[BlockQ8_0],
-            lo: &[BlockQ8_0],
+            hi: Q8Blocks<'_>,
+            lo: Q8Blocks<'_>,
             out: &mut [f32],
         ) {
             let nb = hi.len();
             out.fill(0.0);
-            if nb == 0 {
+            if nb == 0 || (TWO && lo.len() != nb) {
                 return;
             }
             let bytes: &[u8] = bytemuck::cast_slice(w);
             let blk_bytes = std::mem::size_of::<BlockQ4_0x8>();
-            let mut sh = [0i32; SUM_CHUNK];
-            let mut sl = [0i32; SUM_CHUNK];
-            let mut fh = [0f32; SUM_CHUNK];
-            let mut fl = [0f32; SUM_CHUNK];
-            // Column chunks (one for every row length below 8192).
-            for c0 in (0..nb).step_by(SUM_CHUNK) {
-                let c1 = (c0 + SUM_CHUNK).min(nb);
-                neg8_sums(&hi[c0..c1], &mut sh);
-                scales(&hi[c0..c1], &mut fh);
-                if TWO {
-                    neg8_sums(&lo[c0..c1], &mut sl);
-                    scales(&lo[c0..c1], &mut fl);
+            let (hb, sh, fh) = (hi.blocks(), hi.neg8(), hi.scales());
+            let (lb, sl, fl) = (lo.blocks(), lo.neg8(), lo.scales());
+            for (g, o) in out.chunks_exact_mut(X8_ROWS).enumerate() {
+                // One accumulator per level: two short FMA chains instead of one long one.
+                let mut acc_h = _mm256_setzero_ps();
+                let mut acc_l = _mm256_setzero_ps();
+                for b in 0..nb {
+                    let i = g * nb + b;
+                    prefetch(bytes, (i + 4) * blk_bytes);
+                    prefetch(bytes, (i + 4) * blk_bytes + 64);
+                    prefetch(bytes, (i + 4) * blk_bytes + 128);
+                    let blk = &w[i];
+                    let (chunks, _) = blk.qs.as_chunks::<32>();
+                    let m = _mm256_set1_epi8(0x0F);
+                    let mut xs = [_mm256_setzero_si256(); 8];
+                    for (c, ch) in chunks.iter().enumerate() {
+                        let v = load_u8x32(ch);
+                        xs[c] = _mm256_and_si256(v, m);
+                        xs[c + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m);
+                    }
+                    let d = blk.d;
+                    let dw = _mm256_cvtph_ps(load_u16x8(&d));
+                    {
+                        let $x = &xs;
+                        let $q = &hb[b].qs;
+                        let $acc = _mm256_set1_epi32(sh[b]);
+                        let s = $body;
+                        let da = _mm256_set1_ps(fh[b]);
+                        acc_h =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), acc_h);
+                    }
+                    if TWO {
+                        let $x = &xs;
+                        let $q = &lb[b].qs;
+                        let $acc = _mm256_set1_epi32(sl[b]);
+                        let s = $body;
+                        let da = _mm256_set1_ps(fl[b]);
+                        acc_l =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), acc_l);
+                    }
                 }
-                for (g, o) in out.chunks_exact_mut(X8_ROWS).enumerate() {
-                    // One accumulator per level: two short FMA chains instead of one long one.
-                    let mut acc_h = _mm256_setzero_ps();
-                    let mut acc_l = _mm256_setzero_ps();
-                    for b in c0..c1 {
-                        let i = g * nb + b;
-                        prefetch(bytes, (i + 4) * blk_bytes);
-                        prefetch(bytes, (i + 4) * blk_bytes + 64);
-                        prefetch(bytes, (i + 4) * blk_bytes + 128);
-                        let blk = &w[i];
-                        let (chunks, _) = blk.qs.as_chunks::<32>();
-                        let m = _mm256_set1_epi8(0x0F);
-                        let mut xs = [_mm256_setzero_si256(); 8];
-                        for (c, ch) in chunks.iter().enumerate() {
-                            let v = load_u8x32(ch);
-                            xs[c] = _mm256_and_si256(v, m);
-                            xs[c + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m);
-                        }
-                        let d = blk.d;
-                        let dw = _mm256_cvtph_ps(load_u16x8(&d));
-                        {
-                            let $x = &xs;
-                            let $q = &hi[b].qs;
-                            let $acc = _mm256_set1_epi32(sh[b - c0]);
-                            let s = $body;
-                            let da = _mm256_set1_ps(fh[b - c0]);
-                            acc_h = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(s),
-                                _mm256_mul_ps(dw, da),
-                                acc_h,
-                            );
-                        }
-                        if TWO {
-                            let $x = &xs;
-                            let $q = &lo[b].qs;
-                            let $acc = _mm256_set1_epi32(sl[b - c0]);
-                            let s = $body;
-                            let da = _mm256_set1_ps(fl[b - c0]);
-                            acc_l = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(s),
-                                _mm256_mul_ps(dw, da),
-                                acc_l,
-                            );
-                        }
-                    }
-                    let acc = _mm256_add_ps(acc_h, acc_l);
-                    let mut part = [0f32; 8];
-                    // SAFETY: `part` is 8 writable f32; `storeu` has no alignment requirement.
-                    unsafe { _mm256_storeu_ps(part.as_mut_ptr(), acc) };
-                    for (x, p) in o.iter_mut().zip(part) {
-                        *x += p;
-                    }
+                let acc = _mm256_add_ps(acc_h, acc_l);
+                let mut part = [0f32; 8];
+                // SAFETY: `part` is 8 writable f32; `storeu` has no alignment requirement.
+                unsafe { _mm256_storeu_ps(part.as_mut_ptr(), acc) };
+                for (x, p) in o.iter_mut().zip(part) {
+                    *x += p;
                 }
             }
         }
@@ -167,7 +132,7 @@ x8_kernel!(gemv_x8_avx2, "avx2,fma,f16c", |acc, x, q| {
 
 /// x8 Q4_0 × Q8_0 (AVX-512 VNNI).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub fn gemv_q4_0x8_q8_0_vnni(w: &[BlockQ4_0x8], a: &[BlockQ8_0], out: &mut [f32]) {
+pub fn gemv_q4_0x8_q8_0_vnni(w: &[BlockQ4_0x8], a: Q8Blocks<'_>, out: &mut [f32]) {
     gemv_x8_vnni::<false>(w, a, a, out)
 }
 
@@ -175,8 +140,8 @@ pub fn gemv_q4_0x8_q8_0_vnni(w: &[BlockQ4_0x8], a: &[BlockQ8_0], out: &mut [f32]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn gemv2_q4_0x8_q8_0_vnni(
     w: &[BlockQ4_0x8],
-    hi: &[BlockQ8_0],
-    lo: &[BlockQ8_0],
+    hi: Q8Blocks<'_>,
+    lo: Q8Blocks<'_>,
     out: &mut [f32],
 ) {
     gemv_x8_vnni::<true>(w, hi, lo, out)
@@ -184,7 +149,7 @@ pub fn gemv2_q4_0x8_q8_0_vnni(
 
 /// x8 Q4_0 × Q8_0 (AVX2).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn gemv_q4_0x8_q8_0_avx2(w: &[BlockQ4_0x8], a: &[BlockQ8_0], out: &mut [f32]) {
+pub fn gemv_q4_0x8_q8_0_avx2(w: &[BlockQ4_0x8], a: Q8Blocks<'_>, out: &mut [f32]) {
     gemv_x8_avx2::<false>(w, a, a, out)
 }
 
@@ -192,8 +157,8 @@ pub fn gemv_q4_0x8_q8_0_avx2(w: &[BlockQ4_0x8], a: &[BlockQ8_0], out: &mut [f32]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn gemv2_q4_0x8_q8_0_avx2(
     w: &[BlockQ4_0x8],
-    hi: &[BlockQ8_0],
-    lo: &[BlockQ8_0],
+    hi: Q8Blocks<'_>,
+    lo: Q8Blocks<'_>,
     out: &mut [f32],
 ) {
     gemv_x8_avx2::<true>(w, hi, lo, out)
