@@ -136,10 +136,11 @@ impl FastAct {
         if self.two_level {
             let blocks = self.hi.q8_0().unwrap_or(&[]);
             self.residual.clear();
-            self.residual.extend(x.iter().enumerate().map(|(i, &v)| {
-                let b = &blocks[i / 32];
-                v - b.scale() * b.qs[i % 32] as f32
-            }));
+            for (xb, b) in x.chunks(32).zip(blocks) {
+                let d = b.scale();
+                self.residual
+                    .extend(xb.iter().zip(&b.qs).map(|(&v, &q)| v - d * q as f32));
+            }
             self.lo.quantize(&self.residual, ActFormat::Q8_0)?;
         }
         Ok(())
