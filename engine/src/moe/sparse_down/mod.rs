@@ -21,6 +21,7 @@
 //! run the same kernel, so the results are bit-identical.
 
 use crate::error::{Error, Result};
+use crate::kernels::{Kernels, SimdLevel};
 use crate::model::weights::{MatRef, Matrix};
 use crate::quant::GgmlType;
 
@@ -331,6 +332,19 @@ impl<'a> PlanesView<'a> {
         Ok(apply_best(*self, a, out, &mut acc[..self.h]))
     }
 
+    /// [`PlanesView::apply`] with the kernel of `level` (tests compare every level).
+    pub fn apply_at(
+        &self,
+        level: SimdLevel,
+        a: &[f32],
+        out: &mut [f32],
+        acc: &mut Vec<f32>,
+    ) -> Result<usize> {
+        self.check(a, out)?;
+        acc.resize(self.h, 0.0);
+        Ok(apply_level(level, *self, a, out, &mut acc[..self.h]))
+    }
+
     fn check(&self, a: &[f32], out: &[f32]) -> Result<()> {
         if a.len() != self.f || out.len() != self.h {
             return Err(Error::InvalidInput(format!(
@@ -355,12 +369,25 @@ fn plane_bytes(kind: PlaneKind, h: usize) -> usize {
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-/// The fastest kernel this CPU runs (AVX2 + FMA + F16C when present; scalar otherwise).
+/// The kernel of the active SIMD level ([`Kernels::active`]).
 fn apply_best(p: PlanesView<'_>, a: &[f32], out: &mut [f32], acc: &mut [f32]) -> usize {
+    apply_level(Kernels::active().level, p, a, out, acc)
+}
+
+/// The kernel of `level` (scalar for levels this CPU cannot run or without a variant).
+fn apply_level(
+    level: SimdLevel,
+    p: PlanesView<'_>,
+    a: &[f32],
+    out: &mut [f32],
+    acc: &mut [f32],
+) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if let Some(n) = x86::apply(p, a, out, acc) {
+    if let Some(n) = x86::apply(level, p, a, out, acc) {
         return n;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
     apply_scalar(p, a, out, acc)
 }
 
@@ -492,7 +519,7 @@ mod tests {
     #[test]
     fn matches_dense_product_and_counts_active() {
         for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
-            for (h, f) in [(32, 32), (64, 96), (96, 64)] {
+            for (h, f) in [(32, 32), (64, 96), (96, 64), (256, 160)] {
                 let m = matrix(ty, h, f, (h * 7 + f) as u64);
                 let p = DownPlanes::from_down(&m).unwrap().unwrap();
                 assert_eq!(p.bytes(), m.data.len());
@@ -505,19 +532,19 @@ mod tests {
                     .collect();
                 let want = dense_product(&m, &a);
                 let mut acc = Vec::new();
-                for simd in [false, true] {
+                let levels = Kernels::available();
+                for simd in std::iter::once(None).chain(levels.iter().map(|k| Some(k.level))) {
                     let mut out = vec![0f32; h];
-                    let n = if simd {
-                        p.apply(&a, &mut out, &mut acc).unwrap()
-                    } else {
-                        p.apply_scalar(&a, &mut out, &mut acc).unwrap()
+                    let n = match simd {
+                        Some(level) => p.view().apply_at(level, &a, &mut out, &mut acc).unwrap(),
+                        None => p.apply_scalar(&a, &mut out, &mut acc).unwrap(),
                     };
                     assert_eq!(n, a.iter().filter(|x| **x != 0.0).count());
                     let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
                     for (o, w) in out.iter().zip(&want) {
                         assert!(
                             (o - w).abs() <= TOL * scale,
-                            "{ty:?} {h}x{f} simd={simd}: {o} vs {w}"
+                            "{ty:?} {h}x{f} simd={simd:?}: {o} vs {w}"
                         );
                     }
                 }
