@@ -172,7 +172,8 @@ unsafe fn apply_q4_vnni(p: PlanesView<'_>, a: &[f32], out: &mut [f32]) -> usize 
         )
     };
     let mut n_active = 0;
-    for b in 0..p.f / QK {
+    let nblocks = p.f / QK;
+    for b in 0..nblocks {
         let mut js = [0usize; QK];
         let mut vs = [0f32; QK];
         let mut n = 0;
@@ -182,6 +183,19 @@ unsafe fn apply_q4_vnni(p: PlanesView<'_>, a: &[f32], out: &mut [f32]) -> usize 
                 js[n] = j;
                 vs[n] = a[j];
                 n += 1;
+            }
+        }
+        // The next block's active planes are scattered in memory (no hardware prefetcher
+        // follows them): request them while this block computes.
+        if b + 1 < nblocks {
+            for j in (b + 1) * QK..(b + 2) * QK {
+                if a[j] != 0.0 {
+                    let plane = &p.planes[j * pb..(j + 1) * pb];
+                    for at in (0..pb).step_by(64) {
+                        // A prefetch never faults and has no architectural effect.
+                        _mm_prefetch::<_MM_HINT_T0>(plane[at..].as_ptr().cast());
+                    }
+                }
             }
         }
         if n == 0 {
