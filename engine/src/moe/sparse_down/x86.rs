@@ -188,8 +188,8 @@ unsafe fn apply_q4_vnni(p: PlanesView<'_>, a: &[f32], out: &mut [f32]) -> usize 
         // The next block's active planes are scattered in memory (no hardware prefetcher
         // follows them): request them while this block computes.
         if b + 1 < nblocks {
-            for j in (b + 1) * QK..(b + 2) * QK {
-                if a[j] != 0.0 {
+            for (j, &aj) in a.iter().enumerate().skip((b + 1) * QK).take(QK) {
+                if aj != 0.0 {
                     let plane = &p.planes[j * pb..(j + 1) * pb];
                     for at in (0..pb).step_by(64) {
                         // A prefetch never faults and has no architectural effect.
