@@ -1,5 +1,5 @@
 //! Kernel micro benchmarks at SmallThinker-4B shapes (hidden H = 1536, expert FFN F = 768),
-//! for every SIMD level this CPU supports (scalar and AVX2 side by side).
+//! for every SIMD level this CPU supports (scalar, AVX2 and AVX-512 side by side).
 //!
 //! Throughput is reported in weight bytes read (criterion `Throughput::Bytes`), so the numbers
 //! compare directly with memory bandwidth: decode is memory-bound, and a kernel that cannot
@@ -196,5 +196,74 @@ fn bench_baseline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_baseline, bench_dots, bench_gemv);
+/// The decode path's two-level kernels, per SIMD level: x8-packed and row-major dense products,
+/// the gathered up rows of active neurons and the sparse down planes (every fifth neuron active,
+/// close to SmallThinker's ~80% ReGLU zeros). Throughput counts the weight bytes actually read.
+fn bench_two_level(c: &mut Criterion) {
+    use engine::kernels::packed::{self, BlockQ4_0x8, Q8Facts};
+    use engine::moe::sparse_down::{self, PlaneKind, PlanesView};
+
+    let x = values(H, 41);
+    let hi = q8_0(&x);
+    let residual: Vec<f32> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v - quant::f16_to_f32(hi[i / 32].d) * hi[i / 32].qs[i % 32] as f32)
+        .collect();
+    let lo = q8_0(&residual);
+    let (fh, fl) = (Q8Facts::of(&hi), Q8Facts::of(&lo));
+    let (vh, vl) = (fh.view(&hi).unwrap(), fl.view(&lo).unwrap());
+    let gate = matrix(GgmlType::Q4_0, F, H, 42);
+    let rows: &[BlockQ4_0] = bytemuck::cast_slice(&gate);
+    let mut x8 = vec![<BlockQ4_0x8 as bytemuck::Zeroable>::zeroed(); rows.len() / 8];
+    packed::repack_q4_0x8(rows, H / 32, &mut x8).unwrap();
+    let idx: Vec<u32> = (0..F as u32).step_by(5).collect();
+    let row_bytes = gate.len() / F;
+    let down = matrix(GgmlType::Q4_0, H, F, 43);
+    let mut planes = vec![0u8; down.len()];
+    sparse_down::repack(PlaneKind::Q4, H, F, &down, &mut planes).unwrap();
+    let view = PlanesView::new(PlaneKind::Q4, H, F, &planes).unwrap();
+    let act: Vec<f32> = values(F, 44)
+        .iter()
+        .enumerate()
+        .map(|(j, &v)| if j % 5 == 0 { v.abs() + 0.01 } else { 0.0 })
+        .collect();
+    let active_down_bytes = (F / 5 + 1) * H / 2;
+
+    let mut g = c.benchmark_group("two_level");
+    for k in Kernels::available() {
+        let lvl = k.level.name();
+        let mut out = vec![0f32; F];
+        g.throughput(Throughput::Bytes(gate.len() as u64));
+        g.bench_function(BenchmarkId::new("x8_q4_0_768x1536", lvl), |b| {
+            b.iter(|| (k.gemv2_q4_0x8_q8_0)(black_box(&x8), vh, vl, black_box(&mut out)))
+        });
+        g.bench_function(BenchmarkId::new("rowmajor_q4_0_768x1536", lvl), |b| {
+            b.iter(|| (k.gemv2_q4_0_q8_0)(black_box(rows), &hi, &lo, black_box(&mut out)))
+        });
+        let mut up = vec![0f32; idx.len()];
+        g.throughput(Throughput::Bytes((idx.len() * row_bytes) as u64));
+        g.bench_function(BenchmarkId::new("gather_q4_0_1of5_rows", lvl), |b| {
+            b.iter(|| (k.gather_gemv2_q4_0_q8_0)(black_box(rows), &idx, &hi, &lo, &mut up))
+        });
+        let mut o = vec![0f32; H];
+        let mut acc = Vec::new();
+        g.throughput(Throughput::Bytes(active_down_bytes as u64));
+        g.bench_function(BenchmarkId::new("sparse_down_q4_1of5_neurons", lvl), |b| {
+            b.iter(|| {
+                view.apply_at(k.level, black_box(&act), &mut o, &mut acc)
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_baseline,
+    bench_dots,
+    bench_gemv,
+    bench_two_level
+);
 criterion_main!(benches);
