@@ -229,6 +229,10 @@ fn bench_two_level(c: &mut Criterion) {
         .map(|(j, &v)| if j % 5 == 0 { v.abs() + 0.01 } else { 0.0 })
         .collect();
     let active_down_bytes = (F / 5 + 1) * H / 2;
+    let down8 = matrix(GgmlType::Q8_0, H, F, 45);
+    let mut planes8 = vec![0u8; down8.len()];
+    sparse_down::repack(PlaneKind::Q8, H, F, &down8, &mut planes8).unwrap();
+    let view8 = PlanesView::new(PlaneKind::Q8, H, F, &planes8).unwrap();
 
     let mut g = c.benchmark_group("two_level");
     for k in Kernels::available() {
@@ -252,6 +256,14 @@ fn bench_two_level(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("sparse_down_q4_1of5_neurons", lvl), |b| {
             b.iter(|| {
                 view.apply_at(k.level, black_box(&act), &mut o, &mut acc)
+                    .unwrap()
+            })
+        });
+        g.throughput(Throughput::Bytes(2 * active_down_bytes as u64));
+        g.bench_function(BenchmarkId::new("sparse_down_q8_1of5_neurons", lvl), |b| {
+            b.iter(|| {
+                view8
+                    .apply_at(k.level, black_box(&act), &mut o, &mut acc)
                     .unwrap()
             })
         });

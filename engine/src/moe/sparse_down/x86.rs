@@ -44,10 +44,15 @@ pub(super) fn apply(
     assert!(
         p.planes.len() == p.f * plane_bytes(p.kind, p.h) && p.scales.len() == p.f / QK * p.h * 2
     );
-    if p.kind == PlaneKind::Q4 && level == SimdLevel::Avx512 {
+    if level == SimdLevel::Avx512 {
         // SAFETY: `Kernels::for_level(Avx512)` is `Some` only after AVX-512 F/BW/VL/VNNI and
         // AVX2/FMA/F16C were detected; the asserts bound every access.
-        return Some(unsafe { apply_q4_vnni(p, a, out) });
+        return Some(unsafe {
+            match p.kind {
+                PlaneKind::Q4 => apply_vnni::<false>(p, a, out),
+                PlaneKind::Q8 => apply_vnni::<true>(p, a, out),
+            }
+        });
     }
     // SAFETY: AVX2, FMA and F16C were detected (every non-scalar level needs them); the
     // asserts bound every access below.
@@ -144,32 +149,43 @@ unsafe fn apply_avx2(p: PlanesView<'_>, a: &[f32], out: &mut [f32], _acc: &mut [
     n_active
 }
 
-/// Q4 planes with AVX-512 VNNI: integer products instead of an int→float conversion and an FMA
-/// per weight.
+/// Planes with AVX-512 VNNI (`Q8`: Q8 planes, else Q4): integer products instead of an
+/// int→float conversion and an FMA per weight.
 ///
 /// Per block of 32 neurons, the active neurons' activations are quantised to int8 in two levels
 /// (`a ≈ d₁·q₁ + d₂·q₂`, `q₂` the quantised residual: error ~2⁻¹⁵ of the block's largest
-/// activation). Four active neurons at a time, their nibbles for 32 outputs are interleaved so
-/// that each i32 lane holds one output's four weights, and one `vpdpbusd` per level and eight
-/// outputs adds `Σ q·w` for all four neurons. The nibbles' offset 8 is removed exactly by
-/// starting each lane at `−8·Σq`. The block's per-output scales apply once per group of 32.
+/// activation). Four active neurons at a time, their weights for 32 outputs, as unsigned bytes
+/// (Q4 nibbles are `w + 8`; Q8 bytes get `+ 128`), are interleaved so that each i32 lane holds
+/// one output's four weights, and one `vpdpbusd` per level and eight outputs adds `Σ q·w` for
+/// all four neurons. The offset is removed exactly by starting each lane at `−offset·Σq`. The
+/// block's per-output scales apply once per group of 32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn apply_q4_vnni(p: PlanesView<'_>, a: &[f32], out: &mut [f32]) -> usize {
+unsafe fn apply_vnni<const Q8: bool>(p: PlanesView<'_>, a: &[f32], out: &mut [f32]) -> usize {
     let pb = plane_bytes(p.kind, p.h);
     let groups = p.h / QK;
     let mask = _mm256_set1_epi8(0x0F);
     let shifts = _mm256_set_epi64x(4, 4, 0, 0);
-    // The 32 nibbles of neuron `j` for output group `g`, in output order (lane 0: outputs
-    // 0..16 from the low nibbles, lane 1: 16..32 from the high nibbles).
+    let flip = _mm256_set1_epi8(i8::MIN);
+    let off: i32 = if Q8 { 128 } else { 8 };
+    // The 32 weights of neuron `j` for output group `g` as unsigned bytes, in output order.
+    // Q4: lane 0 holds outputs 0..16 from the low nibbles, lane 1 16..32 from the high ones.
     let nibbles = |j: usize, g: usize| {
-        let at = j * pb + g * 16;
-        // SAFETY: `at + 16 <= (j + 1) * pb <= planes.len()` (asserted by the caller); `loadu`
-        // has no alignment requirement.
-        let v = unsafe { _mm_loadu_si128(p.planes.as_ptr().add(at) as *const __m128i) };
-        _mm256_and_si256(
-            _mm256_srlv_epi64(_mm256_broadcastsi128_si256(v), shifts),
-            mask,
-        )
+        if Q8 {
+            let at = j * pb + g * QK;
+            // SAFETY: `at + 32 <= (j + 1) * pb <= planes.len()` (asserted by the caller);
+            // `loadu` has no alignment requirement.
+            let v = unsafe { _mm256_loadu_si256(p.planes.as_ptr().add(at) as *const __m256i) };
+            _mm256_xor_si256(v, flip)
+        } else {
+            let at = j * pb + g * 16;
+            // SAFETY: `at + 16 <= (j + 1) * pb <= planes.len()` (asserted by the caller);
+            // `loadu` has no alignment requirement.
+            let v = unsafe { _mm_loadu_si128(p.planes.as_ptr().add(at) as *const __m128i) };
+            _mm256_and_si256(
+                _mm256_srlv_epi64(_mm256_broadcastsi128_si256(v), shifts),
+                mask,
+            )
+        }
     };
     let mut n_active = 0;
     let nblocks = p.f / QK;
@@ -230,7 +246,10 @@ unsafe fn apply_q4_vnni(p: PlanesView<'_>, a: &[f32], out: &mut [f32]) -> usize 
             al[m] = bcast(&ql, m);
         }
         let (vdh, vdl) = (_mm256_set1_ps(dh), _mm256_set1_ps(dl));
-        let (ch, cl) = (_mm256_set1_epi32(-8 * sum_h), _mm256_set1_epi32(-8 * sum_l));
+        let (ch, cl) = (
+            _mm256_set1_epi32(-off * sum_h),
+            _mm256_set1_epi32(-off * sum_l),
+        );
         let sc = &p.scales[b * p.h * 2..(b + 1) * p.h * 2];
         for g in 0..groups {
             let mut acc_h = [ch; 4];
