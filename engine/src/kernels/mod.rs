@@ -166,6 +166,34 @@ pub type Gemv2<W> = fn(&[W], &[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
 /// Gathered rows × a two-level Q8_0 vector: `(w, idx, hi, lo, out)`.
 pub type Gather2<W> = fn(&[W], &[u32], &[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
 
+/// The loop every [`Gather2`] kernel shares: `out[i] = dot(row idx[i])` over rows of `nb` blocks
+/// of `w`, four rows per call of `dot4` (which also gets the next four rows, to prefetch them:
+/// gathered rows are scattered, so no hardware prefetcher follows them) and the last
+/// `idx.len() % 4` rows one at a time with `dot1`.
+///
+/// # Panics
+/// If an index is outside `w` (the checked entry point [`dot_rows_gather2`] rejects those first).
+#[inline(always)]
+pub(crate) fn gather_rows<W>(
+    w: &[W],
+    nb: usize,
+    idx: &[u32],
+    out: &mut [f32],
+    mut dot4: impl FnMut([&[W]; 4], Option<[&[W]; 4]>) -> [f32; 4],
+    mut dot1: impl FnMut(&[W]) -> f32,
+) {
+    let row = |i: u32| &w[i as usize * nb..(i as usize + 1) * nb];
+    let rows4 = |i: &[u32; 4]| i.map(row);
+    let (i4, ir) = idx.as_chunks::<4>();
+    let (o4, or) = out.as_chunks_mut::<4>();
+    for (g, (i, o)) in i4.iter().zip(o4.iter_mut()).enumerate() {
+        *o = dot4(rows4(i), i4.get(g + 1).map(rows4));
+    }
+    for (&i, o) in ir.iter().zip(or.iter_mut()) {
+        *o = dot1(row(i));
+    }
+}
+
 /// A table of kernels for one [`SimdLevel`]. Every entry is a safe function; the SIMD tables
 /// can only be obtained on a CPU that supports them.
 ///

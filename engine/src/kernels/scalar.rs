@@ -338,11 +338,8 @@ pub fn gather_gemv2_q4_0_q8_0(
     lo: &[BlockQ8_0],
     out: &mut [f32],
 ) {
-    let nb = hi.len();
-    for (o, &i) in out.iter_mut().zip(idx) {
-        let row = &w[i as usize * nb..(i as usize + 1) * nb];
-        *o = vec_dot_q4_0_q8_0(row, hi) + vec_dot_q4_0_q8_0(row, lo);
-    }
+    let one = |r: &[BlockQ4_0]| vec_dot_q4_0_q8_0(r, hi) + vec_dot_q4_0_q8_0(r, lo);
+    super::gather_rows(w, hi.len(), idx, out, |r, _| r.map(one), one);
 }
 
 /// As [`gather_gemv2_q4_0_q8_0`] for Q8_0 weights.
@@ -353,9 +350,6 @@ pub fn gather_gemv2_q8_0_q8_0(
     lo: &[BlockQ8_0],
     out: &mut [f32],
 ) {
-    let nb = hi.len();
-    for (o, &i) in out.iter_mut().zip(idx) {
-        let row = &w[i as usize * nb..(i as usize + 1) * nb];
-        *o = vec_dot_q8_0_q8_0(row, hi) + vec_dot_q8_0_q8_0(row, lo);
-    }
+    let one = |r: &[BlockQ8_0]| vec_dot_q8_0_q8_0(r, hi) + vec_dot_q8_0_q8_0(r, lo);
+    super::gather_rows(w, hi.len(), idx, out, |r, _| r.map(one), one);
 }

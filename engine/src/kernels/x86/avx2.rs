@@ -827,16 +827,14 @@ pub fn gather_gemv2_q4_0_q8_0(
     lo: &[BlockQ8_0],
     out: &mut [f32],
 ) {
-    let nb = hi.len();
-    let row = |i: u32| &w[i as usize * nb..(i as usize + 1) * nb];
-    let (i4, ir) = idx.as_chunks::<4>();
-    let (o4, or) = out.as_chunks_mut::<4>();
-    for (i, o) in i4.iter().zip(o4.iter_mut()) {
-        *o = dot4_q4_0::<true>([row(i[0]), row(i[1]), row(i[2]), row(i[3])], hi, lo, &[]);
-    }
-    for (&i, o) in ir.iter().zip(or.iter_mut()) {
-        *o = vec_dot_q4_0_q8_0(row(i), hi) + vec_dot_q4_0_q8_0(row(i), lo);
-    }
+    crate::kernels::gather_rows(
+        w,
+        hi.len(),
+        idx,
+        out,
+        |r, _| dot4_q4_0::<true>(r, hi, lo, &[]),
+        |r| vec_dot_q4_0_q8_0(r, hi) + vec_dot_q4_0_q8_0(r, lo),
+    );
 }
 
 /// As [`gather_gemv2_q4_0_q8_0`] for Q8_0 weights.
@@ -848,14 +846,12 @@ pub fn gather_gemv2_q8_0_q8_0(
     lo: &[BlockQ8_0],
     out: &mut [f32],
 ) {
-    let nb = hi.len();
-    let row = |i: u32| &w[i as usize * nb..(i as usize + 1) * nb];
-    let (i4, ir) = idx.as_chunks::<4>();
-    let (o4, or) = out.as_chunks_mut::<4>();
-    for (i, o) in i4.iter().zip(o4.iter_mut()) {
-        *o = dot4_q8_0::<true>([row(i[0]), row(i[1]), row(i[2]), row(i[3])], hi, lo, &[]);
-    }
-    for (&i, o) in ir.iter().zip(or.iter_mut()) {
-        *o = vec_dot_q8_0_q8_0(row(i), hi) + vec_dot_q8_0_q8_0(row(i), lo);
-    }
+    crate::kernels::gather_rows(
+        w,
+        hi.len(),
+        idx,
+        out,
+        |r, _| dot4_q8_0::<true>(r, hi, lo, &[]),
+        |r| vec_dot_q8_0_q8_0(r, hi) + vec_dot_q8_0_q8_0(r, lo),
+    );
 }

@@ -56,16 +56,11 @@ impl Row for BlockQ8_0 {
     }
 }
 
-/// Four rows · one activation (`hi`, plus `lo` when `TWO`), prefetching `next` (the bytes of
-/// the rows that follow) spread over the blocks.
+/// Four rows · a two-level activation (`hi + lo`), prefetching `next` (the bytes of the rows
+/// that follow) spread over the blocks.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn dot4<W: Row, const TWO: bool>(
-    w: [&[W]; 4],
-    hi: &[BlockQ8_0],
-    lo: &[BlockQ8_0],
-    next: &[u8],
-) -> [f32; 4] {
+fn dot4<W: Row>(w: [&[W]; 4], hi: &[BlockQ8_0], lo: &[BlockQ8_0], next: &[u8]) -> [f32; 4] {
     let off = _mm256_set1_epi8(W::OFF as i8);
     let zero = _mm256_setzero_si256();
     // One accumulator per row and level: independent FMA chains.
@@ -97,15 +92,13 @@ fn dot4<W: Row, const TWO: bool>(
             let s = _mm256_dpbusd_epi32(nc, q[k], qa);
             ah[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(s), ah[k]);
         }
-        if TWO {
-            let z = &lo[b];
-            let qz = load_i8x32(&z.qs);
-            let nc = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, off, qz));
-            let d = scales4(ds, f16(z.d));
-            for k in 0..4 {
-                let s = _mm256_dpbusd_epi32(nc, q[k], qz);
-                al[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(s), al[k]);
-            }
+        let z = &lo[b];
+        let qz = load_i8x32(&z.qs);
+        let nc = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, off, qz));
+        let d = scales4(ds, f16(z.d));
+        for k in 0..4 {
+            let s = _mm256_dpbusd_epi32(nc, q[k], qz);
+            al[k] = _mm256_fmadd_ps(d[k], _mm256_cvtepi32_ps(s), al[k]);
         }
     }
     [0, 1, 2, 3].map(|k| hsum_ps(_mm256_add_ps(ah[k], al[k])))
@@ -114,7 +107,7 @@ fn dot4<W: Row, const TWO: bool>(
 /// Dense rows: `out[r] = w_r · (hi + lo)` over `out.len()` rows of `hi.len()` blocks.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn gemv<W: Row, const TWO: bool>(w: &[W], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
+fn gemv<W: Row>(w: &[W], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
     let nb = hi.len();
     if nb == 0 {
         out.fill(0.0);
@@ -128,7 +121,7 @@ fn gemv<W: Row, const TWO: bool>(w: &[W], hi: &[BlockQ8_0], lo: &[BlockQ8_0], ou
         let next_start = ((g + 1) * group_bytes).min(bytes.len());
         let next_end = ((g + 2) * group_bytes).min(bytes.len());
         let r = 4 * g;
-        *o = dot4::<W, TWO>(
+        *o = dot4::<W>(
             [row(r), row(r + 1), row(r + 2), row(r + 3)],
             hi,
             lo,
@@ -138,7 +131,7 @@ fn gemv<W: Row, const TWO: bool>(w: &[W], hi: &[BlockQ8_0], lo: &[BlockQ8_0], ou
     let r0 = o4.len() * 4;
     for (i, o) in or.iter_mut().enumerate() {
         let r = row(r0 + i);
-        *o = dot4::<W, TWO>([r; 4], hi, lo, &[])[0];
+        *o = dot4::<W>([r; 4], hi, lo, &[])[0];
     }
 }
 
@@ -146,38 +139,34 @@ fn gemv<W: Row, const TWO: bool>(w: &[W], hi: &[BlockQ8_0], lo: &[BlockQ8_0], ou
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn gather<W: Row>(w: &[W], idx: &[u32], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
-    let nb = hi.len();
-    let row = |i: u32| w.get(i as usize * nb..(i as usize + 1) * nb).unwrap_or(&[]);
-    let (i4, ir) = idx.as_chunks::<4>();
-    let (o4, or) = out.as_chunks_mut::<4>();
-    for (g, (i, o)) in i4.iter().zip(o4.iter_mut()).enumerate() {
-        // Gathered rows are scattered: no hardware prefetcher follows them, so the next four
-        // are requested while these four compute.
-        if let Some(nx) = i4.get(g + 1) {
-            for &r in nx {
-                let bytes: &[u8] = bytemuck::cast_slice(row(r));
+    crate::kernels::gather_rows(
+        w,
+        hi.len(),
+        idx,
+        out,
+        |r, next| {
+            for nx in next.iter().flatten() {
+                let bytes: &[u8] = bytemuck::cast_slice(nx);
                 for at in (0..bytes.len()).step_by(64) {
                     prefetch(bytes, at);
                 }
             }
-        }
-        *o = dot4::<W, true>([row(i[0]), row(i[1]), row(i[2]), row(i[3])], hi, lo, &[]);
-    }
-    for (&i, o) in ir.iter().zip(or.iter_mut()) {
-        *o = dot4::<W, true>([row(i); 4], hi, lo, &[])[0];
-    }
+            dot4::<W>(r, hi, lo, &[])
+        },
+        |r| dot4::<W>([r; 4], hi, lo, &[])[0],
+    );
 }
 
 /// Q4_0 × two-level Q8_0.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn gemv2_q4_0_q8_0(w: &[BlockQ4_0], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
-    gemv::<BlockQ4_0, true>(w, hi, lo, out)
+    gemv::<BlockQ4_0>(w, hi, lo, out)
 }
 
 /// Q8_0 × two-level Q8_0.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn gemv2_q8_0_q8_0(w: &[BlockQ8_0], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]) {
-    gemv::<BlockQ8_0, true>(w, hi, lo, out)
+    gemv::<BlockQ8_0>(w, hi, lo, out)
 }
 
 /// Gathered Q4_0 rows × two-level Q8_0.
