@@ -59,37 +59,39 @@ pub(super) fn apply(
     Some(unsafe { apply_avx2(p, a, out, acc) })
 }
 
-/// Per block of 32 neurons: the active ones are listed first; then for each group of 32
-/// outputs, their contributions accumulate in four registers (no accumulator round trips
-/// through memory), and the block's scales are applied once per group.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn apply_avx2(p: PlanesView<'_>, a: &[f32], out: &mut [f32], _acc: &mut [f32]) -> usize {
-    let pb = plane_bytes(p.kind, p.h);
-    let groups = p.h / QK;
-    let mut n_active = 0;
-    // The active neurons of block `b` into `act`; their count.
-    let list = |b: usize, act: &mut [(usize, f32); QK]| {
-        let mut n = 0;
-        for i in 0..QK {
-            let j = b * QK + i;
-            if a[j] != 0.0 {
-                act[n] = (j, a[j]);
-                n += 1;
-            }
+/// Block `b`'s active neurons (`a[j] != 0`): their indices, their activations, and how many.
+fn active(a: &[f32], b: usize) -> ([usize; QK], [f32; QK], usize) {
+    let (mut js, mut vs, mut n) = ([0usize; QK], [0f32; QK], 0);
+    for (j, &aj) in a.iter().enumerate().skip(b * QK).take(QK) {
+        if aj != 0.0 {
+            js[n] = j;
+            vs[n] = aj;
+            n += 1;
         }
-        n
-    };
-    let mut next = [(0usize, 0f32); QK];
+    }
+    (js, vs, n)
+}
+
+/// The block loop of both kernels: `f(b, active neurons, their activations)` for every block
+/// of 32 neurons with an active one, while the next block's active planes are requested (they
+/// are scattered in memory, so no hardware prefetcher follows them). Returns the number of
+/// active neurons.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn for_active_blocks(
+    p: PlanesView<'_>,
+    a: &[f32],
+    mut f: impl FnMut(usize, &[usize], &[f32]),
+) -> usize {
+    let pb = plane_bytes(p.kind, p.h);
     let nblocks = p.f / QK;
-    let mut n_next = if nblocks > 0 { list(0, &mut next) } else { 0 };
+    let mut next = active(a, 0);
+    let mut n_active = 0;
     for b in 0..nblocks {
-        let n = n_next;
-        let act = next;
-        // The next block's active planes are scattered in memory (no hardware prefetcher
-        // follows them): request them while this block computes.
+        let (js, vs, n) = next;
         if b + 1 < nblocks {
-            n_next = list(b + 1, &mut next);
-            for &(j, _) in &next[..n_next] {
+            next = active(a, b + 1);
+            for &j in &next.0[..next.2] {
                 let plane = &p.planes[j * pb..(j + 1) * pb];
                 for at in (0..pb).step_by(64) {
                     // A prefetch never faults and has no architectural effect.
@@ -97,14 +99,44 @@ unsafe fn apply_avx2(p: PlanesView<'_>, a: &[f32], out: &mut [f32], _acc: &mut [
                 }
             }
         }
-        if n == 0 {
-            continue;
+        if n > 0 {
+            n_active += n;
+            f(b, &js[..n], &vs[..n]);
         }
-        n_active += n;
+    }
+    n_active
+}
+
+/// `out[g·32 + 8i ..][..8] += scale · v[i]` for the four vectors of output group `g`, with
+/// `sc` the block's per-output f16 scales (little-endian bytes).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn add_scaled(sc: &[u8], g: usize, v: &[__m256; 4], out: &mut [f32]) {
+    for (i, v) in v.iter().enumerate() {
+        let at = g * QK + 8 * i;
+        let (s, o) = (&sc[2 * at..2 * at + 16], &mut out[at..at + 8]);
+        // SAFETY: `s` holds 16 bytes and `o` 8 floats (checked slices); `loadu`/`storeu` have
+        // no alignment requirement.
+        unsafe {
+            let s = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr() as *const __m128i));
+            let op = o.as_mut_ptr();
+            _mm256_storeu_ps(op, _mm256_fmadd_ps(s, *v, _mm256_loadu_ps(op)));
+        }
+    }
+}
+
+/// Per block of 32 neurons: the active ones are listed first; then for each group of 32
+/// outputs, their contributions accumulate in four registers (no accumulator round trips
+/// through memory), and the block's scales are applied once per group.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn apply_avx2(p: PlanesView<'_>, a: &[f32], out: &mut [f32], _acc: &mut [f32]) -> usize {
+    let pb = plane_bytes(p.kind, p.h);
+    let groups = p.h / QK;
+    for_active_blocks(p, a, |b, js, vs| {
         let sc = &p.scales[b * p.h * 2..(b + 1) * p.h * 2];
         for g in 0..groups {
             let mut acc = [_mm256_setzero_ps(); 4];
-            for &(j, aj) in &act[..n] {
+            for (&j, &aj) in js.iter().zip(vs) {
                 let va = _mm256_set1_ps(aj);
                 let plane = p.planes[j * pb..(j + 1) * pb].as_ptr();
                 // SAFETY: group g covers plane bytes [g*16, g*16+16) (Q4) or [g*32, g*32+32)
@@ -133,20 +165,9 @@ unsafe fn apply_avx2(p: PlanesView<'_>, a: &[f32], out: &mut [f32], _acc: &mut [
                     acc[2 * half + 1] = _mm256_fmadd_ps(va, w1, acc[2 * half + 1]);
                 }
             }
-            for (k, v) in acc.iter().enumerate() {
-                let o = g * QK + 8 * k;
-                // SAFETY: o + 8 <= h; `out` has h elements and `sc` 2h bytes (h f16 scales), so
-                // the 16 bytes at 2o are in bounds.
-                unsafe {
-                    let s =
-                        _mm256_cvtph_ps(_mm_loadu_si128(sc.as_ptr().add(2 * o) as *const __m128i));
-                    let op = out.as_mut_ptr().add(o);
-                    _mm256_storeu_ps(op, _mm256_fmadd_ps(s, *v, _mm256_loadu_ps(op)));
-                }
-            }
+            add_scaled(sc, g, &acc, out);
         }
-    }
-    n_active
+    })
 }
 
 /// Planes with AVX-512 VNNI (`Q8`: Q8 planes, else Q4): integer products instead of an
@@ -187,37 +208,10 @@ unsafe fn apply_vnni<const Q8: bool>(p: PlanesView<'_>, a: &[f32], out: &mut [f3
             )
         }
     };
-    let mut n_active = 0;
-    let nblocks = p.f / QK;
-    for b in 0..nblocks {
+    for_active_blocks(p, a, |b, active, vs| {
+        let n = active.len();
         let mut js = [0usize; QK];
-        let mut vs = [0f32; QK];
-        let mut n = 0;
-        for i in 0..QK {
-            let j = b * QK + i;
-            if a[j] != 0.0 {
-                js[n] = j;
-                vs[n] = a[j];
-                n += 1;
-            }
-        }
-        // The next block's active planes are scattered in memory (no hardware prefetcher
-        // follows them): request them while this block computes.
-        if b + 1 < nblocks {
-            for (j, &aj) in a.iter().enumerate().skip((b + 1) * QK).take(QK) {
-                if aj != 0.0 {
-                    let plane = &p.planes[j * pb..(j + 1) * pb];
-                    for at in (0..pb).step_by(64) {
-                        // A prefetch never faults and has no architectural effect.
-                        _mm_prefetch::<_MM_HINT_T0>(plane[at..].as_ptr().cast());
-                    }
-                }
-            }
-        }
-        if n == 0 {
-            continue;
-        }
-        n_active += n;
+        js[..n].copy_from_slice(active);
         let (qh, dh) = quantize_i8(&vs[..n]);
         let mut res = [0f32; QK];
         for k in 0..n {
@@ -287,19 +281,9 @@ unsafe fn apply_vnni<const Q8: bool>(p: PlanesView<'_>, a: &[f32], out: &mut [f3
                 _mm256_permute2f128_ps::<0x31>(f[0], f[1]),
                 _mm256_permute2f128_ps::<0x31>(f[2], f[3]),
             ];
-            for (i, v) in o.iter().enumerate() {
-                let at = g * QK + 8 * i;
-                // SAFETY: at + 8 <= h; `out` has h elements and `sc` 2h bytes.
-                unsafe {
-                    let s =
-                        _mm256_cvtph_ps(_mm_loadu_si128(sc.as_ptr().add(2 * at) as *const __m128i));
-                    let op = out.as_mut_ptr().add(at);
-                    _mm256_storeu_ps(op, _mm256_fmadd_ps(s, *v, _mm256_loadu_ps(op)));
-                }
-            }
+            add_scaled(sc, g, &o, out);
         }
-    }
-    n_active
+    })
 }
 
 /// Symmetric int8 quantisation of `v` (at most 32 values) with one scale: `(q, d)`,
