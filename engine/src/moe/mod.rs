@@ -314,10 +314,6 @@ fn expert_batch(
     b: BatchBufs<'_>,
     d: &mut Vec<f32>,
 ) -> Result<MoeStats> {
-    if mode == ComputeMode::Fast {
-        return expert_batch_fast(ew, tokens, y, hidden, b, d);
-    }
-    let mut stats = MoeStats::default();
     let n = tokens.len();
     let f = ew.gate.rows;
     b.ys.clear();
@@ -325,8 +321,13 @@ fn expert_batch(
         b.ys.extend_from_slice(&y[t * hidden..(t + 1) * hidden]);
     }
     b.g.resize(n * f, 0.0);
-    b.u.resize(n * f, 0.0);
+    // In fast mode this also prepares `b.lin.acts[..n]` for the gate's type.
     matmul_ref(ew.gate, b.ys, n, b.g, mode, b.lin)?;
+    if mode == ComputeMode::Fast {
+        return expert_batch_fast(ew, n, hidden, b, d);
+    }
+    let mut stats = MoeStats::default();
+    b.u.resize(n * f, 0.0);
     matmul_ref(ew.up, b.ys, n, b.u, mode, b.lin)?;
     for (g, &u) in b.g.iter_mut().zip(b.u.iter()) {
         stats.n_neurons += 1;
@@ -364,26 +365,18 @@ fn expert_batch(
     Ok(stats)
 }
 
-/// [`expert_batch`] in fast mode: the gate as one product over the gathered tokens (each block
-/// of weights reused from cache by every token), then per token, in parallel, the up rows of its
+/// The rest of [`expert_batch`] in fast mode, after the gate's product over the `n` gathered
+/// tokens (`b.ys`, `b.g`, and `b.lin.acts` prepared for the gate's type; each block of gate
+/// weights was reused from cache by every token): per token, in parallel, the up rows of its
 /// active neurons only and the sparse down projection ([`reglu_down`], as in decode).
 fn expert_batch_fast(
     ew: ExpertRef<'_>,
-    tokens: &[usize],
-    y: &[f32],
+    n: usize,
     hidden: usize,
     b: BatchBufs<'_>,
     d: &mut Vec<f32>,
 ) -> Result<MoeStats> {
-    let n = tokens.len();
     let f = ew.gate.rows;
-    b.ys.clear();
-    for &t in tokens {
-        b.ys.extend_from_slice(&y[t * hidden..(t + 1) * hidden]);
-    }
-    b.g.resize(n * f, 0.0);
-    // Prepares `b.lin.acts[..n]` for the gate's type.
-    matmul_ref(ew.gate, b.ys, n, b.g, ComputeMode::Fast, b.lin)?;
     let acts = &b.lin.acts[..n];
     let same = ew.up.ty == ew.gate.ty;
     let ys = &*b.ys;
