@@ -242,6 +242,14 @@ fn bench_two_level(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("x8_q4_0_768x1536", lvl), |b| {
             b.iter(|| (k.gemv2_q4_0x8_q8_0)(black_box(&x8), vh, vl, black_box(&mut out)))
         });
+        // Four tokens per pass over the weights (prefill); bytes counted once per token.
+        let acts = [(vh, vl); 4];
+        let mut out4 = vec![0f32; 4 * F];
+        g.throughput(Throughput::Bytes(4 * gate.len() as u64));
+        g.bench_function(BenchmarkId::new("x8_gemm_4_tokens_768x1536", lvl), |b| {
+            b.iter(|| (k.gemm2_q4_0x8_q8_0)(black_box(&x8), &acts, black_box(&mut out4)))
+        });
+        g.throughput(Throughput::Bytes(gate.len() as u64));
         g.bench_function(BenchmarkId::new("rowmajor_q4_0_768x1536", lvl), |b| {
             b.iter(|| (k.gemv2_q4_0_q8_0)(black_box(rows), &hi, &lo, black_box(&mut out)))
         });

@@ -138,6 +138,17 @@ fn main() {
         report(&format!("{lvl} gemv_q4_0x8 768x1536"), gate4.len(), t);
         let t = best(|| (k.gemv2_q4_0x8_q8_0)(black_box(&px8), av, av, &mut out));
         report(&format!("{lvl} gemv2_q4_0x8 768x1536"), gate4.len(), t);
+        // Several tokens per pass: bytes counted once per token (the work of that many gemv2).
+        for n in [1usize, 2, 4, 8] {
+            let acts = vec![(av, av); n];
+            let mut outn = vec![0f32; F * n];
+            let t = best(|| (k.gemm2_q4_0x8_q8_0)(black_box(&px8), &acts, &mut outn));
+            report(
+                &format!("{lvl} gemm2_q4_0x8 768x1536 x{n} tokens (per-token bytes)"),
+                gate4.len() * n,
+                t,
+            );
+        }
         let t = best(|| (k.gemv_q4_0x8_q8_0)(black_box(&bx8), av, &mut outb));
         report(
             &format!("{lvl} gemv_q4_0x8 40000x1536 (DRAM)"),

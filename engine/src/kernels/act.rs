@@ -2,7 +2,7 @@
 //! it with weight rows of any supported type ([`dot_row`], [`dot_rows`]).
 
 use super::Kernels;
-use super::packed::{BlockQ4_0x8, Q8Blocks, Q8Facts, X8_ROWS};
+use super::packed::{BlockQ4_0x8, GEMM_TOKENS, Q8Blocks, Q8Facts, X8_ROWS};
 use crate::error::{Error, Result};
 use crate::quant::blocks::as_blocks;
 use crate::quant::{BlockQ4_0, BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType, QK, QK_K};
@@ -426,14 +426,73 @@ pub fn dot_rows_x8(
         ));
     }
     let k = Kernels::active();
-    fn view(a: &QuantAct) -> Result<Q8Blocks<'_>> {
-        a.q8_0_facts.view(&a.q8_0).ok_or_else(|| {
-            Error::InvalidInput("activation facts out of date with its blocks".into())
-        })
-    }
     match lo {
         Some(lo) => (k.gemv2_q4_0x8_q8_0)(w, view(hi)?, view(lo)?, out),
         None => (k.gemv_q4_0x8_q8_0)(w, view(hi)?, out),
+    }
+    Ok(())
+}
+
+/// A Q8_0 activation with its per-block facts.
+fn view(a: &QuantAct) -> Result<Q8Blocks<'_>> {
+    a.q8_0_facts
+        .view(&a.q8_0)
+        .ok_or_else(|| Error::InvalidInput("activation facts out of date with its blocks".into()))
+}
+
+/// `out[t·rows + r] = row_r · (hi_t + lo_t)` over an x8-packed Q4_0 matrix for several
+/// two-level activations `acts[t] = (hi_t, lo_t)` (`rows = out.len() / acts.len()`, a multiple
+/// of 8): one pass over the weights per [`GEMM_TOKENS`] tokens. Each token's result is bit for
+/// bit [`dot_rows_x8`]'s.
+///
+/// # Errors
+/// As [`dot_rows_x8`], and [`Error::BadLength`] when `out` is not `acts.len()` equal parts.
+pub fn dot_rows_x8_tokens(
+    w: &[BlockQ4_0x8],
+    acts: &[(&QuantAct, &QuantAct)],
+    out: &mut [f32],
+) -> Result<()> {
+    let Some(&(first, _)) = acts.first() else {
+        return Ok(());
+    };
+    let nb = first.q8_0.len();
+    for &(hi, lo) in acts {
+        hi.need(GgmlType::Q4_0)?;
+        if lo.fmt != hi.fmt || lo.len() != first.len() || hi.len() != first.len() {
+            return Err(Error::InvalidInput(format!(
+                "batched two-level activations of {}, {} and {} values",
+                first.len(),
+                hi.len(),
+                lo.len()
+            )));
+        }
+    }
+    let n = acts.len();
+    let rows = out.len() / n;
+    if rows * n != out.len()
+        || !rows.is_multiple_of(X8_ROWS)
+        || Some(w.len() * X8_ROWS) != rows.checked_mul(nb)
+    {
+        return Err(bad_len(
+            GgmlType::Q4_0,
+            format!(
+                "{} x8 blocks for {n} tokens' {} outputs of {nb} blocks",
+                w.len(),
+                out.len()
+            ),
+        ));
+    }
+    let k = Kernels::active();
+    for (c, o) in acts
+        .chunks(GEMM_TOKENS)
+        .zip(out.chunks_mut(GEMM_TOKENS * rows))
+    {
+        let v0 = (view(c[0].0)?, view(c[0].1)?);
+        let mut views = [v0; GEMM_TOKENS];
+        for (v, &(hi, lo)) in views.iter_mut().zip(c).skip(1) {
+            *v = (view(hi)?, view(lo)?);
+        }
+        (k.gemm2_q4_0x8_q8_0)(w, &views[..c.len()], o);
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 
 pub use act::{
     ActFormat, QuantAct, act_format_for, dot_row, dot_rows, dot_rows_gather2, dot_rows_x8,
-    dot_rows2, gemv_q4_0_q8_0, gemv_q8_0_q8_0,
+    dot_rows_x8_tokens, dot_rows2, gemv_q4_0_q8_0, gemv_q8_0_q8_0,
 };
 
 use crate::quant::{
@@ -245,6 +245,11 @@ pub struct Kernels {
     /// As `gemv_q4_0x8_q8_0` with a two-level activation (`hi`, `lo`).
     pub gemv2_q4_0x8_q8_0:
         fn(&[packed::BlockQ4_0x8], packed::Q8Blocks<'_>, packed::Q8Blocks<'_>, &mut [f32]),
+    /// `gemm2(w, acts, out)`: the two-level x8 product for several tokens in one pass over the
+    /// weights, [`packed::GEMM_TOKENS`] at a time: `out[t·rows + r] = row_r · (hi_t + lo_t)`
+    /// for `acts[t] = (hi_t, lo_t)`, `rows = out.len() / acts.len()`. Each token's result is
+    /// bit for bit `gemv2_q4_0x8_q8_0`'s of the same level.
+    pub gemm2_q4_0x8_q8_0: packed::Gemm2,
     /// `gather(w, idx, hi, lo, out)`: `out[i] = row(idx[i]) · (hi + lo)` (the rows of active
     /// neurons of an expert's up matrix), four gathered rows at a time.
     pub gather_gemv2_q4_0_q8_0: Gather2<BlockQ4_0>,
@@ -287,6 +292,7 @@ static SCALAR: Kernels = Kernels {
     gemv2_q8_0_q8_0: scalar::gemv2_q8_0_q8_0,
     gemv_q4_0x8_q8_0: packed::gemv_q4_0x8_q8_0,
     gemv2_q4_0x8_q8_0: packed::gemv2_q4_0x8_q8_0,
+    gemm2_q4_0x8_q8_0: packed::gemm2_q4_0x8_q8_0,
     gather_gemv2_q4_0_q8_0: scalar::gather_gemv2_q4_0_q8_0,
     gather_gemv2_q8_0_q8_0: scalar::gather_gemv2_q8_0_q8_0,
     dot_f32: scalar::dot_f32,

@@ -209,6 +209,29 @@ pub fn gemv2_q4_0x8_q8_0(w: &[BlockQ4_0x8], hi: Q8Blocks<'_>, lo: Q8Blocks<'_>, 
     }
 }
 
+/// Tokens per pass over the weights in the x8 multi-token kernels (`gemm2_q4_0x8_q8_0`): each
+/// block's nibbles, unpacked once, serve this many tokens' integer dots.
+pub const GEMM_TOKENS: usize = 4;
+
+/// A multi-token two-level x8 kernel: `(w, acts, out)` (see `Kernels::gemm2_q4_0x8_q8_0`).
+pub type Gemm2 = fn(&[BlockQ4_0x8], &[(Q8Blocks<'_>, Q8Blocks<'_>)], &mut [f32]);
+
+/// Scalar reference of the multi-token product: `out[t·rows + r] = row_r · (hi_t + lo_t)` for
+/// `acts[t] = (hi_t, lo_t)` and `rows = out.len() / acts.len()`, token by token.
+pub fn gemm2_q4_0x8_q8_0(
+    w: &[BlockQ4_0x8],
+    acts: &[(Q8Blocks<'_>, Q8Blocks<'_>)],
+    out: &mut [f32],
+) {
+    let rows = out.len() / acts.len().max(1);
+    if rows == 0 {
+        return;
+    }
+    for (&(hi, lo), o) in acts.iter().zip(out.chunks_exact_mut(rows)) {
+        gemv2_q4_0x8_q8_0(w, hi, lo, o);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::weights::{MatRef, Matrix};
 use crate::error::Result;
-use crate::kernels::packed::{BlockQ4_0x8, X8_ROWS};
+use crate::kernels::packed::{BlockQ4_0x8, GEMM_TOKENS, X8_ROWS};
 use crate::kernels::{
     ActFormat, QuantAct, act_format_for, dot_rows, dot_rows_gather2, dot_rows_x8, dot_rows2,
 };
@@ -175,6 +175,35 @@ impl FastAct {
         dot_rows_x8(w, &self.hi, self.two_level.then_some(&self.lo), out)
     }
 
+    /// `out[t·rows + r] = row_r · acts[t]` over x8-packed Q4_0 rows for several activations
+    /// (`rows = out.len() / acts.len()`), two-level ones in one pass over the weights per
+    /// [`GEMM_TOKENS`](crate::kernels::packed::GEMM_TOKENS) tokens; each token's result is
+    /// [`FastAct::dot_rows_x8`]'s.
+    pub fn dot_rows_x8_tokens(acts: &[FastAct], w: &[BlockQ4_0x8], out: &mut [f32]) -> Result<()> {
+        if acts.is_empty() {
+            return Ok(());
+        }
+        let rows = out.len() / acts.len();
+        if !acts.iter().all(|a| a.two_level) {
+            for (a, o) in acts.iter().zip(out.chunks_mut(rows.max(1))) {
+                a.dot_rows_x8(w, o)?;
+            }
+            return Ok(());
+        }
+        let first = (&acts[0].hi, &acts[0].lo);
+        let mut pairs = [first; GEMM_TOKENS];
+        for (c, o) in acts
+            .chunks(GEMM_TOKENS)
+            .zip(out.chunks_mut(GEMM_TOKENS * rows.max(1)))
+        {
+            for (p, a) in pairs.iter_mut().zip(c) {
+                *p = (&a.hi, &a.lo);
+            }
+            crate::kernels::dot_rows_x8_tokens(w, &pairs[..c.len()], o)?;
+        }
+        Ok(())
+    }
+
     /// `out[r] = row_r · x` for `rows` of type `ty` (`out.len()` rows of `row_bytes`).
     pub fn dot_rows(
         &self,
@@ -214,6 +243,9 @@ pub fn matmul_fast(
         .enumerate()
         .try_for_each(|(task, dst)| -> Result<()> {
             let nr = dst.len() / n;
+            if m.packed.is_some() {
+                return FastAct::dot_rows_x8_tokens(acts, packed_rows(m, task * chunk, nr)?, dst);
+            }
             for (t, act) in acts.iter().enumerate() {
                 rows_fast(m, task * chunk, act, &mut dst[t * nr..(t + 1) * nr])?;
             }
@@ -234,17 +266,20 @@ pub fn matmul_fast(
 /// bytes to fall back on), else the row-major bytes.
 pub(crate) fn rows_fast(m: MatRef<'_>, r0: usize, act: &FastAct, out: &mut [f32]) -> Result<()> {
     if m.packed.is_some() {
-        let w = m.packed_rows(r0, out.len()).ok_or_else(|| {
-            crate::error::Error::Model(format!(
-                "x8 rows {r0}+{} outside whole groups of a {}-row matrix",
-                out.len(),
-                m.rows
-            ))
-        })?;
-        return act.dot_rows_x8(w, out);
+        return act.dot_rows_x8(packed_rows(m, r0, out.len())?, out);
     }
     let rb = m.row_bytes();
     act.dot_rows(m.ty, &m.bytes()[r0 * rb..(r0 + out.len()) * rb], rb, out)
+}
+
+/// Rows `r0 .. r0 + n` of `m`'s x8-packed copy (whole groups).
+fn packed_rows(m: MatRef<'_>, r0: usize, n: usize) -> Result<&[BlockQ4_0x8]> {
+    m.packed_rows(r0, n).ok_or_else(|| {
+        crate::error::Error::Model(format!(
+            "x8 rows {r0}+{n} outside whole groups of a {}-row matrix",
+            m.rows
+        ))
+    })
 }
 
 /// Rows per task of a fast product of `m` (whole x8 groups when packed).

@@ -444,6 +444,115 @@ fn packed_x8_gemv_matches_row_major_scalar() {
     }
 }
 
+/// The multi-token x8 kernel of every level: each token's outputs are bit for bit that level's
+/// single-token two-level product (so batching never changes a token's result), and within
+/// tolerance of the scalar reference, for 1 to 9 tokens (whole and partial passes of
+/// `GEMM_TOKENS`) and ragged block and group counts.
+#[test]
+fn packed_x8_gemm_equals_per_token_gemv() {
+    use engine::kernels::packed::{BlockQ4_0x8, Q8Facts, repack_q4_0x8};
+    let mut rng = Rng::new(45);
+    for nb in [1, 3, 48] {
+        for groups in [1, 3] {
+            let n_rows = groups * 8;
+            let w: Vec<BlockQ4_0> = weights(&mut rng, nb * n_rows, &[0], 0);
+            let mut p = vec![BlockQ4_0x8::zeroed(); groups * nb];
+            repack_q4_0x8(&w, nb, &mut p).unwrap();
+            let tokens: Vec<(Vec<BlockQ8_0>, Vec<BlockQ8_0>)> = (0..9)
+                .map(|t| {
+                    let x = act_values(&mut rng, nb * 32, t % 3);
+                    let mut hi = vec![BlockQ8_0::zeroed(); nb];
+                    kernels::quantize_row_q8_0(&x, &mut hi);
+                    let mut lo = vec![BlockQ8_0::zeroed(); nb];
+                    let res: Vec<f32> = x
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| v - hi[i / 32].scale() * hi[i / 32].qs[i % 32] as f32)
+                        .collect();
+                    kernels::quantize_row_q8_0(&res, &mut lo);
+                    (hi, lo)
+                })
+                .collect();
+            let facts: Vec<(Q8Facts, Q8Facts)> = tokens
+                .iter()
+                .map(|(h, l)| (Q8Facts::of(h), Q8Facts::of(l)))
+                .collect();
+            let views: Vec<_> = tokens
+                .iter()
+                .zip(&facts)
+                .map(|((h, l), (fh, fl))| (fh.view(h).unwrap(), fl.view(l).unwrap()))
+                .collect();
+            for n in 1..=views.len() {
+                let mut want = vec![0f32; n * n_rows];
+                (scalar().gemm2_q4_0x8_q8_0)(&p, &views[..n], &mut want);
+                for k in levels() {
+                    let mut got = vec![f32::NAN; n * n_rows];
+                    (k.gemm2_q4_0x8_q8_0)(&p, &views[..n], &mut got);
+                    for (t, &(vh, vl)) in views[..n].iter().enumerate() {
+                        let mut one = vec![f32::NAN; n_rows];
+                        (k.gemv2_q4_0x8_q8_0)(&p, vh, vl, &mut one);
+                        let g = &got[t * n_rows..(t + 1) * n_rows];
+                        assert_eq!(
+                            g.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{:?} nb {nb} groups {groups} {n} tokens: token {t}",
+                            k.level
+                        );
+                        for (r, (&a, &b)) in g.iter().zip(&want[t * n_rows..]).enumerate() {
+                            let tol = SIMD_VS_SCALAR_REL_TOL * b.abs().max(1.0) as f64;
+                            assert!(
+                                (a as f64 - b as f64).abs() <= tol,
+                                "{:?} nb {nb} {n} tokens: token {t} row {r}: {a} vs {b}",
+                                k.level
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The checked multi-token x8 entry: same results as the single-token one, and clear errors
+/// for outputs that are not whole rows per token and activations of other lengths.
+#[test]
+fn packed_x8_tokens_entry_checks_lengths() {
+    use engine::kernels::packed::BlockQ4_0x8;
+    use engine::kernels::{dot_rows_x8, dot_rows_x8_tokens};
+    let w: Vec<BlockQ4_0> = weights(&mut Rng::new(46), 2 * 16, &[0], 0);
+    let mut p = vec![BlockQ4_0x8::zeroed(); 4];
+    kernels::packed::repack_q4_0x8(&w, 2, &mut p).unwrap();
+    let acts: Vec<QuantAct> = (0..5)
+        .map(|t| {
+            let mut a = QuantAct::new();
+            let x: Vec<f32> = (0..64)
+                .map(|i| ((i * 7 + t * 13) % 23) as f32 - 11.0)
+                .collect();
+            a.quantize(&x, ActFormat::Q8_0).unwrap();
+            a
+        })
+        .collect();
+    let pairs: Vec<(&QuantAct, &QuantAct)> = acts.iter().map(|a| (a, a)).collect();
+    let mut out = vec![0f32; 5 * 16];
+    dot_rows_x8_tokens(&p, &pairs, &mut out).unwrap();
+    for (t, a) in acts.iter().enumerate() {
+        let mut one = vec![0f32; 16];
+        dot_rows_x8(&p, a, Some(a), &mut one).unwrap();
+        assert_eq!(&out[t * 16..(t + 1) * 16], &one[..], "token {t}");
+    }
+    assert!(dot_rows_x8_tokens(&p, &pairs, &mut out[..79]).is_err());
+    assert!(dot_rows_x8_tokens(&p, &pairs, &mut out[..5 * 8]).is_err());
+    assert!(dot_rows_x8_tokens(&p[..2], &pairs, &mut out).is_err());
+    let mut short = QuantAct::new();
+    short.quantize(&[0.5; 32], ActFormat::Q8_0).unwrap();
+    let bad = [(&acts[0], &acts[0]), (&acts[1], &short)];
+    assert!(dot_rows_x8_tokens(&p, &bad, &mut out[..32]).is_err());
+    let mut f = QuantAct::new();
+    f.quantize(&[0.5; 64], ActFormat::F32).unwrap();
+    assert!(dot_rows_x8_tokens(&p, &[(&f, &f)], &mut out[..16]).is_err());
+    assert!(dot_rows_x8_tokens(&p, &[], &mut []).is_ok());
+}
+
 /// The checked x8 entry rejects mismatched sizes and activation formats.
 #[test]
 fn packed_x8_entry_checks_lengths() {

@@ -86,6 +86,12 @@ fn gemv2_q4_0x8_q8_0_vnni(w: &[BlockQ4_0x8], hi: Q8Blocks<'_>, lo: Q8Blocks<'_>,
     unsafe { packed::gemv2_q4_0x8_q8_0_vnni(w, hi, lo, out) }
 }
 
+fn gemm2_q4_0x8_q8_0(w: &[BlockQ4_0x8], acts: &[(Q8Blocks<'_>, Q8Blocks<'_>)], out: &mut [f32]) {
+    debug_assert!(avx2_supported());
+    // SAFETY: reachable only through `AVX2`/`AVX512`, handed out after detection of AVX2+.
+    unsafe { packed::gemm2_q4_0x8_q8_0_avx2(w, acts, out) }
+}
+
 macro_rules! vnni_wrappers {
     ($( fn $name:ident => $kernel:path, ($($arg:ident : $t:ty),*); )*) => {
         $(
@@ -100,6 +106,7 @@ macro_rules! vnni_wrappers {
 }
 
 vnni_wrappers! {
+    fn gemm2_q4_0x8_q8_0_vnni => packed::gemm2_q4_0x8_q8_0_vnni, (w: &[BlockQ4_0x8], acts: &[(Q8Blocks<'_>, Q8Blocks<'_>)], out: &mut [f32]);
     fn gemv2_q4_0_q8_0_vnni => vnni::gemv2_q4_0_q8_0, (w: &[BlockQ4_0], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]);
     fn gemv2_q8_0_q8_0_vnni => vnni::gemv2_q8_0_q8_0, (w: &[BlockQ8_0], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]);
     fn gather_gemv2_q4_0_q8_0_vnni => vnni::gather_gemv2_q4_0_q8_0, (w: &[BlockQ4_0], idx: &[u32], a: &[BlockQ8_0], lo: &[BlockQ8_0], out: &mut [f32]);
@@ -130,6 +137,7 @@ const AVX2_TABLE: Kernels = Kernels {
     gemv2_q8_0_q8_0,
     gemv_q4_0x8_q8_0,
     gemv2_q4_0x8_q8_0,
+    gemm2_q4_0x8_q8_0,
     gather_gemv2_q4_0_q8_0,
     gather_gemv2_q8_0_q8_0,
     dot_f32,
@@ -151,6 +159,7 @@ pub(super) static AVX512: Kernels = Kernels {
     level: SimdLevel::Avx512,
     gemv_q4_0x8_q8_0: gemv_q4_0x8_q8_0_vnni,
     gemv2_q4_0x8_q8_0: gemv2_q4_0x8_q8_0_vnni,
+    gemm2_q4_0x8_q8_0: gemm2_q4_0x8_q8_0_vnni,
     gemv2_q4_0_q8_0: gemv2_q4_0_q8_0_vnni,
     gemv2_q8_0_q8_0: gemv2_q8_0_q8_0_vnni,
     gather_gemv2_q4_0_q8_0: gather_gemv2_q4_0_q8_0_vnni,

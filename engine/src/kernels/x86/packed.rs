@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{load_u8x32, load_u16x8, prefetch};
-use crate::kernels::packed::{BlockQ4_0x8, Q8Blocks, X8_ROWS};
+use crate::kernels::packed::{BlockQ4_0x8, GEMM_TOKENS, Q8Blocks, X8_ROWS};
 
 /// Four activation bytes `k..k+4` broadcast to every i32 lane.
 #[inline]
@@ -27,38 +27,72 @@ fn bcast4(q: &[i8; 32], k: usize) -> __m256i {
     ]))
 }
 
+/// `$body` once for each `$t` in `0..$n` (`$n` a constant of at most [`GEMM_TOKENS`]), with `$t`
+/// a literal: per-token arrays indexed by it stay in registers.
+macro_rules! for_tokens {
+    ($n:ident, $t:ident, $body:block) => {{
+        const { assert!($n >= 1 && $n <= 4 && GEMM_TOKENS == 4) };
+        {
+            let $t = 0;
+            $body
+        }
+        if $n > 1 {
+            let $t = 1;
+            $body
+        }
+        if $n > 2 {
+            let $t = 2;
+            $body
+        }
+        if $n > 3 {
+            let $t = 3;
+            $body
+        }
+    }};
+}
+
 macro_rules! x8_kernel {
     ($gemv:ident, $feat:literal, |$acc:ident, $x:ident, $q:ident| $body:block) => {
-        /// One or two activation levels over an x8-packed Q4_0 matrix; `out.len() / 8` groups
-        /// of `hi.len()` blocks. With `TWO = false`, `lo` is ignored; with `TWO`, the caller
-        /// has checked that `lo` has `hi`'s length.
+        /// One or two activation levels of `T` tokens over an x8-packed Q4_0 matrix:
+        /// `out[t·rows + r]` for `rows = out.len() / T` (whole groups of eight) and `hi[t].len()`
+        /// blocks per row. Each block's nibbles are unpacked once and serve every token; each
+        /// token's sums take the same operations in the same order as with `T = 1`, so a token's
+        /// result does not depend on the tokens batched with it. With `TWO = false`, `lo` is
+        /// ignored. Activations shorter than `hi[0]` panic.
         #[inline]
         #[target_feature(enable = $feat)]
-        fn $gemv<const TWO: bool>(
+        fn $gemv<const TWO: bool, const T: usize>(
             w: &[BlockQ4_0x8],
-            hi: Q8Blocks<'_>,
-            lo: Q8Blocks<'_>,
+            hi: [Q8Blocks<'_>; T],
+            lo: [Q8Blocks<'_>; T],
             out: &mut [f32],
         ) {
-            let nb = hi.len();
             out.fill(0.0);
-            if nb == 0 || (TWO && lo.len() != nb) {
+            let nb = hi[0].len();
+            let rows = out.len() / T;
+            if nb == 0 || rows < X8_ROWS {
                 return;
             }
+            let w = &w[..rows / X8_ROWS * nb];
+            // Every per-token slice cut to `nb` blocks, so the block loop needs no bounds checks.
+            let hq = hi.map(|a| &a.blocks()[..nb]);
+            let hn = hi.map(|a| &a.neg8()[..nb]);
+            let hs = hi.map(|a| &a.scales()[..nb]);
+            let lo = if TWO { lo } else { hi };
+            let lq = lo.map(|a| &a.blocks()[..nb]);
+            let ln = lo.map(|a| &a.neg8()[..nb]);
+            let ls = lo.map(|a| &a.scales()[..nb]);
             let bytes: &[u8] = bytemuck::cast_slice(w);
             let blk_bytes = std::mem::size_of::<BlockQ4_0x8>();
-            let (hb, sh, fh) = (hi.blocks(), hi.neg8(), hi.scales());
-            let (lb, sl, fl) = (lo.blocks(), lo.neg8(), lo.scales());
-            for (g, o) in out.chunks_exact_mut(X8_ROWS).enumerate() {
-                // One accumulator per level: two short FMA chains instead of one long one.
-                let mut acc_h = _mm256_setzero_ps();
-                let mut acc_l = _mm256_setzero_ps();
-                for b in 0..nb {
+            for (g, wg) in w.chunks_exact(nb).enumerate() {
+                // One accumulator per token and level: short FMA chains.
+                let mut acc_h = [_mm256_setzero_ps(); T];
+                let mut acc_l = [_mm256_setzero_ps(); T];
+                for (b, blk) in wg.iter().enumerate() {
                     let i = g * nb + b;
                     prefetch(bytes, (i + 4) * blk_bytes);
                     prefetch(bytes, (i + 4) * blk_bytes + 64);
                     prefetch(bytes, (i + 4) * blk_bytes + 128);
-                    let blk = &w[i];
                     let (chunks, _) = blk.qs.as_chunks::<32>();
                     let m = _mm256_set1_epi8(0x0F);
                     let mut xs = [_mm256_setzero_si256(); 8];
@@ -69,32 +103,39 @@ macro_rules! x8_kernel {
                     }
                     let d = blk.d;
                     let dw = _mm256_cvtph_ps(load_u16x8(&d));
-                    {
-                        let $x = &xs;
-                        let $q = &hb[b].qs;
-                        let $acc = _mm256_set1_epi32(sh[b]);
-                        let s = $body;
-                        let da = _mm256_set1_ps(fh[b]);
-                        acc_h =
-                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), acc_h);
-                    }
-                    if TWO {
-                        let $x = &xs;
-                        let $q = &lb[b].qs;
-                        let $acc = _mm256_set1_epi32(sl[b]);
-                        let s = $body;
-                        let da = _mm256_set1_ps(fl[b]);
-                        acc_l =
-                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), acc_l);
-                    }
+                    for_tokens!(T, t, {
+                        {
+                            let $x = &xs;
+                            let $q = &hq[t][b].qs;
+                            let $acc = _mm256_set1_epi32(hn[t][b]);
+                            let s = $body;
+                            let da = _mm256_set1_ps(hs[t][b]);
+                            acc_h[t] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(s),
+                                _mm256_mul_ps(dw, da),
+                                acc_h[t],
+                            );
+                        }
+                        if TWO {
+                            let $x = &xs;
+                            let $q = &lq[t][b].qs;
+                            let $acc = _mm256_set1_epi32(ln[t][b]);
+                            let s = $body;
+                            let da = _mm256_set1_ps(ls[t][b]);
+                            acc_l[t] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(s),
+                                _mm256_mul_ps(dw, da),
+                                acc_l[t],
+                            );
+                        }
+                    });
                 }
-                let acc = _mm256_add_ps(acc_h, acc_l);
-                let mut part = [0f32; 8];
-                // SAFETY: `part` is 8 writable f32; `storeu` has no alignment requirement.
-                unsafe { _mm256_storeu_ps(part.as_mut_ptr(), acc) };
-                for (x, p) in o.iter_mut().zip(part) {
-                    *x += p;
-                }
+                for_tokens!(T, t, {
+                    let acc = _mm256_add_ps(acc_h[t], acc_l[t]);
+                    let o = &mut out[t * rows + g * X8_ROWS..t * rows + (g + 1) * X8_ROWS];
+                    // SAFETY: `o` is 8 writable f32; `storeu` has no alignment requirement.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc) };
+                });
             }
         }
     };
@@ -105,18 +146,28 @@ x8_kernel!(
     gemv_x8_vnni,
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
     |acc, x, q| {
-        // Four independent chains of two steps (the integer sum is exact in any order).
-        let mut s = [
-            acc,
-            _mm256_setzero_si256(),
-            _mm256_setzero_si256(),
-            _mm256_setzero_si256(),
-        ];
-        for c in 0..4 {
-            s[c] = _mm256_dpbusd_epi32(s[c], x[c], bcast4(q, 4 * c));
-            s[c] = _mm256_dpbusd_epi32(s[c], x[c + 4], bcast4(q, 16 + 4 * c));
+        // Enough independent chains to cover `vpdpbusd`'s latency: four for one token, fewer
+        // when several tokens' sums interleave (the integer sum is exact in any order).
+        if T == 1 {
+            let mut s = [
+                acc,
+                _mm256_setzero_si256(),
+                _mm256_setzero_si256(),
+                _mm256_setzero_si256(),
+            ];
+            for c in 0..4 {
+                s[c] = _mm256_dpbusd_epi32(s[c], x[c], bcast4(q, 4 * c));
+                s[c] = _mm256_dpbusd_epi32(s[c], x[c + 4], bcast4(q, 16 + 4 * c));
+            }
+            _mm256_add_epi32(_mm256_add_epi32(s[0], s[1]), _mm256_add_epi32(s[2], s[3]))
+        } else {
+            let mut s = acc;
+            for c in 0..4 {
+                s = _mm256_dpbusd_epi32(s, x[c], bcast4(q, 4 * c));
+                s = _mm256_dpbusd_epi32(s, x[c + 4], bcast4(q, 16 + 4 * c));
+            }
+            s
         }
-        _mm256_add_epi32(_mm256_add_epi32(s[0], s[1]), _mm256_add_epi32(s[2], s[3]))
     }
 );
 
@@ -130,10 +181,37 @@ x8_kernel!(gemv_x8_avx2, "avx2,fma,f16c", |acc, x, q| {
     _mm256_add_epi32(acc, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)))
 });
 
+/// Several tokens' two-level products through `$kernel::<true, T>`, four tokens at a time:
+/// `out[t·rows + r]`, `rows = out.len() / acts.len()`.
+macro_rules! gemm2_tokens {
+    ($kernel:ident, $w:expr, $acts:expr, $out:expr) => {{
+        let (w, acts, out): (&[BlockQ4_0x8], &[(Q8Blocks<'_>, Q8Blocks<'_>)], &mut [f32]) =
+            ($w, $acts, $out);
+        let rows = out.len() / acts.len().max(1);
+        if rows == 0 {
+            return;
+        }
+        for (a, o) in acts
+            .chunks(GEMM_TOKENS)
+            .zip(out.chunks_mut(GEMM_TOKENS * rows))
+        {
+            match *a {
+                [a0] => $kernel::<true, 1>(w, [a0.0], [a0.1], o),
+                [a0, a1] => $kernel::<true, 2>(w, [a0.0, a1.0], [a0.1, a1.1], o),
+                [a0, a1, a2] => $kernel::<true, 3>(w, [a0.0, a1.0, a2.0], [a0.1, a1.1, a2.1], o),
+                [a0, a1, a2, a3] => {
+                    $kernel::<true, 4>(w, [a0.0, a1.0, a2.0, a3.0], [a0.1, a1.1, a2.1, a3.1], o)
+                }
+                _ => unreachable!("chunks of at most GEMM_TOKENS"),
+            }
+        }
+    }};
+}
+
 /// x8 Q4_0 × Q8_0 (AVX-512 VNNI).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn gemv_q4_0x8_q8_0_vnni(w: &[BlockQ4_0x8], a: Q8Blocks<'_>, out: &mut [f32]) {
-    gemv_x8_vnni::<false>(w, a, a, out)
+    gemv_x8_vnni::<false, 1>(w, [a], [a], out)
 }
 
 /// x8 Q4_0 × two-level Q8_0 (AVX-512 VNNI).
@@ -144,13 +222,23 @@ pub fn gemv2_q4_0x8_q8_0_vnni(
     lo: Q8Blocks<'_>,
     out: &mut [f32],
 ) {
-    gemv_x8_vnni::<true>(w, hi, lo, out)
+    gemv_x8_vnni::<true, 1>(w, [hi], [lo], out)
+}
+
+/// x8 Q4_0 × several two-level Q8_0 tokens (AVX-512 VNNI).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub fn gemm2_q4_0x8_q8_0_vnni(
+    w: &[BlockQ4_0x8],
+    acts: &[(Q8Blocks<'_>, Q8Blocks<'_>)],
+    out: &mut [f32],
+) {
+    gemm2_tokens!(gemv_x8_vnni, w, acts, out)
 }
 
 /// x8 Q4_0 × Q8_0 (AVX2).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn gemv_q4_0x8_q8_0_avx2(w: &[BlockQ4_0x8], a: Q8Blocks<'_>, out: &mut [f32]) {
-    gemv_x8_avx2::<false>(w, a, a, out)
+    gemv_x8_avx2::<false, 1>(w, [a], [a], out)
 }
 
 /// x8 Q4_0 × two-level Q8_0 (AVX2).
@@ -161,5 +249,15 @@ pub fn gemv2_q4_0x8_q8_0_avx2(
     lo: Q8Blocks<'_>,
     out: &mut [f32],
 ) {
-    gemv_x8_avx2::<true>(w, hi, lo, out)
+    gemv_x8_avx2::<true, 1>(w, [hi], [lo], out)
+}
+
+/// x8 Q4_0 × several two-level Q8_0 tokens (AVX2).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn gemm2_q4_0x8_q8_0_avx2(
+    w: &[BlockQ4_0x8],
+    acts: &[(Q8Blocks<'_>, Q8Blocks<'_>)],
+    out: &mut [f32],
+) {
+    gemm2_tokens!(gemv_x8_avx2, w, acts, out)
 }
