@@ -8,6 +8,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use bench_suite::synth::{matrix, values};
+
 use bytemuck::Zeroable;
 use engine::kernels::Kernels;
 use engine::kernels::packed::{self, BlockQ4_0x8};
@@ -16,27 +18,6 @@ use engine::quant::{self, BlockQ4_0, BlockQ8_0, GgmlType};
 const H: usize = 1536;
 const F: usize = 768;
 const REPS: usize = 300;
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
-        })
-        .collect()
-}
-
-fn matrix(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
-    let rb = ty.row_bytes(cols as u64).expect("row size") as usize;
-    let mut out = vec![0u8; rb * rows];
-    for (r, row) in out.chunks_exact_mut(rb).enumerate() {
-        quant::quantize_row(ty, &values(cols, r as u64 + 1), row).expect("quantise");
-    }
-    out
-}
 
 /// Best time in seconds of `f` over `REPS` runs.
 fn best(mut f: impl FnMut()) -> f64 {
@@ -53,9 +34,9 @@ fn main() {
     let x = values(H, 99);
     let mut a = vec![BlockQ8_0 { d: 0, qs: [0; 32] }; H / 32];
     quant::quantize::quantize_q8_0(&x, &mut a);
-    let gate4 = matrix(GgmlType::Q4_0, F, H);
-    let gate8 = matrix(GgmlType::Q8_0, F, H);
-    let big = matrix(GgmlType::Q4_0, 40_000, H);
+    let gate4 = matrix(GgmlType::Q4_0, F, H, 91);
+    let gate8 = matrix(GgmlType::Q8_0, F, H, 92);
+    let big = matrix(GgmlType::Q4_0, 40_000, H, 93);
     let x8 = |m: &[u8]| {
         let rows: &[BlockQ4_0] = bytemuck::cast_slice(m);
         let mut p = vec![BlockQ4_0x8::zeroed(); rows.len() / 8];
@@ -87,12 +68,12 @@ fn main() {
     // does in a cache slot after each read.
     {
         let (h, f) = (2560, 768);
-        let gate = matrix(GgmlType::Q4_0, f, h);
+        let gate = matrix(GgmlType::Q4_0, f, h, 94);
         let rows: &[BlockQ4_0] = bytemuck::cast_slice(&gate);
         let mut p = vec![BlockQ4_0x8::zeroed(); rows.len() / 8];
         let t = best(|| packed::repack_q4_0x8(black_box(rows), h / 32, &mut p).expect("repack"));
         report("repack_q4_0x8 768x2560", gate.len(), t);
-        let down = matrix(GgmlType::Q4_0, h, f);
+        let down = matrix(GgmlType::Q4_0, h, f, 95);
         let mut dst = vec![0u8; down.len()];
         let t = best(|| {
             engine::moe::sparse_down::repack(

@@ -6,3 +6,4 @@ pub mod machine;
 pub mod measure;
 pub mod membw;
 pub mod record;
+pub mod synth;

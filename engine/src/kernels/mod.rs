@@ -167,19 +167,19 @@ pub type Gemv2<W> = fn(&[W], &[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
 pub type Gather2<W> = fn(&[W], &[u32], &[BlockQ8_0], &[BlockQ8_0], &mut [f32]);
 
 /// The loop every [`Gather2`] kernel shares: `out[i] = dot(row idx[i])` over rows of `nb` blocks
-/// of `w`, four rows per call of `dot4` (which also gets the next four rows, to prefetch them:
-/// gathered rows are scattered, so no hardware prefetcher follows them) and the last
-/// `idx.len() % 4` rows one at a time with `dot1`.
+/// of `w`, four rows per call of `dot4` and the last `idx.len() % 4` rows one at a time with
+/// `dot1`. Before each four, the next four rows are requested into L2 ([`prefetch_l2`]):
+/// gathered rows are scattered, so no hardware prefetcher follows them.
 ///
 /// # Panics
 /// If an index is outside `w` (the checked entry point [`dot_rows_gather2`] rejects those first).
 #[inline(always)]
-pub(crate) fn gather_rows<W>(
+pub(crate) fn gather_rows<W: bytemuck::Pod>(
     w: &[W],
     nb: usize,
     idx: &[u32],
     out: &mut [f32],
-    mut dot4: impl FnMut([&[W]; 4], Option<[&[W]; 4]>) -> [f32; 4],
+    mut dot4: impl FnMut([&[W]; 4]) -> [f32; 4],
     mut dot1: impl FnMut(&[W]) -> f32,
 ) {
     let row = |i: u32| &w[i as usize * nb..(i as usize + 1) * nb];
@@ -187,11 +187,27 @@ pub(crate) fn gather_rows<W>(
     let (i4, ir) = idx.as_chunks::<4>();
     let (o4, or) = out.as_chunks_mut::<4>();
     for (g, (i, o)) in i4.iter().zip(o4.iter_mut()).enumerate() {
-        *o = dot4(rows4(i), i4.get(g + 1).map(rows4));
+        for &n in i4.get(g + 1).map_or(ir, |n| &n[..]) {
+            prefetch_l2(bytemuck::cast_slice(row(n)));
+        }
+        *o = dot4(rows4(i));
     }
     for (&i, o) in ir.iter().zip(or.iter_mut()) {
         *o = dot1(row(i));
     }
+}
+
+/// Asks the CPU to bring `bytes` into its L2 cache (one request per 64-byte line, the last line
+/// included) without waiting: for data read soon that no hardware prefetcher will predict
+/// (gathered rows, active neurons' planes). L2 rather than L1, because the L1 can keep far fewer
+/// requests in flight: over DRAM-resident experts this took the gathered up rows from 3.4 to
+/// 5.4–6.2 GB/s (`expert_stream` example). A no-op where there is no prefetch instruction.
+#[inline]
+pub fn prefetch_l2(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    x86::prefetch_l2(bytes);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// A table of kernels for one [`SimdLevel`]. Every entry is a safe function; the SIMD tables

@@ -339,7 +339,7 @@ pub fn gather_gemv2_q4_0_q8_0(
     out: &mut [f32],
 ) {
     let one = |r: &[BlockQ4_0]| vec_dot_q4_0_q8_0(r, hi) + vec_dot_q4_0_q8_0(r, lo);
-    super::gather_rows(w, hi.len(), idx, out, |r, _| r.map(one), one);
+    super::gather_rows(w, hi.len(), idx, out, |r| r.map(one), one);
 }
 
 /// As [`gather_gemv2_q4_0_q8_0`] for Q8_0 weights.
@@ -351,5 +351,5 @@ pub fn gather_gemv2_q8_0_q8_0(
     out: &mut [f32],
 ) {
     let one = |r: &[BlockQ8_0]| vec_dot_q8_0_q8_0(r, hi) + vec_dot_q8_0_q8_0(r, lo);
-    super::gather_rows(w, hi.len(), idx, out, |r, _| r.map(one), one);
+    super::gather_rows(w, hi.len(), idx, out, |r| r.map(one), one);
 }

@@ -832,7 +832,7 @@ pub fn gather_gemv2_q4_0_q8_0(
         hi.len(),
         idx,
         out,
-        |r, _| dot4_q4_0::<true>(r, hi, lo, &[]),
+        |r| dot4_q4_0::<true>(r, hi, lo, &[]),
         |r| vec_dot_q4_0_q8_0(r, hi) + vec_dot_q4_0_q8_0(r, lo),
     );
 }
@@ -851,7 +851,7 @@ pub fn gather_gemv2_q8_0_q8_0(
         hi.len(),
         idx,
         out,
-        |r, _| dot4_q8_0::<true>(r, hi, lo, &[]),
+        |r| dot4_q8_0::<true>(r, hi, lo, &[]),
         |r| vec_dot_q8_0_q8_0(r, hi) + vec_dot_q8_0_q8_0(r, lo),
     );
 }

@@ -4,6 +4,8 @@ pub(super) mod avx2;
 mod packed;
 mod vnni;
 
+use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+
 use super::packed::{BlockQ4_0x8, Q8Blocks};
 use super::{Kernels, SimdLevel, scalar};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K};
@@ -60,6 +62,22 @@ avx2_wrappers! {
     fn scale_f32(x: &mut [f32], s: f32);
     fn axpy_q4_0_f32(alpha: f32, w: &[BlockQ4_0], y: &mut [f32]);
     fn axpy_q8_0_f32(alpha: f32, w: &[BlockQ8_0], y: &mut [f32]);
+}
+
+/// See [`crate::kernels::prefetch_l2`].
+#[inline]
+pub(super) fn prefetch_l2(bytes: &[u8]) {
+    #[target_feature(enable = "sse")]
+    fn lines(bytes: &[u8], last: usize) {
+        for at in (0..bytes.len()).step_by(64).chain([last]) {
+            // A prefetch never faults and has no architectural effect.
+            _mm_prefetch::<_MM_HINT_T1>(bytes[at..].as_ptr().cast());
+        }
+    }
+    if let Some(last) = bytes.len().checked_sub(1) {
+        // SAFETY: SSE is part of the x86_64 baseline.
+        unsafe { lines(bytes, last) }
+    }
 }
 
 fn gemv_q4_0x8_q8_0(w: &[BlockQ4_0x8], a: Q8Blocks<'_>, out: &mut [f32]) {

@@ -144,15 +144,7 @@ fn gather<W: Row>(w: &[W], idx: &[u32], hi: &[BlockQ8_0], lo: &[BlockQ8_0], out:
         hi.len(),
         idx,
         out,
-        |r, next| {
-            for nx in next.iter().flatten() {
-                let bytes: &[u8] = bytemuck::cast_slice(nx);
-                for at in (0..bytes.len()).step_by(64) {
-                    prefetch(bytes, at);
-                }
-            }
-            dot4::<W>(r, hi, lo, &[])
-        },
+        |r| dot4::<W>(r, hi, lo, &[]),
         |r| dot4::<W>([r; 4], hi, lo, &[])[0],
     );
 }

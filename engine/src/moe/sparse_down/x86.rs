@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::{PlaneKind, PlanesView, QK, plane_bytes};
-use crate::kernels::{Kernels, SimdLevel};
+use crate::kernels::{Kernels, SimdLevel, prefetch_l2};
 
 /// Transposes a 16×16 byte matrix (16 little-endian `u128` rows; see [`super::transpose16`], its
 /// scalar reference) with SSE2, part of every x86-64 CPU: four rounds of byte interleaves,
@@ -72,10 +72,15 @@ fn active(a: &[f32], b: usize) -> ([usize; QK], [f32; QK], usize) {
     (js, vs, n)
 }
 
+/// Blocks of 32 neurons whose active lists are kept ahead of the one computed; while block `b`
+/// is computed, blocks up to `b + PREFETCH_BLOCKS + 1` have been requested. Over
+/// DRAM-resident experts (`expert_stream` example) this and the L2 hint took the sparse down
+/// from 4.8 to 8.4 GB/s; one block ahead gave 7.5.
+const PREFETCH_BLOCKS: usize = 2;
+
 /// The block loop of both kernels: `f(b, active neurons, their activations)` for every block
-/// of 32 neurons with an active one, while the next block's active planes are requested (they
-/// are scattered in memory, so no hardware prefetcher follows them). Returns the number of
-/// active neurons.
+/// of 32 neurons with an active one, while later blocks' active planes and scales are requested
+/// (see [`PREFETCH_BLOCKS`]). Returns the number of active neurons.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn for_active_blocks(
@@ -85,19 +90,30 @@ fn for_active_blocks(
 ) -> usize {
     let pb = plane_bytes(p.kind, p.h);
     let nblocks = p.f / QK;
-    let mut next = active(a, 0);
+    // Requests a block's scales and active planes into L2 (scattered planes: no hardware
+    // prefetcher follows them; L2 because the L1 cannot keep enough requests in flight).
+    let request = |b: usize, js: &[usize]| {
+        for &j in js {
+            prefetch_l2(&p.planes[j * pb..(j + 1) * pb]);
+        }
+        if !js.is_empty() {
+            prefetch_l2(&p.scales[b * p.h * 2..(b + 1) * p.h * 2]);
+        }
+    };
+    // The active lists of blocks b .. b + PREFETCH_BLOCKS, found once each.
+    let mut ring = [([0usize; QK], [0f32; QK], 0usize); PREFETCH_BLOCKS + 1];
+    for (b, r) in ring.iter_mut().enumerate().take(nblocks) {
+        *r = active(a, b);
+        request(b, &r.0[..r.2]);
+    }
     let mut n_active = 0;
     for b in 0..nblocks {
-        let (js, vs, n) = next;
-        if b + 1 < nblocks {
-            next = active(a, b + 1);
-            for &j in &next.0[..next.2] {
-                let plane = &p.planes[j * pb..(j + 1) * pb];
-                for at in (0..pb).step_by(64) {
-                    // A prefetch never faults and has no architectural effect.
-                    _mm_prefetch::<_MM_HINT_T0>(plane[at..].as_ptr().cast());
-                }
-            }
+        let (js, vs, n) = ring[b % ring.len()];
+        let ahead = b + PREFETCH_BLOCKS + 1;
+        if ahead < nblocks {
+            let r = &mut ring[ahead % (PREFETCH_BLOCKS + 1)];
+            *r = active(a, ahead);
+            request(ahead, &r.0[..r.2]);
         }
         if n > 0 {
             n_active += n;
