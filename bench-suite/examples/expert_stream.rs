@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use bench_suite::synth::{matrix, values};
 
+use bytemuck::Zeroable;
 use engine::kernels::Kernels;
+use engine::kernels::packed::{self, BlockQ4_0x8};
 use engine::moe::sparse_down::{self, PlaneKind, PlanesView};
 use engine::quant::{self, BlockQ4_0, BlockQ8_0, GgmlType};
 
@@ -37,7 +39,14 @@ fn main() {
         }
         m
     };
-    let (upm, plm) = (alloc(&up1), alloc(&planes1));
+    let gate1 = {
+        let rows: &[BlockQ4_0] = bytemuck::cast_slice(&up1);
+        let mut p = vec![BlockQ4_0x8::zeroed(); rows.len() / 8];
+        packed::repack_q4_0x8(rows, H / 32, &mut p).expect("repack");
+        bytemuck::cast_slice::<BlockQ4_0x8, u8>(&p).to_vec()
+    };
+    let (upm, plm, gm) = (alloc(&up1), alloc(&planes1), alloc(&gate1));
+    let gates: Vec<&[u8]> = gm.chunks_exact(gate1.len()).collect();
     let ups: Vec<&[u8]> = upm.chunks_exact(up1.len()).collect();
     let planes: Vec<&[u8]> = plm.chunks_exact(planes1.len()).collect();
     // Per expert: a different random active set of about `pct`% of the neurons.
@@ -67,41 +76,79 @@ fn main() {
     println!("{N} experts, {mean_active:.0} of {F} neurons active on average");
     let k = Kernels::active();
     let row_bytes = H / 32 * 18;
+    let mut g = vec![0f32; F];
     let mut u = vec![0f32; F];
     let mut out = vec![0f32; H];
     let mut acc = Vec::new();
-    for (name, stream) in [("in cache (one expert)", false), ("streamed", true)] {
-        let (mut t_up, mut t_down, mut b_up, mut b_down) = (f64::INFINITY, f64::INFINITY, 0, 0);
+    let facts = packed::Q8Facts::of(&hi);
+    let av = facts.view(&hi).expect("facts");
+    for (name, stream, early) in [
+        ("in cache (one expert)", false, false),
+        ("streamed", true, false),
+        ("streamed, up rows requested during the gate", true, true),
+    ] {
+        let mut best = [f64::INFINITY; 3];
+        let mut bytes = [0usize; 3];
         for _ in 0..5 {
-            let (mut tu, mut td) = (0f64, 0f64);
-            (b_up, b_down) = (0, 0);
+            let mut t = [0f64; 3];
+            bytes = [0; 3];
             for (e, (idx, act)) in sets.iter().enumerate() {
                 let w = if stream { e } else { 0 };
+                let gate: &[BlockQ4_0x8] = bytemuck::cast_slice(gates[w]);
                 let rows: &[BlockQ4_0] = bytemuck::cast_slice(ups[w]);
                 let view = PlanesView::new(PlaneKind::Q4, H, F, planes[w]).expect("view");
                 let s = Instant::now();
+                if early {
+                    // The gate in parts of 96 rows; after each, the up rows of the part's active
+                    // neurons are requested (in the engine: its positive outputs).
+                    let nb = H / 32;
+                    let mut next = 0;
+                    for (c, o) in g.chunks_mut(GATE_PART).enumerate() {
+                        let w = &gate[c * GATE_PART / 8 * nb..(c + 1) * GATE_PART / 8 * nb];
+                        (k.gemv2_q4_0x8_q8_0)(black_box(w), av, av, o);
+                        while next < idx.len() && (idx[next] as usize) < (c + 1) * GATE_PART {
+                            let r = idx[next] as usize * row_bytes;
+                            engine::kernels::prefetch_l2(&ups[w_of(stream, e)][r..r + row_bytes]);
+                            next += 1;
+                        }
+                    }
+                } else {
+                    (k.gemv2_q4_0x8_q8_0)(black_box(gate), av, av, &mut g);
+                }
+                t[0] += s.elapsed().as_secs_f64();
+                let s = Instant::now();
                 (k.gather_gemv2_q4_0_q8_0)(black_box(rows), idx, &hi, &lo, &mut u[..idx.len()]);
-                tu += s.elapsed().as_secs_f64();
+                t[1] += s.elapsed().as_secs_f64();
                 let s = Instant::now();
                 view.apply(black_box(act), &mut out, &mut acc)
                     .expect("apply");
-                td += s.elapsed().as_secs_f64();
-                b_up += idx.len() * row_bytes;
+                t[2] += s.elapsed().as_secs_f64();
+                bytes[0] += gates[w].len();
+                bytes[1] += idx.len() * row_bytes;
                 // Active planes plus the scales of blocks with an active neuron.
                 let blocks = (0..F / 32)
                     .filter(|b| act[b * 32..(b + 1) * 32].iter().any(|&a| a != 0.0))
                     .count();
-                b_down += idx.len() * view.neuron_bytes() + blocks * H * 2;
+                bytes[2] += idx.len() * view.neuron_bytes() + blocks * H * 2;
             }
-            t_up = t_up.min(tu);
-            t_down = t_down.min(td);
+            for (b, t) in best.iter_mut().zip(t) {
+                *b = b.min(t);
+            }
         }
+        let per = |i: usize| (bytes[i] as f64 / best[i] / 1e9, best[i] / N as f64 * 1e6);
+        let ((g0, g1), (u0, u1), (d0, d1)) = (per(0), per(1), per(2));
+        println!("{name}");
         println!(
-            "{name:24} up gather {:6.2} GB/s ({:5.1} µs/expert)   sparse down {:6.2} GB/s ({:5.1} µs/expert)",
-            b_up as f64 / t_up / 1e9,
-            t_up / N as f64 * 1e6,
-            b_down as f64 / t_down / 1e9,
-            t_down / N as f64 * 1e6
+            "  gate {g0:6.2} GB/s ({g1:5.1} µs)   up gather {u0:6.2} GB/s ({u1:5.1} µs)   \
+             sparse down {d0:6.2} GB/s ({d1:5.1} µs)   total {:5.1} µs/expert",
+            g1 + u1 + d1
         );
     }
+}
+
+/// Rows of the gate computed between requests for up rows.
+const GATE_PART: usize = 96;
+
+fn w_of(stream: bool, e: usize) -> usize {
+    if stream { e } else { 0 }
 }

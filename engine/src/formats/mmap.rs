@@ -15,8 +15,13 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 
 enum Inner {
-    Map { map: Mmap, path: PathBuf },
+    Map {
+        map: Mmap,
+        path: PathBuf,
+    },
     Owned(Vec<u8>),
+    /// Anonymous memory advised for transparent huge pages (a repacked layout), read-only.
+    Anon(Mmap),
 }
 
 /// An immutable, cheaply clonable byte buffer: a memory map of a file or an owned vector.
@@ -28,6 +33,7 @@ impl std::fmt::Debug for Blob {
         match &*self.0 {
             Inner::Map { path, map } => write!(f, "Blob(map {} , {} B)", path.display(), map.len()),
             Inner::Owned(v) => write!(f, "Blob(owned, {} B)", v.len()),
+            Inner::Anon(m) => write!(f, "Blob(anonymous, {} B)", m.len()),
         }
     }
 }
@@ -62,10 +68,38 @@ impl Blob {
         Blob(Arc::new(Inner::Owned(v)))
     }
 
+    /// `len` bytes of anonymous memory filled by `fill`, then made read-only. On Linux the
+    /// mapping is advised for transparent huge pages (`MADV_HUGEPAGE`, honoured when the
+    /// system's THP mode is `always` or `madvise`): weights read once per token from DRAM then
+    /// cost one TLB entry per 2 MiB instead of per 4 KiB, and the hardware prefetchers are not
+    /// stopped at every 4 KiB boundary. Over DRAM-resident 4B experts (`expert_stream` example,
+    /// one thread) gate, gathered up rows and sparse down together took 75 µs instead of 121.
+    ///
+    /// # Errors
+    /// [`Error::Model`] when the memory cannot be mapped or protected, or `fill`'s error.
+    pub fn anon_filled(len: usize, fill: impl FnOnce(&mut [u8]) -> Result<()>) -> Result<Blob> {
+        if len == 0 {
+            return Ok(Blob::from_vec(Vec::new()));
+        }
+        let mut map = memmap2::MmapMut::map_anon(len).map_err(|e| {
+            Error::Model(format!("cannot map {len} bytes of anonymous memory: {e}"))
+        })?;
+        #[cfg(target_os = "linux")]
+        // Advisory: without THP support the memory simply stays in small pages.
+        let _ = map.advise(memmap2::Advice::HugePage);
+        fill(&mut map)?;
+        let map = map.make_read_only().map_err(|e| {
+            Error::Model(format!(
+                "cannot make {len} bytes of anonymous memory read-only: {e}"
+            ))
+        })?;
+        Ok(Blob(Arc::new(Inner::Anon(map))))
+    }
+
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8] {
         match &*self.0 {
-            Inner::Map { map, .. } => map,
+            Inner::Map { map, .. } | Inner::Anon(map) => map,
             Inner::Owned(v) => v,
         }
     }
@@ -84,7 +118,7 @@ impl Blob {
     pub fn path(&self) -> Option<&Path> {
         match &*self.0 {
             Inner::Map { path, .. } => Some(path),
-            Inner::Owned(_) => None,
+            Inner::Owned(_) | Inner::Anon(_) => None,
         }
     }
 

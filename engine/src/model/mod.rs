@@ -18,6 +18,7 @@ pub use forward::{Logits, Observer, Phase, Probe, Session, SessionConfig};
 pub use linear::ComputeMode;
 pub use offload::{Offload, OffloadOptions, OffloadSnapshot, SpecStats};
 pub use weights::{ExpertWeights, LayerWeights, Matrix, WeightBytes, Weights};
+use weights::{PackedX8, TensorBytes};
 
 use crate::error::{Error, Result};
 
@@ -96,8 +97,7 @@ impl Model {
             // Offloaded experts are never touched through the map: no repacking at load.
             None => {
                 if opts.mode == ComputeMode::Fast {
-                    pool.install(|| repack_down(&mut weights))?;
-                    pool.install(|| pack_x8(&mut weights))?;
+                    pool.install(|| relayout_fast(&mut weights))?;
                 }
                 None
             }
@@ -153,8 +153,7 @@ impl Model {
         }
         if mode == ComputeMode::Fast && self.mode != ComputeMode::Fast {
             let pool = self.pool.clone();
-            pool.install(|| repack_down(&mut self.weights))?;
-            pool.install(|| pack_x8(&mut self.weights))?;
+            pool.install(|| relayout_fast(&mut self.weights))?;
         }
         self.mode = mode;
         Ok(())
@@ -206,40 +205,120 @@ impl Model {
     }
 }
 
-/// Builds the x8-packed copies of the Q4_0 matrices read whole per token (attention
-/// projections, the LM head, expert gates) and releases their mapped originals' pages. Expert up
-/// matrices stay row-major: decode reads only the rows of neurons whose gate is positive.
-fn pack_x8(w: &mut Weights) -> Result<()> {
+/// Builds the fast path's layouts and releases the mapped originals' pages, so the copies
+/// replace rather than duplicate them: x8-packed copies of the Q4_0 matrices read whole per
+/// token (LM head, attention projections, expert gates), neuron-major down planes of Q4_0/Q8_0
+/// experts (so inactive neurons' bytes are skipped), and copies of the expert up matrices
+/// (row-major: decode reads only the rows of neurons whose gate is positive).
+///
+/// Each layer's copies share one huge-page arena ([`Blob::anon_filled`]): decode reads an
+/// expert's gate, scattered up rows and scattered down planes from DRAM, and with 4 KiB pages
+/// nearly every scattered row costs a TLB miss.
+fn relayout_fast(w: &mut Weights) -> Result<()> {
     use rayon::prelude::*;
-    let _sp = tracing::debug_span!("load.pack_x8").entered();
+    let _sp = tracing::debug_span!("load.relayout").entered();
     w.lm_head.pack_x8()?;
-    w.layers.par_iter_mut().try_for_each(|l| -> Result<()> {
-        for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
-            m.pack_x8()?;
-        }
-        l.experts
-            .par_iter_mut()
-            .try_for_each(|e| e.gate.pack_x8().map(|_| ()))
-    })
+    w.layers.par_iter_mut().try_for_each(relayout_layer)
 }
 
-/// Builds the neuron-major down planes of every Q4_0/Q8_0 expert (in parallel) and releases the
-/// original down pages of mapped files, so the repacked copy replaces rather than duplicates them.
-fn repack_down(w: &mut Weights) -> Result<()> {
+/// One piece of a layer's arena: what is written there, from which matrix.
+#[derive(Clone, Copy)]
+enum Piece {
+    X8,
+    Planes(crate::moe::sparse_down::PlaneKind),
+    Copy,
+}
+
+/// [`relayout_fast`] for one layer.
+fn relayout_layer(l: &mut LayerWeights) -> Result<()> {
+    use crate::formats::mmap::Blob;
+    use crate::moe::sparse_down::{self, DownPlanes};
     use rayon::prelude::*;
-    let _sp = tracing::debug_span!("load.repack_down").entered();
-    w.layers
-        .par_iter_mut()
-        .flat_map(|l| l.experts.par_iter_mut())
-        .try_for_each(|e| -> Result<()> {
-            if e.down_transposed || e.down_planes.is_some() {
-                return Ok(());
+    // (piece, matrix, bytes), in arena order; matrices addressed by (expert or attention, slot).
+    let mut plan: Vec<(Piece, &Matrix, usize)> = Vec::new();
+    for m in [&l.wq, &l.wk, &l.wv, &l.wo] {
+        if m.x8_packable() {
+            plan.push((Piece::X8, m, m.data.len()));
+        }
+    }
+    for e in &l.experts {
+        if e.gate.x8_packable() {
+            plan.push((Piece::X8, &e.gate, e.gate.data.len()));
+        }
+        if !e.down_transposed && e.down_planes.is_none() {
+            let d = &e.down;
+            if let Some((kind, n)) = DownPlanes::layout_for(d.ty, d.rows, d.cols) {
+                plan.push((Piece::Planes(kind), d, n));
             }
-            if let Some(p) = crate::moe::sparse_down::DownPlanes::from_down(&e.down)? {
+        }
+        if e.up.data.location().0.path().is_some() {
+            plan.push((Piece::Copy, &e.up, e.up.data.len()));
+        }
+    }
+    let total = plan.iter().map(|p| p.2).sum();
+    let arena = Blob::anon_filled(total, |buf| {
+        let mut dsts = Vec::with_capacity(plan.len());
+        let mut rest = buf;
+        for &(_, _, n) in &plan {
+            let (d, r) = rest.split_at_mut(n);
+            dsts.push(d);
+            rest = r;
+        }
+        plan.par_iter()
+            .zip(dsts)
+            .try_for_each(|(&(piece, m, _), dst)| match piece {
+                Piece::X8 => m.pack_x8_into(dst),
+                Piece::Planes(kind) => sparse_down::repack(kind, m.rows, m.cols, m.bytes(), dst),
+                Piece::Copy => {
+                    dst.copy_from_slice(m.bytes());
+                    Ok(())
+                }
+            })
+    })?;
+    let pieces: Vec<(Piece, usize)> = plan.iter().map(|p| (p.0, p.2)).collect();
+    // Install in the same order as planned.
+    let mut at = 0;
+    let mut next = |n: usize| -> Result<TensorBytes> {
+        let t = TensorBytes::new(arena.clone(), at, n);
+        at += n;
+        t
+    };
+    let mut pieces = pieces.into_iter().peekable();
+    for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
+        if m.x8_packable() {
+            let (_, n) = pieces.next().ok_or_else(plan_mismatch)?;
+            m.set_packed(PackedX8::new(next(n)?)?);
+        }
+    }
+    for e in &mut l.experts {
+        if e.gate.x8_packable() {
+            let (_, n) = pieces.next().ok_or_else(plan_mismatch)?;
+            e.gate.set_packed(PackedX8::new(next(n)?)?);
+        }
+        if !e.down_transposed && e.down_planes.is_none() {
+            let d = &e.down;
+            if let Some((kind, _)) = DownPlanes::layout_for(d.ty, d.rows, d.cols) {
+                let (_, n) = pieces.next().ok_or_else(plan_mismatch)?;
+                let p = DownPlanes::from_packed(kind, d.rows, d.cols, next(n)?)?;
                 e.down_planes = Some(Arc::new(p));
-                let (blob, start) = e.down.data.location();
-                blob.release_pages(start, e.down.data.len());
+                let (blob, start) = d.data.location();
+                blob.release_pages(start, d.data.len());
             }
-            Ok(())
-        })
+        }
+        if e.up.data.location().0.path().is_some() {
+            let (_, n) = pieces.next().ok_or_else(plan_mismatch)?;
+            let copy = next(n)?;
+            let (blob, start) = e.up.data.location();
+            blob.release_pages(start, e.up.data.len());
+            e.up.data = copy;
+        }
+    }
+    if pieces.peek().is_some() {
+        return Err(plan_mismatch());
+    }
+    Ok(())
+}
+
+fn plan_mismatch() -> Error {
+    Error::Model("relayout: the layer changed between planning and installing".into())
 }

@@ -81,13 +81,39 @@ impl TensorBytes {
     }
 }
 
-/// An x8-packed copy of a Q4_0 matrix ([`crate::kernels::packed`]), shared between clones.
+/// An x8-packed copy of a Q4_0 matrix ([`crate::kernels::packed`]), shared between clones: a
+/// buffer of its own or a range of the layer's huge-page arena.
 #[derive(Clone)]
-pub struct PackedX8(pub std::sync::Arc<[BlockQ4_0x8]>);
+pub struct PackedX8(TensorBytes);
+
+impl PackedX8 {
+    /// Packed blocks in `bytes` (written by [`repack_q4_0x8`]).
+    ///
+    /// # Errors
+    /// [`Error::Model`] when `bytes` is not a whole number of packed blocks.
+    pub fn new(bytes: TensorBytes) -> Result<Self> {
+        if !bytes
+            .len()
+            .is_multiple_of(std::mem::size_of::<BlockQ4_0x8>())
+        {
+            return Err(Error::Model(format!(
+                "{} bytes are not a whole number of x8 blocks",
+                bytes.len()
+            )));
+        }
+        Ok(PackedX8(bytes))
+    }
+
+    /// The packed blocks.
+    pub fn blocks(&self) -> &[BlockQ4_0x8] {
+        // `new` checked the length; the block type has alignment 1.
+        bytemuck::cast_slice(self.0.as_slice())
+    }
+}
 
 impl std::fmt::Debug for PackedX8 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedX8({} blocks)", self.0.len())
+        write!(f, "PackedX8({} blocks)", self.blocks().len())
     }
 }
 
@@ -169,7 +195,7 @@ impl Matrix {
             rows: self.rows,
             cols: self.cols,
             data: self.data.as_slice(),
-            packed: self.packed.as_ref().map(|p| &p.0[..]),
+            packed: self.packed.as_ref().map(PackedX8::blocks),
         }
     }
 
@@ -194,24 +220,30 @@ impl Matrix {
                     heap.resize(nb, BlockQ4_0::zeroed());
                     &mut heap[..]
                 };
-                crate::kernels::packed::unpack_q4_0x8_row(&p.0, nb, r, blocks);
+                crate::kernels::packed::unpack_q4_0x8_row(p.blocks(), nb, r, blocks);
                 crate::quant::dequantize_row(self.ty, bytemuck::cast_slice(blocks), out)
             }
             None => crate::quant::dequantize_row(self.ty, self.row(r), out),
         }
     }
 
-    /// Builds the x8-packed copy when the matrix is Q4_0 with a row count in eights (otherwise
-    /// returns `false`), in parallel on the current rayon pool, and releases the original's pages
-    /// when they are mapped, so the copy replaces rather than duplicates them.
-    pub fn pack_x8(&mut self) -> Result<bool> {
+    /// Whether [`Matrix::pack_x8`] would build an x8-packed copy: Q4_0 with rows in eights, not
+    /// packed yet. The copy takes [`Matrix::data`]'s length.
+    pub fn x8_packable(&self) -> bool {
+        self.packed.is_none()
+            && self.ty == GgmlType::Q4_0
+            && self.rows > 0
+            && self.rows.is_multiple_of(X8_ROWS)
+    }
+
+    /// Writes the x8-packed copy into `dst` (`data.len()` bytes), in parallel on the current
+    /// rayon pool.
+    ///
+    /// # Errors
+    /// [`Error::Model`] for a matrix that is not [`Matrix::x8_packable`]'s type and shape or a
+    /// `dst` of another length.
+    pub fn pack_x8_into(&self, dst: &mut [u8]) -> Result<()> {
         use rayon::prelude::*;
-        if self.packed.is_some() {
-            return Ok(true);
-        }
-        if self.ty != GgmlType::Q4_0 || self.rows == 0 || !self.rows.is_multiple_of(X8_ROWS) {
-            return Ok(false);
-        }
         let nb = self.cols / crate::quant::QK;
         let src: &[BlockQ4_0] =
             crate::quant::blocks::as_blocks(self.data.as_slice()).ok_or_else(|| {
@@ -220,15 +252,41 @@ impl Matrix {
                     self.name
                 ))
             })?;
-        let mut out = vec![BlockQ4_0x8::zeroed(); src.len() / X8_ROWS];
+        let out: &mut [BlockQ4_0x8] = bytemuck::try_cast_slice_mut(dst)
+            .ok()
+            .filter(|o: &&mut [BlockQ4_0x8]| o.len() * X8_ROWS == src.len())
+            .ok_or_else(|| {
+                Error::Model(format!(
+                    "tensor '{}': an x8 copy needs {} bytes",
+                    self.name,
+                    self.data.len()
+                ))
+            })?;
         // 64 groups (512 rows) per task.
         const GROUPS: usize = 64;
         out.par_chunks_mut(GROUPS * nb)
             .zip(src.par_chunks(GROUPS * nb * X8_ROWS))
-            .try_for_each(|(o, s)| repack_q4_0x8(s, nb, o))?;
-        self.packed = Some(PackedX8(out.into()));
+            .try_for_each(|(o, s)| repack_q4_0x8(s, nb, o))
+    }
+
+    /// Installs an x8-packed copy and releases the original's pages when they are mapped, so the
+    /// copy replaces rather than duplicates them.
+    pub fn set_packed(&mut self, p: PackedX8) {
+        self.packed = Some(p);
         let (blob, start) = self.data.location();
         blob.release_pages(start, self.data.len());
+    }
+
+    /// Builds the x8-packed copy (in its own huge-page buffer, see `Blob::anon_filled`) when the
+    /// matrix is [`Matrix::x8_packable`] (otherwise returns whether it is packed already), and
+    /// releases the original's pages.
+    pub fn pack_x8(&mut self) -> Result<bool> {
+        if !self.x8_packable() {
+            return Ok(self.packed.is_some());
+        }
+        let blob = Blob::anon_filled(self.data.len(), |d| self.pack_x8_into(d))?;
+        let len = blob.len();
+        self.set_packed(PackedX8::new(TensorBytes::new(blob, 0, len)?)?);
         Ok(true)
     }
 

@@ -185,3 +185,63 @@ fn gguf_layout_follows_llama_cpp_rule_with_true_window() {
         vec![(false, false), (true, true), (true, true), (true, true)]
     );
 }
+
+/// Fast mode's load-time relayout (x8 gates and attention, neuron-major down planes, up copies,
+/// all in per-layer huge-page arenas) holds the same weights as the file: every copied or packed
+/// row dequantises to the file's row, the planes are the file's down matrix repacked, and no
+/// expert up matrix is still read through the file map.
+#[test]
+fn fast_relayout_holds_the_files_weights() {
+    use engine::moe::sparse_down::DownPlanes;
+    let fast = load("Q4_0", ComputeMode::Fast);
+    let exact = load("Q4_0", ComputeMode::Exact);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut same_rows = |f: &engine::model::Matrix, e: &engine::model::Matrix| {
+        a.resize(f.cols, 0.0);
+        b.resize(e.cols, 0.0);
+        for r in 0..f.rows {
+            f.dequantize_row(r, &mut a).unwrap();
+            e.dequantize_row(r, &mut b).unwrap();
+            assert_eq!(a, b, "{} row {r}", f.name);
+        }
+    };
+    let mut packed = 0;
+    for (lf, le) in fast.weights.layers.iter().zip(&exact.weights.layers) {
+        for (f, e) in [
+            (&lf.wq, &le.wq),
+            (&lf.wk, &le.wk),
+            (&lf.wv, &le.wv),
+            (&lf.wo, &le.wo),
+        ] {
+            packed += usize::from(f.packed.is_some());
+            same_rows(f, e);
+        }
+        for (ef, ee) in lf.experts.iter().zip(&le.experts) {
+            assert!(
+                ef.gate.packed.is_some(),
+                "{}: gate not packed",
+                ef.gate.name
+            );
+            assert!(ee.gate.packed.is_none());
+            same_rows(&ef.gate, &ee.gate);
+            assert!(
+                ef.up.data.location().0.path().is_none(),
+                "{}: still mapped",
+                ef.up.name
+            );
+            assert_eq!(ef.up.bytes(), ee.up.bytes(), "{}", ef.up.name);
+            let want = DownPlanes::from_down(&ee.down).unwrap().unwrap();
+            let got = ef.down_planes.as_ref().expect("down planes");
+            let (mut o1, mut o2, mut acc) = (
+                vec![0f32; got.outputs()],
+                vec![0f32; got.outputs()],
+                Vec::new(),
+            );
+            let act: Vec<f32> = (0..got.neurons()).map(|j| (j % 3) as f32 - 0.5).collect();
+            got.apply_scalar(&act, &mut o1, &mut acc).unwrap();
+            want.apply_scalar(&act, &mut o2, &mut acc).unwrap();
+            assert_eq!(o1, o2, "{}", ef.down.name);
+        }
+    }
+    assert!(packed > 0, "no attention matrix was packed");
+}

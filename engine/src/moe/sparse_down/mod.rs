@@ -22,7 +22,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::{Kernels, SimdLevel};
-use crate::model::weights::{MatRef, Matrix};
+use crate::model::weights::{MatRef, Matrix, TensorBytes};
 use crate::quant::GgmlType;
 
 /// Neurons per quantisation block (Q4_0 and Q8_0).
@@ -200,7 +200,8 @@ fn transpose16(m: &[u128; 16]) -> [u128; 16] {
     r
 }
 
-/// An expert's down projection, neuron-major, in an owned buffer.
+/// An expert's down projection, neuron-major, in a buffer of its own or a range of a shared
+/// one (the layer's huge-page arena, see `Blob::anon_filled`).
 #[derive(Clone, Debug)]
 pub struct DownPlanes {
     kind: PlaneKind,
@@ -209,7 +210,7 @@ pub struct DownPlanes {
     /// Outputs (H).
     h: usize,
     /// Scales `[F/32][H]` f16 (LE bytes), then planes `[F][plane_bytes]`.
-    data: Vec<u8>,
+    data: TensorBytes,
 }
 
 impl DownPlanes {
@@ -227,7 +228,27 @@ impl DownPlanes {
         };
         let mut data = vec![0u8; packed_bytes(kind, h, f)];
         repack(kind, h, f, m.data, &mut data)?;
-        Ok(Some(DownPlanes { kind, f, h, data }))
+        Ok(Some(DownPlanes {
+            kind,
+            f,
+            h,
+            data: TensorBytes::owned(data),
+        }))
+    }
+
+    /// The layout of a down matrix of type `ty` (`h` rows × `f` columns), and the bytes its
+    /// planes take, or `None` when it has none (see [`DownPlanes::from_down`]).
+    pub fn layout_for(ty: GgmlType, h: usize, f: usize) -> Option<(PlaneKind, usize)> {
+        PlaneKind::for_down(ty, h, f).map(|k| (k, packed_bytes(k, h, f)))
+    }
+
+    /// Planes already written (by [`repack`]) into `data`.
+    ///
+    /// # Errors
+    /// [`Error::BadLength`] when `data` is not the size of `kind`'s planes for `h × f`.
+    pub fn from_packed(kind: PlaneKind, h: usize, f: usize, data: TensorBytes) -> Result<Self> {
+        PlanesView::new(kind, h, f, data.as_slice())?;
+        Ok(DownPlanes { kind, f, h, data })
     }
 
     /// Bytes held (equal to the original tensor's).
@@ -271,8 +292,8 @@ impl DownPlanes {
             kind: self.kind,
             f: self.f,
             h: self.h,
-            scales: &self.data[..self.f / QK * self.h * 2],
-            planes: &self.data[self.f / QK * self.h * 2..],
+            scales: &self.data.as_slice()[..self.f / QK * self.h * 2],
+            planes: &self.data.as_slice()[self.f / QK * self.h * 2..],
         }
     }
 }
@@ -593,7 +614,7 @@ mod tests {
                 let m = matrix(ty, h, f, (h * 3 + f) as u64);
                 let want = repack_reference(&m);
                 let owned = DownPlanes::from_down(&m).unwrap().unwrap();
-                assert_eq!(owned.data, want, "{ty:?} {h}x{f}");
+                assert_eq!(owned.data.as_slice(), &want[..], "{ty:?} {h}x{f}");
                 // In place over a copy of the ggml bytes, as a cache slot does it.
                 let mut slot = m.bytes().to_vec();
                 let src = slot.clone();
