@@ -277,10 +277,10 @@ impl ExpertCache {
             }
         }
         let n_hot = hot_keys.len();
-        let mut bufs = Vec::with_capacity(n_slots);
-        for _ in 0..n_slots {
-            bufs.push(Arc::new(RwLock::new(AlignedBuf::new(slot_bytes)?)));
-        }
+        let bufs: Vec<_> = AlignedBuf::slab(n_slots, slot_bytes)?
+            .into_iter()
+            .map(|b| Arc::new(RwLock::new(b)))
+            .collect();
         let mut meta = vec![
             Meta {
                 key: None,
