@@ -208,8 +208,9 @@ impl Model {
 /// Builds the fast path's layouts and releases the mapped originals' pages, so the copies
 /// replace rather than duplicate them: x8-packed copies of the Q4_0 matrices read whole per
 /// token (LM head, attention projections, expert gates), neuron-major down planes of Q4_0/Q8_0
-/// experts (so inactive neurons' bytes are skipped), and copies of the expert up matrices
-/// (row-major: decode reads only the rows of neurons whose gate is positive).
+/// experts (so inactive neurons' bytes are skipped), and plain copies of every other matrix
+/// read per token (expert up matrices, of which decode reads only the rows of neurons whose
+/// gate is positive; routers; matrices of other types).
 ///
 /// Each layer's copies share one huge-page arena ([`Blob::anon_filled`]): decode reads an
 /// expert's gate, scattered up rows and scattered down planes from DRAM, and with 4 KiB pages
@@ -217,43 +218,121 @@ impl Model {
 fn relayout_fast(w: &mut Weights) -> Result<()> {
     use rayon::prelude::*;
     let _sp = tracing::debug_span!("load.relayout").entered();
+    // The token embedding is packed too: its lookups then read the copy (a row per token),
+    // not the released map, whose pages a model larger than half the RAM gets evicted from the
+    // page cache (21B: 4 ms per token of disk reads). Tied weights share one copy.
+    let tied = {
+        let (a, sa) = w.embed.data.location();
+        let (b, sb) = w.lm_head.data.location();
+        sa == sb
+            && std::ptr::eq(a.as_bytes().as_ptr(), b.as_bytes().as_ptr())
+            && w.embed.data.len() == w.lm_head.data.len()
+    };
     w.lm_head.pack_x8()?;
+    if w.lm_head.packed.is_none() {
+        w.lm_head.copy_resident()?;
+    }
+    if tied {
+        w.embed.packed = w.lm_head.packed.clone();
+        if w.embed.packed.is_none() {
+            w.embed.data = w.lm_head.data.clone();
+        }
+    } else if !w.embed.pack_x8()? {
+        w.embed.copy_resident()?;
+    }
     w.layers.par_iter_mut().try_for_each(relayout_layer)
 }
 
-/// One piece of a layer's arena: what is written there, from which matrix.
+/// What a layer's arena holds for one matrix.
 #[derive(Clone, Copy)]
 enum Piece {
+    /// The x8-packed copy (Q4_0, rows in eights).
     X8,
+    /// The neuron-major down planes.
     Planes(crate::moe::sparse_down::PlaneKind),
+    /// A verbatim copy of bytes still mapped from the file.
     Copy,
 }
 
-/// [`relayout_fast`] for one layer.
+/// Which matrix of a layer a piece is for.
+#[derive(Clone, Copy)]
+enum Target {
+    Attn(usize),
+    Router,
+    Gate(usize),
+    Up(usize),
+    Down(usize),
+}
+
+fn target(l: &LayerWeights, t: Target) -> &Matrix {
+    match t {
+        Target::Attn(i) => [&l.wq, &l.wk, &l.wv, &l.wo][i],
+        Target::Router => &l.router,
+        Target::Gate(e) => &l.experts[e].gate,
+        Target::Up(e) => &l.experts[e].up,
+        Target::Down(e) => &l.experts[e].down,
+    }
+}
+
+fn target_mut(l: &mut LayerWeights, t: Target) -> &mut Matrix {
+    match t {
+        Target::Attn(0) => &mut l.wq,
+        Target::Attn(1) => &mut l.wk,
+        Target::Attn(2) => &mut l.wv,
+        Target::Attn(_) => &mut l.wo,
+        Target::Router => &mut l.router,
+        Target::Gate(e) => &mut l.experts[e].gate,
+        Target::Up(e) => &mut l.experts[e].up,
+        Target::Down(e) => &mut l.experts[e].down,
+    }
+}
+
+/// Whether `m`'s bytes are still read through the model file's map.
+fn mapped(m: &Matrix) -> bool {
+    m.data.location().0.path().is_some()
+}
+
+/// [`relayout_fast`] for one layer: every matrix read per token gets its fast layout (x8 for
+/// dense Q4_0 products, planes for Q4_0/Q8_0 down matrices) or, when it has none and is still
+/// mapped (other types, the router, the up rows), a copy.
 fn relayout_layer(l: &mut LayerWeights) -> Result<()> {
     use crate::formats::mmap::Blob;
     use crate::moe::sparse_down::{self, DownPlanes};
     use rayon::prelude::*;
-    // (piece, matrix, bytes), in arena order; matrices addressed by (expert or attention, slot).
-    let mut plan: Vec<(Piece, &Matrix, usize)> = Vec::new();
-    for m in [&l.wq, &l.wk, &l.wv, &l.wo] {
+    let copy = |m: &Matrix| mapped(m).then_some(Piece::Copy);
+    let dense = |m: &Matrix| {
         if m.x8_packable() {
-            plan.push((Piece::X8, m, m.data.len()));
+            Some(Piece::X8)
+        } else {
+            copy(m)
         }
+    };
+    let mut plan: Vec<(Target, Piece, usize)> = Vec::new();
+    let mut add = |t: Target, p: Option<Piece>, m: &Matrix| {
+        if let Some(p) = p {
+            let n = match p {
+                Piece::Planes(_) => DownPlanes::layout_for(m.ty, m.rows, m.cols).map_or(0, |x| x.1),
+                Piece::X8 | Piece::Copy => m.data.len(),
+            };
+            plan.push((t, p, n));
+        }
+    };
+    for (i, m) in [&l.wq, &l.wk, &l.wv, &l.wo].into_iter().enumerate() {
+        add(Target::Attn(i), dense(m), m);
     }
-    for e in &l.experts {
-        if e.gate.x8_packable() {
-            plan.push((Piece::X8, &e.gate, e.gate.data.len()));
-        }
-        if !e.down_transposed && e.down_planes.is_none() {
-            let d = &e.down;
-            if let Some((kind, n)) = DownPlanes::layout_for(d.ty, d.rows, d.cols) {
-                plan.push((Piece::Planes(kind), d, n));
-            }
-        }
-        if e.up.data.location().0.path().is_some() {
-            plan.push((Piece::Copy, &e.up, e.up.data.len()));
-        }
+    add(Target::Router, copy(&l.router), &l.router);
+    for (e, x) in l.experts.iter().enumerate() {
+        add(Target::Gate(e), dense(&x.gate), &x.gate);
+        add(Target::Up(e), copy(&x.up), &x.up);
+        let d = &x.down;
+        let planes = (!x.down_transposed && x.down_planes.is_none())
+            .then(|| DownPlanes::layout_for(d.ty, d.rows, d.cols))
+            .flatten();
+        let p = match planes {
+            Some((kind, _)) => Some(Piece::Planes(kind)),
+            None => copy(d),
+        };
+        add(Target::Down(e), p, d);
     }
     let total = plan.iter().map(|p| p.2).sum();
     let arena = Blob::anon_filled(total, |buf| {
@@ -266,59 +345,41 @@ fn relayout_layer(l: &mut LayerWeights) -> Result<()> {
         }
         plan.par_iter()
             .zip(dsts)
-            .try_for_each(|(&(piece, m, _), dst)| match piece {
-                Piece::X8 => m.pack_x8_into(dst),
-                Piece::Planes(kind) => sparse_down::repack(kind, m.rows, m.cols, m.bytes(), dst),
-                Piece::Copy => {
-                    dst.copy_from_slice(m.bytes());
-                    Ok(())
+            .try_for_each(|(&(t, piece, _), dst)| {
+                let m = target(l, t);
+                match piece {
+                    Piece::X8 => m.pack_x8_into(dst),
+                    Piece::Planes(kind) => {
+                        sparse_down::repack(kind, m.rows, m.cols, m.bytes(), dst)
+                    }
+                    Piece::Copy => {
+                        dst.copy_from_slice(m.bytes());
+                        Ok(())
+                    }
                 }
             })
     })?;
-    let pieces: Vec<(Piece, usize)> = plan.iter().map(|p| (p.0, p.2)).collect();
-    // Install in the same order as planned.
     let mut at = 0;
-    let mut next = |n: usize| -> Result<TensorBytes> {
-        let t = TensorBytes::new(arena.clone(), at, n);
+    for (t, piece, n) in plan {
+        let bytes = TensorBytes::new(arena.clone(), at, n)?;
         at += n;
-        t
-    };
-    let mut pieces = pieces.into_iter().peekable();
-    for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
-        if m.x8_packable() {
-            let (_, n) = pieces.next().ok_or_else(plan_mismatch)?;
-            m.set_packed(PackedX8::new(next(n)?)?);
-        }
-    }
-    for e in &mut l.experts {
-        if e.gate.x8_packable() {
-            let (_, n) = pieces.next().ok_or_else(plan_mismatch)?;
-            e.gate.set_packed(PackedX8::new(next(n)?)?);
-        }
-        if !e.down_transposed && e.down_planes.is_none() {
-            let d = &e.down;
-            if let Some((kind, _)) = DownPlanes::layout_for(d.ty, d.rows, d.cols) {
-                let (_, n) = pieces.next().ok_or_else(plan_mismatch)?;
-                let p = DownPlanes::from_packed(kind, d.rows, d.cols, next(n)?)?;
-                e.down_planes = Some(Arc::new(p));
-                let (blob, start) = d.data.location();
-                blob.release_pages(start, d.data.len());
+        let m = target_mut(l, t);
+        match piece {
+            Piece::X8 => m.set_packed(PackedX8::new(bytes)?),
+            Piece::Planes(kind) => {
+                let p = DownPlanes::from_packed(kind, m.rows, m.cols, bytes)?;
+                let (blob, start) = m.data.location();
+                blob.release_pages(start, m.data.len());
+                if let Target::Down(e) = t {
+                    l.experts[e].down_planes = Some(Arc::new(p));
+                }
+            }
+            Piece::Copy => {
+                let (blob, start) = m.data.location();
+                blob.release_pages(start, m.data.len());
+                m.data = bytes;
             }
         }
-        if e.up.data.location().0.path().is_some() {
-            let (_, n) = pieces.next().ok_or_else(plan_mismatch)?;
-            let copy = next(n)?;
-            let (blob, start) = e.up.data.location();
-            blob.release_pages(start, e.up.data.len());
-            e.up.data = copy;
-        }
-    }
-    if pieces.peek().is_some() {
-        return Err(plan_mismatch());
     }
     Ok(())
-}
-
-fn plan_mismatch() -> Error {
-    Error::Model("relayout: the layer changed between planning and installing".into())
 }

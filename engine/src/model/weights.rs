@@ -290,6 +290,23 @@ impl Matrix {
         Ok(true)
     }
 
+    /// Replaces bytes still mapped from a file by a copy in a huge-page buffer of their own
+    /// (`Blob::anon_filled`) and releases the mapped pages; a no-op for bytes not mapped.
+    pub fn copy_resident(&mut self) -> Result<()> {
+        let (blob, start) = self.data.location();
+        if blob.path().is_none() {
+            return Ok(());
+        }
+        let copy = Blob::anon_filled(self.data.len(), |d| {
+            d.copy_from_slice(self.data.as_slice());
+            Ok(())
+        })?;
+        blob.release_pages(start, self.data.len());
+        let len = copy.len();
+        self.data = TensorBytes::new(copy, 0, len)?;
+        Ok(())
+    }
+
     /// Rows `r0..r0 + n` as a matrix of their own (shares the bytes).
     pub fn rows_view(&self, r0: usize, n: usize, name: impl Into<String>) -> Result<Matrix> {
         let rb = self.row_bytes();

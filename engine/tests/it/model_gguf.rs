@@ -186,10 +186,11 @@ fn gguf_layout_follows_llama_cpp_rule_with_true_window() {
     );
 }
 
-/// Fast mode's load-time relayout (x8 gates and attention, neuron-major down planes, up copies,
-/// all in per-layer huge-page arenas) holds the same weights as the file: every copied or packed
-/// row dequantises to the file's row, the planes are the file's down matrix repacked, and no
-/// expert up matrix is still read through the file map.
+/// Fast mode's load-time relayout (x8 gates and attention, neuron-major down planes, copies of
+/// the up matrices and routers, all in per-layer huge-page arenas; the embedding and LM head)
+/// holds the same weights as the file: every copied or packed row dequantises to the file's
+/// row, the planes are the file's down matrix repacked, and no up matrix or router is still
+/// read through the file map.
 #[test]
 fn fast_relayout_holds_the_files_weights() {
     use engine::moe::sparse_down::DownPlanes;
@@ -205,6 +206,8 @@ fn fast_relayout_holds_the_files_weights() {
             assert_eq!(a, b, "{} row {r}", f.name);
         }
     };
+    same_rows(&fast.weights.embed, &exact.weights.embed);
+    same_rows(&fast.weights.lm_head, &exact.weights.lm_head);
     let mut packed = 0;
     for (lf, le) in fast.weights.layers.iter().zip(&exact.weights.layers) {
         for (f, e) in [
