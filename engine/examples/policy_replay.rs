@@ -6,7 +6,8 @@
 //! cargo run --release -p engine --example policy_replay -- ROUTING_CSV N_LAYERS N_EXPERTS SLOTS...
 //! ```
 //! For each capacity (in expert slots), prints the hit rate of LRU, LFU and LRFU with a global
-//! and a per-layer cache, Belady (global and per layer), and LRFU with a hot set learned from
+//! and a per-layer cache, Belady (global and per layer), LRU that knows the next 1, 2 or 4
+//! tokens' accesses ([`lookahead_lru`]), and LRFU with a hot set learned from
 //! the first half of the trace, with a quarter and a half of the slots pinned (counting the
 //! second half only, the first warming the cache, against Belady counted the same way).
 
@@ -14,7 +15,7 @@ use std::path::Path;
 
 use engine::offload::cache::{CacheConfig, CacheScope, Capacity};
 use engine::offload::hotset::read_routing_csv;
-use engine::offload::sim::{belady_counting_from, belady_for, simulate};
+use engine::offload::sim::{belady_counting_from, belady_for, lookahead_lru, simulate};
 use engine::offload::{ExpertKey, HotSet, PolicyKind};
 
 fn main() -> engine::Result<()> {
@@ -62,6 +63,20 @@ fn main() -> engine::Result<()> {
             }
             println!("{line}");
         }
+        // How much foreknowledge of the next accesses adds to recency (global cache): a window
+        // of one token's accesses is what predicting the rest of the token's routing could give.
+        let opt = belady_for(&trace, n_layers, slots, CacheScope::Global);
+        let per_token = trace.len() / tokens.max(1) as usize;
+        let mut line = "  lookahead".to_string();
+        for tok in [0usize, 1, 2, 4] {
+            let h = lookahead_lru(&trace, slots, tok * per_token);
+            line += &format!(
+                "  {tok} token(s) {:5.1}% ({:.1}% of belady)",
+                100.0 * h.hit_rate(),
+                100.0 * h.hit_rate() / opt.hit_rate().max(1e-9)
+            );
+        }
+        println!("{line}");
         // Hot set learned on the first half, measured on the second.
         let opt = belady_counting_from(&trace, slots, half);
         let mut line = format!("  2nd half  belady {:5.1}%", 100.0 * opt.hit_rate());

@@ -219,6 +219,8 @@ pub struct ExpertCache {
     parts: Vec<Partition>,
     /// Layer of the last access or insert (`NONE` before any).
     last_layer: u32,
+    /// Moves of the accesses between layers so far (the policies' visit clock).
+    layer_changes: u64,
     stats: CacheStats,
 }
 
@@ -326,6 +328,7 @@ impl ExpertCache {
             n_hot,
             parts,
             last_layer: NONE,
+            layer_changes: 0,
             stats: CacheStats::default(),
         })
     }
@@ -469,12 +472,13 @@ impl ExpertCache {
             return;
         }
         self.last_layer = layer;
+        self.layer_changes += 1;
         let p = match self.scope {
             CacheScope::Global => 0,
             CacheScope::PerLayer => layer as usize,
         };
         if let Some(part) = self.parts.get_mut(p) {
-            part.policy.on_visit(layer as usize);
+            part.policy.on_visit(layer as usize, self.layer_changes);
         }
     }
 

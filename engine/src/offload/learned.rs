@@ -75,6 +75,8 @@ pub struct Learned {
     visits: Vec<u32>,
     /// Per layer: the global visit count when its last visit started.
     visit_stamp: Vec<u64>,
+    /// The cache's clock ([`Policy::on_visit`]) when each layer's current visit started.
+    visit_clock: Vec<u64>,
     /// Visits started, all layers.
     global_visits: u64,
     /// Per class: observations where the key was used, and all observations.
@@ -97,6 +99,7 @@ impl Learned {
             predicted: vec![NEVER; n_keys],
             visits: vec![0; shape.n_layers.max(1)],
             visit_stamp: vec![0; shape.n_layers.max(1)],
+            visit_clock: vec![0; shape.n_layers.max(1)],
             global_visits: 0,
             used: vec![0.0; N_CLASS],
             seen: vec![0.0; N_CLASS],
@@ -170,15 +173,18 @@ impl Policy for Learned {
         "learned"
     }
     fn on_insert(&mut self, _slot: SlotId, _key: usize) {}
-    fn on_visit(&mut self, layer: usize) {
+    fn on_visit(&mut self, layer: usize, clock: u64) {
         // Coming back to a layer within half a cycle of the layers continues its visit: with
         // demand requests at the MoE step (no prefetch) and speculation on, accesses alternate
-        // between a layer and the next one's guesses.
+        // between a layer and the next one's guesses. Measured on the cache's clock: a
+        // per-layer partition sees only its own layer (its own count of visits would never
+        // advance between them, and its first visit would never end).
+        let half_cycle = (self.n_layers as u64 / 2).max(1);
         let fresh = self.visits.get(layer).is_some_and(|&v| {
-            v == 0
-                || self.global_visits - self.visit_stamp[layer] >= (self.n_layers as u64 / 2).max(1)
+            v == 0 || clock.saturating_sub(self.visit_clock[layer]) >= half_cycle
         });
         if fresh {
+            self.visit_clock[layer] = clock;
             self.start_visit(layer);
         }
     }
@@ -257,13 +263,18 @@ mod tests {
     fn learns_that_popular_keys_come_back_and_evicts_the_one_off() {
         // Layer 0 of 8 experts: expert 0 every visit, expert 1 every other, 2–7 every sixth.
         let mut p = Learned::new(shape(2, 8, 4));
+        let mut clock = 0;
+        let mut visit = |p: &mut Learned, l: usize| {
+            clock += 1;
+            p.on_visit(l, clock);
+        };
         for t in 0..200u32 {
-            p.on_visit(0);
+            visit(&mut p, 0);
             for e in [0usize, if t % 2 == 0 { 1 } else { 2 + (t as usize % 6) }] {
                 p.on_access(e, e);
             }
             // A second layer so visits alternate.
-            p.on_visit(1);
+            visit(&mut p, 1);
             p.on_access(4, 8 + (t as usize % 8));
         }
         // Resident: 0, 1 and 3.
@@ -275,13 +286,13 @@ mod tests {
         assert!(p.expected_wait(0) < p.expected_wait(1));
         assert_eq!(p.victim(0..3, &|s| Some(slots[s]), &|_| false), None);
         // A prefetch of 3 for the visit starting protects it during that visit only.
-        p.on_visit(0);
+        visit(&mut p, 0);
         p.on_prefetch(2, 3);
         let v = p.victim(0..3, &|s| Some(slots[s]), &|_| true);
         assert_ne!(v.map(|s| slots[s]), Some(3));
         assert_eq!(p.expected_wait(3), 0.0);
-        p.on_visit(1);
-        p.on_visit(0);
+        visit(&mut p, 1);
+        visit(&mut p, 0);
         assert!(p.expected_wait(3) > 1.0);
     }
 }

@@ -60,8 +60,10 @@ pub trait Policy: Send + fmt::Debug {
         true
     }
     /// A visit of `layer` starts: the cache's accesses (demand or prefetch) moved to this
-    /// layer from another. Called before the visit's first `on_insert`/`on_access`.
-    fn on_visit(&mut self, _layer: usize) {}
+    /// layer from another. Called before the visit's first `on_insert`/`on_access`. `clock`
+    /// counts the whole cache's moves between layers, so the policy of a per-layer partition,
+    /// which sees only its own layer's visits, can still tell how long ago its layer ran.
+    fn on_visit(&mut self, _layer: usize, _clock: u64) {}
     /// The router's scores for every expert of `layer` at the token just routed (higher: more
     /// likely chosen), after the visit's accesses: a hint for the layer's next visit.
     fn on_hint(&mut self, _layer: usize, _scores: &[f32]) {}
