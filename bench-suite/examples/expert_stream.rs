@@ -109,11 +109,11 @@ fn main() {
                     let nb = H / 32;
                     let mut next = 0;
                     for (c, o) in g.chunks_mut(GATE_PART).enumerate() {
-                        let w = &gate[c * GATE_PART / 8 * nb..(c + 1) * GATE_PART / 8 * nb];
-                        (k.gemv2_q4_0x8_q8_0)(black_box(w), av, av, o);
+                        let part = &gate[c * GATE_PART / 8 * nb..(c + 1) * GATE_PART / 8 * nb];
+                        (k.gemv2_q4_0x8_q8_0)(black_box(part), av, av, o);
                         while next < idx.len() && (idx[next] as usize) < (c + 1) * GATE_PART {
                             let r = idx[next] as usize * row_bytes;
-                            engine::kernels::prefetch_l2(&ups[w_of(stream, e)][r..r + row_bytes]);
+                            engine::kernels::prefetch_l2(&ups[w][r..r + row_bytes]);
                             next += 1;
                         }
                     }
@@ -153,7 +153,3 @@ fn main() {
 
 /// Rows of the gate computed between requests for up rows.
 const GATE_PART: usize = 96;
-
-fn w_of(stream: bool, e: usize) -> usize {
-    if stream { e } else { 0 }
-}

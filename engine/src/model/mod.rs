@@ -221,13 +221,7 @@ fn relayout_fast(w: &mut Weights) -> Result<()> {
     // The token embedding is packed too: its lookups then read the copy (a row per token),
     // not the released map, whose pages a model larger than half the RAM gets evicted from the
     // page cache (21B: 4 ms per token of disk reads). Tied weights share one copy.
-    let tied = {
-        let (a, sa) = w.embed.data.location();
-        let (b, sb) = w.lm_head.data.location();
-        sa == sb
-            && std::ptr::eq(a.as_bytes().as_ptr(), b.as_bytes().as_ptr())
-            && w.embed.data.len() == w.lm_head.data.len()
-    };
+    let tied = w.lm_head_is_embedding();
     w.lm_head.pack_x8()?;
     if w.lm_head.packed.is_none() {
         w.lm_head.copy_resident()?;
@@ -287,11 +281,6 @@ fn target_mut(l: &mut LayerWeights, t: Target) -> &mut Matrix {
     }
 }
 
-/// Whether `m`'s bytes are still read through the model file's map.
-fn mapped(m: &Matrix) -> bool {
-    m.data.location().0.path().is_some()
-}
-
 /// [`relayout_fast`] for one layer: every matrix read per token gets its fast layout (x8 for
 /// dense Q4_0 products, planes for Q4_0/Q8_0 down matrices) or, when it has none and is still
 /// mapped (other types, the router, the up rows), a copy.
@@ -299,40 +288,38 @@ fn relayout_layer(l: &mut LayerWeights) -> Result<()> {
     use crate::formats::mmap::Blob;
     use crate::moe::sparse_down::{self, DownPlanes};
     use rayon::prelude::*;
-    let copy = |m: &Matrix| mapped(m).then_some(Piece::Copy);
+    // (piece, bytes) for a matrix, if it gets one: x8 and plain copies take its own length.
+    let copy = |m: &Matrix| m.is_mapped().then_some((Piece::Copy, m.data.len()));
     let dense = |m: &Matrix| {
         if m.x8_packable() {
-            Some(Piece::X8)
+            Some((Piece::X8, m.data.len()))
         } else {
             copy(m)
         }
     };
     let mut plan: Vec<(Target, Piece, usize)> = Vec::new();
-    let mut add = |t: Target, p: Option<Piece>, m: &Matrix| {
-        if let Some(p) = p {
-            let n = match p {
-                Piece::Planes(_) => DownPlanes::layout_for(m.ty, m.rows, m.cols).map_or(0, |x| x.1),
-                Piece::X8 | Piece::Copy => m.data.len(),
-            };
+    let mut add = |t: Target, p: Option<(Piece, usize)>| {
+        if let Some((p, n)) = p {
             plan.push((t, p, n));
         }
     };
     for (i, m) in [&l.wq, &l.wk, &l.wv, &l.wo].into_iter().enumerate() {
-        add(Target::Attn(i), dense(m), m);
+        add(Target::Attn(i), dense(m));
     }
-    add(Target::Router, copy(&l.router), &l.router);
+    add(Target::Router, copy(&l.router));
     for (e, x) in l.experts.iter().enumerate() {
-        add(Target::Gate(e), dense(&x.gate), &x.gate);
-        add(Target::Up(e), copy(&x.up), &x.up);
+        add(Target::Gate(e), dense(&x.gate));
+        add(Target::Up(e), copy(&x.up));
         let d = &x.down;
         let planes = (!x.down_transposed && x.down_planes.is_none())
             .then(|| DownPlanes::layout_for(d.ty, d.rows, d.cols))
             .flatten();
-        let p = match planes {
-            Some((kind, _)) => Some(Piece::Planes(kind)),
-            None => copy(d),
-        };
-        add(Target::Down(e), p, d);
+        add(
+            Target::Down(e),
+            planes
+                .map(|(kind, n)| (Piece::Planes(kind), n))
+                .or_else(|| copy(d)),
+        );
     }
     let total = plan.iter().map(|p| p.2).sum();
     let arena = Blob::anon_filled(total, |buf| {
@@ -368,17 +355,12 @@ fn relayout_layer(l: &mut LayerWeights) -> Result<()> {
             Piece::X8 => m.set_packed(PackedX8::new(bytes)?),
             Piece::Planes(kind) => {
                 let p = DownPlanes::from_packed(kind, m.rows, m.cols, bytes)?;
-                let (blob, start) = m.data.location();
-                blob.release_pages(start, m.data.len());
+                m.release_pages();
                 if let Target::Down(e) = t {
                     l.experts[e].down_planes = Some(Arc::new(p));
                 }
             }
-            Piece::Copy => {
-                let (blob, start) = m.data.location();
-                blob.release_pages(start, m.data.len());
-                m.data = bytes;
-            }
+            Piece::Copy => m.replace_data(bytes),
         }
     }
     Ok(())

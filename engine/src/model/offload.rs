@@ -663,11 +663,7 @@ fn take_resident(weights: &mut Weights, file: &ExpertFile, mode: ComputeMode) ->
         }
         Ok(())
     };
-    let tied = {
-        let (a, sa) = weights.embed.data.location();
-        let (b, sb) = weights.lm_head.data.location();
-        sa == sb && a.path() == b.path() && weights.embed.data.len() == weights.lm_head.data.len()
-    };
+    let tied = weights.lm_head_is_embedding();
     own(&mut weights.embed)?;
     if tied {
         weights.lm_head.data = weights.embed.data.clone();

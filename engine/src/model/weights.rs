@@ -269,12 +269,30 @@ impl Matrix {
             .try_for_each(|(o, s)| repack_q4_0x8(s, nb, o))
     }
 
+    /// Whether the bytes are still read through a file's map.
+    pub fn is_mapped(&self) -> bool {
+        self.data.location().0.path().is_some()
+    }
+
+    /// Releases the bytes' pages from this process's resident set when they are mapped (a later
+    /// touch reads them again); a no-op for owned bytes. For a copy that replaces them.
+    pub fn release_pages(&self) {
+        let (blob, start) = self.data.location();
+        blob.release_pages(start, self.data.len());
+    }
+
+    /// Installs `bytes` (a copy of the same weights) as the matrix's data, releasing the old
+    /// bytes' mapped pages.
+    pub fn replace_data(&mut self, bytes: TensorBytes) {
+        self.release_pages();
+        self.data = bytes;
+    }
+
     /// Installs an x8-packed copy and releases the original's pages when they are mapped, so the
     /// copy replaces rather than duplicates them.
     pub fn set_packed(&mut self, p: PackedX8) {
         self.packed = Some(p);
-        let (blob, start) = self.data.location();
-        blob.release_pages(start, self.data.len());
+        self.release_pages();
     }
 
     /// Builds the x8-packed copy (in its own huge-page buffer, see `Blob::anon_filled`) when the
@@ -293,17 +311,15 @@ impl Matrix {
     /// Replaces bytes still mapped from a file by a copy in a huge-page buffer of their own
     /// (`Blob::anon_filled`) and releases the mapped pages; a no-op for bytes not mapped.
     pub fn copy_resident(&mut self) -> Result<()> {
-        let (blob, start) = self.data.location();
-        if blob.path().is_none() {
+        if !self.is_mapped() {
             return Ok(());
         }
         let copy = Blob::anon_filled(self.data.len(), |d| {
             d.copy_from_slice(self.data.as_slice());
             Ok(())
         })?;
-        blob.release_pages(start, self.data.len());
         let len = copy.len();
-        self.data = TensorBytes::new(copy, 0, len)?;
+        self.replace_data(TensorBytes::new(copy, 0, len)?);
         Ok(())
     }
 
@@ -546,6 +562,15 @@ impl Weights {
 }
 
 impl Weights {
+    /// Whether the LM head is the token embedding's bytes (tied weights: one copy serves both).
+    pub fn lm_head_is_embedding(&self) -> bool {
+        let (a, sa) = self.embed.data.location();
+        let (b, sb) = self.lm_head.data.location();
+        sa == sb
+            && std::ptr::eq(a.as_bytes().as_ptr(), b.as_bytes().as_ptr())
+            && self.embed.data.len() == self.lm_head.data.len()
+    }
+
     /// A short quantisation label from the dominant expert type (e.g. "q4_0"), for reports.
     pub fn quant_label(&self) -> String {
         self.layers

@@ -1,5 +1,5 @@
 //! x86 kernels for [`super::DownPlanes`]: AVX2 + FMA + F16C (per active neuron, 32 outputs per
-//! step, accumulated in f32) and, for Q4 planes, AVX-512 VNNI (integer products of four
+//! step, accumulated in f32) and, for Q4 and Q8 planes, AVX-512 VNNI (integer products of four
 //! neurons at a time against a two-level int8 quantisation of the activations).
 
 use std::arch::x86_64::*;
