@@ -1,7 +1,10 @@
 //! Result records: one JSON object per scenario × test, appended to `results.jsonl`.
 //!
-//! Field names follow llama-bench where it has one (`n_prompt`, `n_gen`, `samples_ts` …
-//! are kept as `samples_tps`, `mean_tps`, `sd_tps`; readers match by name). Appends are fsynced
+//! Fields are serialised under llama-bench's JSON names where it has one (`build_commit`,
+//! `cpu_info`, `n_threads`, `n_prompt`, `n_gen`, `avg_ts`, `stddev_ts`, `samples_ts`,
+//! `avg_ns`, `stddev_ns`, `samples_ns`, `model_size`, `model_n_params`), so tools that read
+//! llama-bench output by field name read ours; files written before the rename (`commit`,
+//! `cpu_model`, `threads`, `mean_tps`, `sd_tps`, `samples_tps`) still read. Appends are fsynced
 //! one line at a time; a torn last line (a run killed mid-write) is skipped on reading, so an
 //! interrupted run loses nothing already measured.
 
@@ -24,19 +27,26 @@ pub struct Record {
     /// Identifier of the bench run that produced it.
     pub run_id: String,
     /// Git commit (with `-dirty` when the tree had changes).
+    #[serde(rename = "build_commit", alias = "commit")]
     pub commit: String,
     /// RFC 3339 UTC time.
     pub date: String,
     /// CPU model name.
+    #[serde(rename = "cpu_info", alias = "cpu_model")]
     pub cpu_model: String,
     /// SIMD features used, comma-separated.
     pub simd: String,
     /// Compute threads.
+    #[serde(rename = "n_threads", alias = "threads")]
     pub threads: u32,
     /// "smallthinker-rs" or a peer ("llama.cpp").
     pub engine: String,
     /// Model preset or file stem.
     pub model: String,
+    /// Bytes of the model's weights.
+    pub model_size: Option<u64>,
+    /// Weight parameters (elements) of the model.
+    pub model_n_params: Option<u64>,
     /// Quantisation label.
     pub quant: String,
     /// Storage profile ("in-memory", "real", "nvme-gen4", …).
@@ -50,11 +60,20 @@ pub struct Record {
     /// Generated tokens.
     pub n_gen: u32,
     /// Tokens per second of every repetition.
+    #[serde(rename = "samples_ts", alias = "samples_tps")]
     pub samples_tps: Vec<f64>,
     /// Mean tokens per second.
+    #[serde(rename = "avg_ts", alias = "mean_tps")]
     pub mean_tps: f64,
     /// Standard deviation of tokens per second.
+    #[serde(rename = "stddev_ts", alias = "sd_tps")]
     pub sd_tps: f64,
+    /// Nanoseconds of every repetition (the test's tokens; llama-bench's `samples_ns`).
+    pub samples_ns: Vec<u64>,
+    /// Mean of `samples_ns`.
+    pub avg_ns: Option<u64>,
+    /// Sample standard deviation of `samples_ns`.
+    pub stddev_ns: Option<u64>,
     /// Median tokens per second.
     pub median_tps: f64,
     /// Peak memory of the process.
@@ -110,6 +129,25 @@ impl Record {
             self.test
         )
     }
+}
+
+/// llama-bench's time fields from tokens per second: each repetition's nanoseconds for
+/// `n_tokens` tokens, their mean and sample standard deviation (`None` without samples).
+pub fn ns_fields(samples_tps: &[f64], n_tokens: u32) -> (Vec<u64>, Option<u64>, Option<u64>) {
+    let ns: Vec<f64> = samples_tps
+        .iter()
+        .filter(|t| t.is_finite() && **t > 0.0)
+        .map(|t| f64::from(n_tokens) / t * 1e9)
+        .collect();
+    if ns.is_empty() {
+        return (Vec::new(), None, None);
+    }
+    let (mean, sd, _) = stats(&ns);
+    (
+        ns.iter().map(|&x| x.round() as u64).collect(),
+        Some(mean.round() as u64),
+        Some(sd.round() as u64),
+    )
 }
 
 /// Mean, sample standard deviation and median.
@@ -184,6 +222,57 @@ mod tests {
         assert!((sd - 4.082_482_9).abs() < 1e-6);
         assert_eq!(med, 2.5);
         assert_eq!(stats(&[5.0]), (5.0, 0.0, 5.0));
+    }
+
+    #[test]
+    fn ns_fields_follow_llama_bench() {
+        // 128 tokens at 64 and 128 t/s: 2 s and 1 s.
+        let (ns, avg, sd) = ns_fields(&[64.0, 128.0], 128);
+        assert_eq!(ns, vec![2_000_000_000, 1_000_000_000]);
+        assert_eq!(avg, Some(1_500_000_000));
+        assert_eq!(sd, Some(707_106_781));
+        assert_eq!(ns_fields(&[], 8), (Vec::new(), None, None));
+    }
+
+    #[test]
+    fn serialised_under_llama_bench_names_and_old_names_still_read() {
+        let r = Record {
+            schema: SCHEMA,
+            commit: "abc".into(),
+            cpu_model: "cpu".into(),
+            threads: 2,
+            test: "tg64".into(),
+            n_gen: 64,
+            samples_tps: vec![10.0, 12.0],
+            mean_tps: 11.0,
+            sd_tps: 1.4,
+            ..Record::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for (k, want) in [
+            ("build_commit", serde_json::json!("abc")),
+            ("cpu_info", serde_json::json!("cpu")),
+            ("n_threads", serde_json::json!(2)),
+            ("n_gen", serde_json::json!(64)),
+            ("avg_ts", serde_json::json!(11.0)),
+            ("stddev_ts", serde_json::json!(1.4)),
+            ("samples_ts", serde_json::json!([10.0, 12.0])),
+        ] {
+            assert_eq!(v[k], want, "{k}");
+        }
+        for old in [
+            "commit",
+            "cpu_model",
+            "threads",
+            "mean_tps",
+            "sd_tps",
+            "samples_tps",
+        ] {
+            assert!(v.get(old).is_none(), "{old} still written");
+        }
+        let old = r#"{"schema":1,"commit":"abc","cpu_model":"cpu","threads":2,"test":"tg64","n_gen":64,"samples_tps":[10.0,12.0],"mean_tps":11.0,"sd_tps":1.4}"#;
+        assert_eq!(serde_json::from_str::<Record>(old).unwrap(), r);
+        assert_eq!(serde_json::from_str::<Record>(&v.to_string()).unwrap(), r);
     }
 
     #[test]

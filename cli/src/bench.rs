@@ -36,8 +36,9 @@ pub struct Args {
     /// Repetitions per test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     reps: usize,
-    /// Output format on stdout.
-    #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "json", "jsonl"])]
+    /// Output format on stdout: a markdown table, CSV (one row per test), a JSON array or JSON
+    /// lines (records with llama-bench's field names where it has one).
+    #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "csv", "json", "jsonl"])]
     output: String,
     /// Append records to this JSONL file as well.
     #[arg(long)]
@@ -200,6 +201,8 @@ pub fn main(a: Args) -> Result<()> {
     let mut records = Vec::new();
     for r in &results {
         let (mean, sd, median) = record::stats(&r.samples_tps);
+        let (samples_ns, avg_ns, stddev_ns) =
+            record::ns_fields(&r.samples_tps, (r.n_prompt + r.n_gen) as u32);
         let per_token = wb.per_token() as f64;
         let opt = r.offload_per_token();
         records.push(Record {
@@ -212,6 +215,8 @@ pub fn main(a: Args) -> Result<()> {
             threads: model.threads() as u32,
             engine: "smallthinker-rs".into(),
             model: label.clone(),
+            model_size: Some(wb.total),
+            model_n_params: Some(wb.params),
             quant: quant.clone(),
             storage: storage.clone(),
             budget_bytes: off.map(|o| o.options().budget.bytes()),
@@ -229,6 +234,9 @@ pub fn main(a: Args) -> Result<()> {
             samples_tps: r.samples_tps.clone(),
             mean_tps: mean,
             sd_tps: sd,
+            samples_ns,
+            avg_ns,
+            stddev_ns,
             median_tps: median,
             peak_mem_bytes: peak,
             mem_source: peak.map(|_| "rss".into()),
@@ -245,6 +253,7 @@ pub fn main(a: Args) -> Result<()> {
     }
     match a.output.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&records)?),
+        "csv" => print!("{}", to_csv(&records)?),
         "jsonl" => {
             for r in &records {
                 println!("{}", serde_json::to_string(r)?);
@@ -252,7 +261,7 @@ pub fn main(a: Args) -> Result<()> {
         }
         _ => {
             println!(
-                "| model | size | threads | mode | test | t/s | roofline share |\n| --- | ---: | ---: | --- | --- | ---: | ---: |"
+                "| model | size | params | quant | threads | mode | test | t/s | roofline share |\n| --- | ---: | ---: | --- | ---: | --- | --- | ---: | ---: |"
             );
             for r in &records {
                 let share = r
@@ -260,9 +269,11 @@ pub fn main(a: Args) -> Result<()> {
                     .map(|rt| format!("{:.0}%", 100.0 * r.median_tps / rt))
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "| {} | {} | {} | {:?} | {} | {:.2} ± {:.2} | {} |",
+                    "| {} | {} | {} | {} | {} | {:?} | {} | {:.2} ± {:.2} | {} |",
                     r.model,
                     human_bytes(wb.total),
+                    human_params(wb.params),
+                    r.quant,
                     r.threads,
                     model.mode(),
                     r.test,
@@ -318,4 +329,127 @@ pub fn main(a: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A parameter count as llama-bench prints it (`4.27 B`, `596.05 M`).
+fn human_params(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} B", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2} M", n / 1e6)
+    } else {
+        format!("{:.2} K", n / 1e3)
+    }
+}
+
+/// The records as CSV: a header row of the JSON field names (llama-bench's first), then one
+/// row per test. Lists
+/// (`samples_ts`, `samples_ns`) are one field of `;`-separated values; absent values are empty.
+fn to_csv(records: &[Record]) -> Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Option<Vec<String>> = None;
+    for r in records {
+        let serde_json::Value::Object(fields) = serde_json::to_value(r)? else {
+            bail!("a record did not serialise to an object");
+        };
+        if header.is_none() {
+            // llama-bench's leading columns in its order, then ours by name.
+            const LEAD: [&str; 16] = [
+                "build_commit",
+                "cpu_info",
+                "model",
+                "model_size",
+                "model_n_params",
+                "quant",
+                "n_threads",
+                "test",
+                "n_prompt",
+                "n_gen",
+                "avg_ns",
+                "stddev_ns",
+                "avg_ts",
+                "stddev_ts",
+                "samples_ns",
+                "samples_ts",
+            ];
+            let mut h: Vec<String> = LEAD.iter().map(|k| k.to_string()).collect();
+            h.extend(
+                fields
+                    .keys()
+                    .filter(|k| !LEAD.contains(&k.as_str()))
+                    .cloned(),
+            );
+            w.write_record(&h)?;
+            header = Some(h);
+        }
+        let cell = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(";"),
+            other => other.to_string(),
+        };
+        let row: Vec<String> = header
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|k| fields.get(k).map(cell).unwrap_or_default())
+            .collect();
+        w.write_record(&row)?;
+    }
+    Ok(String::from_utf8(w.into_inner()?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_read_like_llama_bench() {
+        assert_eq!(human_params(4_270_000_000), "4.27 B");
+        assert_eq!(human_params(596_050_000), "596.05 M");
+        assert_eq!(human_params(12_345), "12.35 K");
+    }
+
+    #[test]
+    fn csv_has_a_header_and_a_row_per_test_with_llama_bench_names() {
+        let rec = |test: &str, n_gen: u32| Record {
+            test: test.into(),
+            n_gen,
+            model: "m, with a comma".into(),
+            samples_tps: vec![10.0, 12.5],
+            mean_tps: 11.25,
+            threads: 2,
+            ..Record::default()
+        };
+        let text = to_csv(&[rec("tg64", 64), rec("tg128", 128)]).unwrap();
+        let mut rd = csv::Reader::from_reader(text.as_bytes());
+        let h = rd.headers().unwrap().clone();
+        let col = |name: &str| {
+            h.iter()
+                .position(|x| x == name)
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        let rows: Vec<csv::StringRecord> = rd.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(&rows[1][col("test")], "tg128");
+        assert_eq!(&rows[0][col("model")], "m, with a comma");
+        assert_eq!(&rows[0][col("n_threads")], "2");
+        assert_eq!(&rows[0][col("avg_ts")], "11.25");
+        assert_eq!(&rows[0][col("samples_ts")], "10.0;12.5");
+        assert_eq!(&rows[0][col("budget_bytes")], "");
+        assert_eq!(&h[0], "build_commit");
+        assert_eq!(
+            h.len(),
+            serde_json::to_value(Record::default())
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .len()
+        );
+    }
 }

@@ -31,15 +31,20 @@ pub struct Record {
     pub schema: u32,
     /// Identifier of the run that produced the record.
     pub run_id: String,
-    /// Git commit of the engine (may carry a `-dirty` suffix).
+    /// Git commit of the engine (may carry a `-dirty` suffix). Written as llama-bench's
+    /// `build_commit`; the older name `commit` reads too.
+    #[serde(rename = "build_commit", alias = "commit")]
     pub commit: String,
     /// Time of the measurement, RFC 3339.
     pub date: String,
-    /// CPU model string; records with different values come from different machines.
+    /// CPU model string; records with different values come from different machines
+    /// (`cpu_info`, or the older `cpu_model`).
+    #[serde(rename = "cpu_info", alias = "cpu_model")]
     pub cpu_model: String,
     /// SIMD features used, comma separated (`"avx2,fma,f16c"`).
     pub simd: String,
-    /// Worker threads.
+    /// Worker threads (`n_threads`, or the older `threads`).
+    #[serde(rename = "n_threads", alias = "threads")]
     pub threads: u32,
     /// Engine: [`OUR_ENGINE`] or a peer such as [`PEER_ENGINE`].
     pub engine: String,
@@ -61,13 +66,23 @@ pub struct Record {
     #[serde(default)]
     pub n_gen: u32,
     /// Tokens per second of each repetition.
-    #[serde(default, deserialize_with = "vec_f64_or_nan")]
+    #[serde(
+        default,
+        rename = "samples_ts",
+        alias = "samples_tps",
+        deserialize_with = "vec_f64_or_nan"
+    )]
     pub samples_tps: Vec<f64>,
     /// Mean tokens per second.
-    #[serde(deserialize_with = "f64_or_nan")]
+    #[serde(rename = "avg_ts", alias = "mean_tps", deserialize_with = "f64_or_nan")]
     pub mean_tps: f64,
     /// Standard deviation of tokens per second.
-    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    #[serde(
+        default = "nan",
+        rename = "stddev_ts",
+        alias = "sd_tps",
+        deserialize_with = "f64_or_nan"
+    )]
     pub sd_tps: f64,
     /// Median tokens per second.
     #[serde(default = "nan", deserialize_with = "f64_or_nan")]
@@ -284,6 +299,23 @@ mod tests {
         assert!(recs[0].mean_tps.is_nan());
         assert_eq!(recs[0].samples_tps.len(), 2);
         assert!(recs[0].samples_tps[1].is_nan());
+    }
+
+    #[test]
+    fn llama_bench_field_names_read() {
+        let line = MINIMAL
+            .replace("\"commit\"", "\"build_commit\"")
+            .replace("\"cpu_model\"", "\"cpu_info\"")
+            .replace("\"threads\"", "\"n_threads\"")
+            .replace(
+                "\"mean_tps\":12.5",
+                "\"avg_ts\":12.5,\"stddev_ts\":0.5,\"samples_ts\":[12.0,13.0]",
+            );
+        let r = &parse(&line).expect("valid")[0];
+        assert_eq!((r.commit.as_str(), r.cpu_model.as_str()), ("abc", "cpu"));
+        assert_eq!(r.threads, 2);
+        assert_eq!((r.mean_tps, r.sd_tps), (12.5, 0.5));
+        assert_eq!(r.samples_tps, vec![12.0, 13.0]);
     }
 
     #[test]

@@ -310,6 +310,8 @@ pub fn to_records(tests: &[PeerTest], cx: &RecordContext) -> Vec<Record> {
         .iter()
         .map(|t| {
             let (mean, sd, median) = record::stats(&t.samples_ts);
+            let (samples_ns, avg_ns, stddev_ns) =
+                record::ns_fields(&t.samples_ts, t.n_prompt + t.n_gen);
             Record {
                 schema: SCHEMA,
                 run_id: cx.run_id.clone(),
@@ -329,6 +331,9 @@ pub fn to_records(tests: &[PeerTest], cx: &RecordContext) -> Vec<Record> {
                 samples_tps: t.samples_ts.clone(),
                 mean_tps: mean,
                 sd_tps: sd,
+                samples_ns,
+                avg_ns,
+                stddev_ns,
                 median_tps: median,
                 peak_mem_bytes: peak,
                 mem_source: peak.map(|_| "rss".into()),

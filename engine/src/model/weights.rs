@@ -503,6 +503,8 @@ pub struct WeightBytes {
     pub routers: u64,
     /// Norm gains, all layers.
     pub norms: u64,
+    /// Weight parameters (elements) of every weight, counted as `total` counts bytes.
+    pub params: u64,
     /// All experts, all layers.
     pub experts: u64,
     /// One expert (gate + up + down), the largest in the model.
@@ -533,11 +535,14 @@ impl Weights {
     /// Byte accounting for `config`.
     pub fn bytes(&self, tied: bool, n_experts_used: usize) -> WeightBytes {
         let len = |m: &Matrix| m.data.len() as u64;
+        let n = |m: &Matrix| (m.rows * m.cols) as u64;
         let mut b = WeightBytes {
             embed: len(&self.embed),
             embed_row: self.embed.row_bytes() as u64,
             lm_head: len(&self.lm_head),
             norms: (self.output_norm.len() * 4) as u64,
+            params: (n(&self.embed) + if tied { 0 } else { n(&self.lm_head) })
+                + self.output_norm.len() as u64,
             active_experts: (self.layers.len() * n_experts_used) as u64,
             ..WeightBytes::default()
         };
@@ -545,10 +550,13 @@ impl Weights {
             b.attention += len(&l.wq) + len(&l.wk) + len(&l.wv) + len(&l.wo);
             b.routers += len(&l.router);
             b.norms += ((l.attn_norm.len() + l.ffn_norm.len()) * 4) as u64;
+            b.params += n(&l.wq) + n(&l.wk) + n(&l.wv) + n(&l.wo) + n(&l.router);
+            b.params += (l.attn_norm.len() + l.ffn_norm.len()) as u64;
             for e in &l.experts {
                 let one = len(&e.gate) + len(&e.up) + len(&e.down);
                 b.experts += one;
                 b.expert_one = b.expert_one.max(one);
+                b.params += n(&e.gate) + n(&e.up) + n(&e.down);
             }
         }
         b.total = b.embed

@@ -248,3 +248,25 @@ fn fast_relayout_holds_the_files_weights() {
     }
     assert!(packed > 0, "no attention matrix was packed");
 }
+
+/// The byte and parameter counts `thinker bench` reports (llama-bench's size and params) are the
+/// file's: every tensor's elements and bytes, each stored tensor counted once.
+#[test]
+fn weight_counts_match_the_files_tensors() {
+    for ty in ["F32", "F16", "Q8_0", "Q4_0"] {
+        let p = fixture(&format!("tiny-t1-gguf/tiny-t1-{ty}.gguf"));
+        let f = engine::formats::gguf::GgufFile::open(&p).unwrap();
+        let elems: u64 = f.tensors().iter().map(|t| t.n_elements()).sum();
+        let bytes: u64 = f
+            .tensors()
+            .iter()
+            .map(|t| t.abs_range().end - t.abs_range().start)
+            .sum();
+        let m = load(ty, ComputeMode::Exact);
+        let wb = m
+            .weights
+            .bytes(m.config.tied_embeddings, m.config.n_experts_used);
+        assert_eq!(wb.params, elems, "{ty}: parameters");
+        assert_eq!(wb.total, bytes, "{ty}: bytes");
+    }
+}
