@@ -62,6 +62,7 @@ struct LayerKv {
 }
 
 /// A contiguous run of cached positions for one kv head.
+#[derive(Clone, Copy, Debug)]
 pub enum Run<'a> {
     /// f32 keys and values, `n · head_dim` each.
     F32(&'a [f32], &'a [f32]),
@@ -298,11 +299,12 @@ impl Pages {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::config::{Gating, LayerKind, LayoutSource};
 
-    fn cfg(window: usize) -> ModelConfig {
+    /// Two layers (global, then sliding with `window`), 2 query heads on 1 kv head of 4.
+    pub(crate) fn cfg(window: usize) -> ModelConfig {
         ModelConfig {
             n_layers: 2,
             hidden: 8,

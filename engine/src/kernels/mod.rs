@@ -285,6 +285,8 @@ pub struct Kernels {
     pub axpy_q4_0_f32: fn(f32, &[BlockQ4_0], &mut [f32]),
     /// See [`axpy_q8_0_f32`].
     pub axpy_q8_0_f32: fn(f32, &[BlockQ8_0], &mut [f32]),
+    /// See [`sgemm_acc`] (shape already checked).
+    pub sgemm_acc: fn(Sgemm, &[f32], &[f32], &mut [f32]),
 }
 
 static SCALAR: Kernels = Kernels {
@@ -316,6 +318,7 @@ static SCALAR: Kernels = Kernels {
     dot_bf16_f32: scalar::dot_bf16_f32,
     axpy_f32: scalar::axpy_f32,
     scale_f32: scalar::scale_f32,
+    sgemm_acc: scalar::sgemm_acc,
     axpy_q4_0_f32: scalar::axpy_q4_0_f32,
     axpy_q8_0_f32: scalar::axpy_q8_0_f32,
 };
@@ -484,6 +487,63 @@ pub fn dot_bf16_f32(w: &[u16], x: &[f32]) -> f32 {
 pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "axpy_f32: length mismatch");
     (k().axpy_f32)(alpha, x, y)
+}
+
+/// The shape of an f32 matrix product [`sgemm_acc`]: `C[m×n] += A[m×k] · B[k×n]`, row-major
+/// with row strides `lda`, `ldb`, `ldc` (in elements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sgemm {
+    /// Rows of `A` and `C`.
+    pub m: usize,
+    /// Columns of `B` and `C`.
+    pub n: usize,
+    /// Columns of `A`, rows of `B`.
+    pub k: usize,
+    /// Row stride of `A` (at least `k`).
+    pub lda: usize,
+    /// Row stride of `B` (at least `n`).
+    pub ldb: usize,
+    /// Row stride of `C` (at least `n`).
+    pub ldc: usize,
+}
+
+impl Sgemm {
+    /// Elements a row-major `rows × cols` matrix with stride `ld` spans.
+    fn span(rows: usize, cols: usize, ld: usize) -> Option<usize> {
+        match rows {
+            0 => Some(0),
+            r => (r - 1).checked_mul(ld)?.checked_add(cols),
+        }
+    }
+}
+
+/// `c[i·ldc + j] += Σ_p a[i·lda + p] · b[p·ldb + j]` for `i < m`, `j < n`, `p < k`: a small f32
+/// matrix product (attention's scores and weighted values). The SIMD variants keep a block of
+/// six rows × sixteen columns of `C` in registers while `p` runs; every variant adds the `k`
+/// products of an element in order of `p`, each rounded (FMA on SIMD, multiply-add in scalar).
+///
+/// # Errors
+/// [`crate::error::Error::InvalidInput`] when a stride is smaller than its row or a slice is
+/// shorter than its matrix.
+pub fn sgemm_acc(s: Sgemm, a: &[f32], b: &[f32], c: &mut [f32]) -> crate::error::Result<()> {
+    let fits = |rows, cols, ld: usize, len: usize| {
+        ld >= cols && Sgemm::span(rows, cols, ld).is_some_and(|n| n <= len)
+    };
+    if !(fits(s.m, s.k, s.lda, a.len())
+        && fits(s.k, s.n, s.ldb, b.len())
+        && fits(s.m, s.n, s.ldc, c.len()))
+    {
+        return Err(crate::error::Error::InvalidInput(format!(
+            "f32 product {s:?} over slices of {}, {} and {}",
+            a.len(),
+            b.len(),
+            c.len()
+        )));
+    }
+    if s.m > 0 && s.n > 0 && s.k > 0 {
+        (k().sgemm_acc)(s, a, b, c);
+    }
+    Ok(())
 }
 
 /// `x *= s`.

@@ -254,6 +254,21 @@ pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `C += A·B` (see [`super::sgemm_acc`]; shape checked by the caller).
+pub fn sgemm_acc(s: super::Sgemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+    for i in 0..s.m {
+        let ar = &a[i * s.lda..i * s.lda + s.k];
+        let cr = &mut c[i * s.ldc..i * s.ldc + s.n];
+        for (j, cv) in cr.iter_mut().enumerate() {
+            let mut acc = 0f32;
+            for (p, &av) in ar.iter().enumerate() {
+                acc = av.mul_add(b[p * s.ldb + j], acc);
+            }
+            *cv += acc;
+        }
+    }
+}
+
 /// `x *= s`.
 pub fn scale_f32(x: &mut [f32], s: f32) {
     for v in x {

@@ -483,11 +483,13 @@ impl<'m> Session<'m> {
                         &s.q,
                         pos0,
                         n,
-                        c.n_heads,
-                        c.n_kv_heads,
-                        c.head_dim,
+                        super::attention::Heads {
+                            n_heads: c.n_heads,
+                            n_kv_heads: c.n_kv_heads,
+                            head_dim: c.head_dim,
+                        },
                         &mut s.att,
-                    );
+                    )?;
                     matmul(&lw.wo, &s.att, n, &mut s.o, model.mode, &mut s.lin)?;
                 }
                 if wants(&obs, Probe::AttnOut)

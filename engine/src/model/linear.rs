@@ -66,13 +66,13 @@ pub fn matmul_ref(
     debug_assert_eq!(x.len(), n_tokens * cols);
     debug_assert_eq!(out.len(), n_tokens * rows);
     if mode == ComputeMode::Fast {
-        if scratch.acts.len() < n_tokens {
-            scratch.acts.resize_with(n_tokens, FastAct::default);
-        }
-        for (t, act) in scratch.acts[..n_tokens].iter_mut().enumerate() {
-            act.prepare(m.ty, &x[t * cols..(t + 1) * cols])?;
-        }
-        return matmul_fast(m, &scratch.acts[..n_tokens], out, &mut scratch.tmp);
+        prepare_tokens(&mut scratch.acts, m.ty, x, n_tokens)?;
+        return matmul_fast(
+            m,
+            Acts::all(&scratch.acts[..n_tokens]),
+            out,
+            &mut scratch.tmp,
+        );
     }
     let tmp = &mut scratch.tmp;
     if n_tokens == 1 {
@@ -102,6 +102,77 @@ pub fn matmul_ref(
         }
     }
     Ok(())
+}
+
+/// Prepares `n_tokens` activations (`x`: `n_tokens` rows of equal length) for rows of type
+/// `ty` into `acts[..n_tokens]`, the tokens in parallel when there are several.
+pub fn prepare_tokens(
+    acts: &mut Vec<FastAct>,
+    ty: GgmlType,
+    x: &[f32],
+    n_tokens: usize,
+) -> Result<()> {
+    if acts.len() < n_tokens {
+        acts.resize_with(n_tokens, FastAct::default);
+    }
+    let cols = x.len().checked_div(n_tokens).unwrap_or(0);
+    if n_tokens == 1 {
+        return acts[0].prepare(ty, x);
+    }
+    acts[..n_tokens]
+        .par_iter_mut()
+        .zip(x.par_chunks(cols.max(1)))
+        .try_for_each(|(act, xt)| act.prepare(ty, xt))
+}
+
+/// The prepared activations a fast product reads: all of a slice, or the tokens `idx` of it
+/// (an expert's gathered tokens), in that order.
+#[derive(Clone, Copy, Debug)]
+pub struct Acts<'a> {
+    all: &'a [FastAct],
+    idx: Option<&'a [usize]>,
+}
+
+impl<'a> Acts<'a> {
+    /// Every activation of `all`.
+    pub fn all(all: &'a [FastAct]) -> Self {
+        Acts { all, idx: None }
+    }
+
+    /// The activations `all[idx[0]], all[idx[1]], …`.
+    ///
+    /// # Errors
+    /// [`crate::error::Error::InvalidInput`] for an index outside `all`.
+    pub fn gathered(all: &'a [FastAct], idx: &'a [usize]) -> Result<Self> {
+        if let Some(&i) = idx.iter().find(|&&i| i >= all.len()) {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "token {i} of a batch of {} prepared activations",
+                all.len()
+            )));
+        }
+        Ok(Acts {
+            all,
+            idx: Some(idx),
+        })
+    }
+
+    /// How many activations.
+    pub fn len(&self) -> usize {
+        self.idx.map_or(self.all.len(), <[usize]>::len)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th activation.
+    pub fn get(&self, i: usize) -> &'a FastAct {
+        match self.idx {
+            Some(idx) => &self.all[idx[i]],
+            None => &self.all[i],
+        }
+    }
 }
 
 /// Rows per task so that every thread gets a few tasks.
@@ -179,27 +250,28 @@ impl FastAct {
     /// (`rows = out.len() / acts.len()`), two-level ones in one pass over the weights per
     /// [`GEMM_TOKENS`](crate::kernels::packed::GEMM_TOKENS) tokens; each token's result is
     /// [`FastAct::dot_rows_x8`]'s.
-    pub fn dot_rows_x8_tokens(acts: &[FastAct], w: &[BlockQ4_0x8], out: &mut [f32]) -> Result<()> {
-        if acts.is_empty() {
+    pub fn dot_rows_x8_tokens(acts: Acts<'_>, w: &[BlockQ4_0x8], out: &mut [f32]) -> Result<()> {
+        let n = acts.len();
+        if n == 0 {
             return Ok(());
         }
-        let rows = out.len() / acts.len();
-        if !acts.iter().all(|a| a.two_level) {
-            for (a, o) in acts.iter().zip(out.chunks_mut(rows.max(1))) {
-                a.dot_rows_x8(w, o)?;
+        let rows = out.len() / n;
+        if !(0..n).all(|t| acts.get(t).two_level) {
+            for (t, o) in out.chunks_mut(rows.max(1)).take(n).enumerate() {
+                acts.get(t).dot_rows_x8(w, o)?;
             }
             return Ok(());
         }
-        let first = (&acts[0].hi, &acts[0].lo);
-        let mut pairs = [first; GEMM_TOKENS];
-        for (c, o) in acts
-            .chunks(GEMM_TOKENS)
-            .zip(out.chunks_mut(GEMM_TOKENS * rows.max(1)))
-        {
-            for (p, a) in pairs.iter_mut().zip(c) {
+        let first = acts.get(0);
+        let mut pairs = [(&first.hi, &first.lo); GEMM_TOKENS];
+        for (c, o) in out.chunks_mut(GEMM_TOKENS * rows.max(1)).enumerate() {
+            let t0 = c * GEMM_TOKENS;
+            let k = GEMM_TOKENS.min(n - t0);
+            for (j, p) in pairs.iter_mut().take(k).enumerate() {
+                let a = acts.get(t0 + j);
                 *p = (&a.hi, &a.lo);
             }
-            crate::kernels::dot_rows_x8_tokens(w, &pairs[..c.len()], o)?;
+            crate::kernels::dot_rows_x8_tokens(w, &pairs[..k], o)?;
         }
         Ok(())
     }
@@ -224,7 +296,7 @@ impl FastAct {
 /// x8-packed copy when there is one).
 pub fn matmul_fast(
     m: MatRef<'_>,
-    acts: &[FastAct],
+    acts: Acts<'_>,
     out: &mut [f32],
     tmp: &mut Vec<f32>,
 ) -> Result<()> {
@@ -234,7 +306,7 @@ pub fn matmul_fast(
         return out
             .par_chunks_mut(chunk)
             .enumerate()
-            .try_for_each(|(task, o)| rows_fast(m, task * chunk, &acts[0], o));
+            .try_for_each(|(task, o)| rows_fast(m, task * chunk, acts.get(0), o));
     }
     // Row chunks outermost so a chunk of weights is reused from cache by every token.
     tmp.clear();
@@ -246,8 +318,8 @@ pub fn matmul_fast(
             if m.packed.is_some() {
                 return FastAct::dot_rows_x8_tokens(acts, packed_rows(m, task * chunk, nr)?, dst);
             }
-            for (t, act) in acts.iter().enumerate() {
-                rows_fast(m, task * chunk, act, &mut dst[t * nr..(t + 1) * nr])?;
+            for t in 0..n {
+                rows_fast(m, task * chunk, acts.get(t), &mut dst[t * nr..(t + 1) * nr])?;
             }
             Ok(())
         })?;
@@ -295,7 +367,8 @@ fn fast_chunk(m: MatRef<'_>) -> usize {
 /// Three products of the same input (the query, key and value projections). For one token in
 /// fast mode with matrices of one type, the activation is prepared once and the three matrices'
 /// row chunks go to the threads in one parallel dispatch (the key and value matrices are small:
-/// alone, each would cost a dispatch for a few microseconds of work). Otherwise three
+/// alone, each would cost a dispatch for a few microseconds of work). For a batch in fast mode,
+/// the activations are prepared once (in parallel) for the three products. Otherwise three
 /// [`matmul`] calls.
 pub fn matmul3(
     ms: [&Matrix; 3],
@@ -306,9 +379,18 @@ pub fn matmul3(
     scratch: &mut LinearScratch,
 ) -> Result<()> {
     let ty = ms[0].ty;
-    if mode != ComputeMode::Fast || n_tokens != 1 || ms.iter().any(|m| m.ty != ty) {
+    if mode != ComputeMode::Fast || ms.iter().any(|m| m.ty != ty) {
         for (m, o) in ms.into_iter().zip(outs) {
             matmul(m, x, n_tokens, o, mode, scratch)?;
+        }
+        return Ok(());
+    }
+    if n_tokens != 1 {
+        // A batch: the activations are prepared once for the three products.
+        prepare_tokens(&mut scratch.acts, ty, x, n_tokens)?;
+        let acts = Acts::all(&scratch.acts[..n_tokens]);
+        for (m, o) in ms.into_iter().zip(outs) {
+            matmul_fast(m.view(), acts, o, &mut scratch.tmp)?;
         }
         return Ok(());
     }

@@ -22,7 +22,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::packed::X8_ROWS;
-use crate::model::linear::{ComputeMode, FastAct, LinearScratch, matmul_ref, rows_fast};
+use crate::model::linear::{
+    Acts, ComputeMode, FastAct, LinearScratch, matmul_fast, matmul_ref, prepare_tokens, rows_fast,
+};
 use crate::model::weights::{ExpertWeights, MatRef};
 use crate::offload::{ExpertGuard, Prefetcher};
 use crate::quant::GgmlType;
@@ -201,6 +203,10 @@ pub struct MoeScratch {
     u: Vec<f32>,
     d: Vec<f32>,
     lin: LinearScratch,
+    /// Fast mode, batches: every token of the layer's input prepared once for the experts'
+    /// gate type (`batch_ty`), shared by every expert that token chose.
+    batch_acts: Vec<FastAct>,
+    batch_ty: Option<GgmlType>,
     per_expert: Vec<ExpertScratch>,
     decode_acts: DecodeActs,
     /// Per expert (position in the ascending order): its output rows, kept until the mix when
@@ -302,6 +308,9 @@ struct BatchBufs<'s> {
     g: &'s mut Vec<f32>,
     u: &'s mut Vec<f32>,
     lin: &'s mut LinearScratch,
+    /// The batch's tokens prepared for `batch_ty` (fast mode; see [`MoeScratch`]).
+    batch_acts: &'s mut Vec<FastAct>,
+    batch_ty: &'s mut Option<GgmlType>,
 }
 
 /// One expert over the gathered tokens `tokens`: `d = expert(y[tokens])`, `[n × hidden]`.
@@ -316,16 +325,24 @@ fn expert_batch(
 ) -> Result<MoeStats> {
     let n = tokens.len();
     let f = ew.gate.rows;
+    b.g.resize(n * f, 0.0);
+    if mode == ComputeMode::Fast {
+        // The whole batch is prepared once per layer (in parallel); each expert reads the
+        // tokens that chose it.
+        if *b.batch_ty != Some(ew.gate.ty) {
+            *b.batch_ty = None;
+            prepare_tokens(b.batch_acts, ew.gate.ty, y, y.len() / hidden)?;
+            *b.batch_ty = Some(ew.gate.ty);
+        }
+        let acts = Acts::gathered(b.batch_acts, tokens)?;
+        matmul_fast(ew.gate, acts, b.g, &mut b.lin.tmp)?;
+        return expert_batch_fast(ew, tokens, acts, y, hidden, b.g, d);
+    }
     b.ys.clear();
     for &t in tokens {
         b.ys.extend_from_slice(&y[t * hidden..(t + 1) * hidden]);
     }
-    b.g.resize(n * f, 0.0);
-    // In fast mode this also prepares `b.lin.acts[..n]` for the gate's type.
     matmul_ref(ew.gate, b.ys, n, b.g, mode, b.lin)?;
-    if mode == ComputeMode::Fast {
-        return expert_batch_fast(ew, n, hidden, b, d);
-    }
     let mut stats = MoeStats::default();
     b.u.resize(n * f, 0.0);
     matmul_ref(ew.up, b.ys, n, b.u, mode, b.lin)?;
@@ -365,35 +382,37 @@ fn expert_batch(
     Ok(stats)
 }
 
-/// The rest of [`expert_batch`] in fast mode, after the gate's product over the `n` gathered
-/// tokens (`b.ys`, `b.g`, and `b.lin.acts` prepared for the gate's type; each block of gate
+/// The rest of [`expert_batch`] in fast mode, after the gate's product `g` over the gathered
+/// `tokens` (`acts`: their activations prepared for the gate's type; each block of gate
 /// weights was reused from cache by every token): per token, in parallel, the up rows of its
 /// active neurons only and the sparse down projection ([`reglu_down`], as in decode).
 fn expert_batch_fast(
     ew: ExpertRef<'_>,
-    n: usize,
+    tokens: &[usize],
+    acts: Acts<'_>,
+    y: &[f32],
     hidden: usize,
-    b: BatchBufs<'_>,
+    g: &mut [f32],
     d: &mut Vec<f32>,
 ) -> Result<MoeStats> {
+    let n = tokens.len();
     let f = ew.gate.rows;
-    let acts = &b.lin.acts[..n];
     let same = ew.up.ty == ew.gate.ty;
-    let ys = &*b.ys;
     let out_len = ew.down_rows_out();
     d.clear();
     d.resize(n * out_len, 0.0);
     d.par_chunks_mut(out_len)
-        .zip(b.g.par_chunks_mut(f))
+        .zip(g.par_chunks_mut(f))
         .enumerate()
         .map_init(
             || (TokenBufs::default(), FastAct::default()),
             |(tb, ua), (i, (d, g))| -> Result<MoeStats> {
                 let mut st = MoeStats::default();
                 let act = if same {
-                    &acts[i]
+                    acts.get(i)
                 } else {
-                    ua.prepare(ew.up.ty, &ys[i * hidden..(i + 1) * hidden])?;
+                    let t = tokens[i];
+                    ua.prepare(ew.up.ty, &y[t * hidden..(t + 1) * hidden])?;
                     &*ua
                 };
                 reglu_down(ew, act, g, tb, d, &mut st)?;
@@ -430,7 +449,17 @@ fn batch(
     s: &mut MoeScratch,
     out: &mut [f32],
 ) -> Result<MoeStats> {
+    if y.len() != routes.n_tokens() * hidden || out.len() != y.len() {
+        return Err(Error::Model(format!(
+            "MoE batch of {} tokens × {hidden}: input of {} and output of {} values",
+            routes.n_tokens(),
+            y.len(),
+            out.len()
+        )));
+    }
     out.fill(0.0);
+    // A new batch: nothing prepared yet.
+    s.batch_ty = None;
     let mut stats = MoeStats::default();
     let order = expert_order(routes);
     let layer = experts.layer();
@@ -451,6 +480,8 @@ fn batch(
                     g: &mut s.g,
                     u: &mut s.u,
                     lin: &mut s.lin,
+                    batch_acts: &mut s.batch_acts,
+                    batch_ty: &mut s.batch_ty,
                 };
                 stats.add(&expert_batch(
                     ew, &s.tokens, y, hidden, mode, bufs, &mut s.d,
@@ -487,6 +518,8 @@ fn batch(
                     g: &mut s.g,
                     u: &mut s.u,
                     lin: &mut s.lin,
+                    batch_acts: &mut s.batch_acts,
+                    batch_ty: &mut s.batch_ty,
                 };
                 stats.add(&expert_batch(
                     ew,

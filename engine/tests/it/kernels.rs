@@ -722,6 +722,81 @@ fn axpy_and_scale_all_levels() {
     }
 }
 
+/// `sgemm_acc` on every level against the scalar reference (the same fused multiply-adds in
+/// the same order: bit for bit), and the scalar one against an f64 product; shapes with
+/// ragged row blocks and column tails, strides wider than the rows, and bad shapes.
+#[test]
+fn sgemm_all_levels() {
+    use engine::kernels::Sgemm;
+    let mut rng = Rng::new(21);
+    for (m, n, k) in [
+        (1, 1, 1),
+        (6, 16, 8),
+        (7, 33, 5),
+        (96, 128, 128),
+        (13, 47, 64),
+        (5, 15, 3),
+    ] {
+        let s = Sgemm {
+            m,
+            n,
+            k,
+            lda: k + 3,
+            ldb: n + 1,
+            ldc: n + 2,
+        };
+        let a: Vec<f32> = (0..m * s.lda).map(|_| rng.normal(1.0)).collect();
+        let b: Vec<f32> = (0..k * s.ldb).map(|_| rng.normal(1.0)).collect();
+        let c0: Vec<f32> = (0..m * s.ldc).map(|_| rng.normal(1.0)).collect();
+        let mut want = c0.clone();
+        (scalar().sgemm_acc)(s, &a, &b, &mut want);
+        for i in 0..m {
+            for j in 0..s.ldc {
+                let at = i * s.ldc + j;
+                if j >= n {
+                    assert_eq!(want[at], c0[at], "({m},{n},{k}): padding {i},{j} written");
+                    continue;
+                }
+                let (mut exact, mut mag) = (f64::from(c0[at]), f64::from(c0[at]).abs());
+                for p in 0..k {
+                    let t = f64::from(a[i * s.lda + p]) * f64::from(b[p * s.ldb + j]);
+                    exact += t;
+                    mag += t.abs();
+                }
+                let err = (f64::from(want[at]) - exact).abs();
+                assert!(
+                    err <= FLOAT_DOT_REL_TOL * mag + ABS_FLOOR,
+                    "({m},{n},{k}) {i},{j}"
+                );
+            }
+        }
+        for kt in levels() {
+            let mut c = c0.clone();
+            kernels::sgemm_acc(s, &a, &b, &mut c).unwrap();
+            if kt.level == kernels::simd_level() {
+                assert_eq!(c, want, "active level {:?} ({m},{n},{k})", kt.level);
+            }
+            let mut c = c0.clone();
+            (kt.sgemm_acc)(s, &a, &b, &mut c);
+            assert_eq!(c, want, "{:?} ({m},{n},{k})", kt.level);
+        }
+    }
+    let s = Sgemm {
+        m: 2,
+        n: 4,
+        k: 3,
+        lda: 3,
+        ldb: 4,
+        ldc: 4,
+    };
+    let (a, b, mut c) = (vec![0f32; 6], vec![0f32; 12], vec![0f32; 8]);
+    assert!(kernels::sgemm_acc(s, &a[..5], &b, &mut c).is_err());
+    assert!(kernels::sgemm_acc(s, &a, &b[..11], &mut c).is_err());
+    assert!(kernels::sgemm_acc(s, &a, &b, &mut c[..7]).is_err());
+    assert!(kernels::sgemm_acc(Sgemm { lda: 2, ..s }, &a, &b, &mut c).is_err());
+    kernels::sgemm_acc(s, &a, &b, &mut c).unwrap();
+}
+
 #[test]
 fn quantised_axpy_matches_dequantise_then_axpy() {
     let mut rng = Rng::new(11);

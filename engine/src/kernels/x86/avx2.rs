@@ -678,6 +678,73 @@ pub fn vec_dot_q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Float kernels.
 
+/// Rows of `C` per register block of [`sgemm_acc`].
+const SGEMM_MR: usize = 6;
+
+/// `C += A·B` (see [`crate::kernels::sgemm_acc`]; shape checked by the caller). Blocks of
+/// [`SGEMM_MR`] rows × 16 columns of `C` stay in twelve registers while `p` runs: per step, two
+/// loads of `B`, one broadcast per row, two FMAs per row. Columns past the last whole 16 run
+/// in scalar code with the same order of operations.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn sgemm_acc(s: crate::kernels::Sgemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let n16 = s.n / 16 * 16;
+    // Column panels outermost: a panel of B (k × 16) stays in L1 across all rows.
+    for j0 in (0..n16).step_by(16) {
+        let mut i0 = 0;
+        while i0 < s.m {
+            let mr = (s.m - i0).min(SGEMM_MR);
+            match mr {
+                6 => sgemm_block::<6>(s, i0, j0, a, b, c),
+                5 => sgemm_block::<5>(s, i0, j0, a, b, c),
+                4 => sgemm_block::<4>(s, i0, j0, a, b, c),
+                3 => sgemm_block::<3>(s, i0, j0, a, b, c),
+                2 => sgemm_block::<2>(s, i0, j0, a, b, c),
+                _ => sgemm_block::<1>(s, i0, j0, a, b, c),
+            }
+            i0 += mr;
+        }
+    }
+    for i in 0..s.m {
+        for j in n16..s.n {
+            let mut acc = 0f32;
+            for p in 0..s.k {
+                acc = a[i * s.lda + p].mul_add(b[p * s.ldb + j], acc);
+            }
+            c[i * s.ldc + j] += acc;
+        }
+    }
+}
+
+/// Rows `i0 .. i0 + MR` × columns `j0 .. j0 + 16` of [`sgemm_acc`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sgemm_block<const MR: usize>(
+    s: crate::kernels::Sgemm,
+    i0: usize,
+    j0: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+) {
+    let rows: [&[f32]; MR] = std::array::from_fn(|i| &a[(i0 + i) * s.lda..][..s.k]);
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for p in 0..s.k {
+        let (bp, _) = b[p * s.ldb + j0..][..16].as_chunks::<8>();
+        let (b0, b1) = (load_f32x8(&bp[0]), load_f32x8(&bp[1]));
+        for i in 0..MR {
+            let av = _mm256_set1_ps(rows[i][p]);
+            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        let (cr, _) = c[(i0 + i) * s.ldc + j0..][..16].as_chunks_mut::<8>();
+        for (h, cv) in cr.iter_mut().enumerate() {
+            store_f32x8(cv, _mm256_add_ps(load_f32x8(cv), acc[h]));
+        }
+    }
+}
+
 /// Σ a·b.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {

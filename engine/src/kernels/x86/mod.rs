@@ -62,6 +62,7 @@ avx2_wrappers! {
     fn scale_f32(x: &mut [f32], s: f32);
     fn axpy_q4_0_f32(alpha: f32, w: &[BlockQ4_0], y: &mut [f32]);
     fn axpy_q8_0_f32(alpha: f32, w: &[BlockQ8_0], y: &mut [f32]);
+    fn sgemm_acc(s: crate::kernels::Sgemm, a: &[f32], b: &[f32], c: &mut [f32]);
 }
 
 /// See [`crate::kernels::prefetch_l2`].
@@ -165,6 +166,7 @@ const AVX2_TABLE: Kernels = Kernels {
     scale_f32,
     axpy_q4_0_f32,
     axpy_q8_0_f32,
+    sgemm_acc,
 };
 
 /// The AVX-512 (VNNI) table: the x8-packed products and the row-major two-level Q4_0/Q8_0
