@@ -37,49 +37,47 @@ pub fn attend(
 ) -> Result<()> {
     debug_assert_eq!(q.len(), n_tokens * heads.n_heads * heads.head_dim);
     if n_tokens == 1 {
+        // One token: each query head on its own (a tile of one kv head's query heads measured
+        // slower here: its key transpose is not amortised over enough rows).
         attend_heads(kv, layer, q, pos0, heads, out);
         return Ok(());
     }
-    // A batch: tiles of `Q_TILE` tokens × a kv head's query heads, in parallel.
+    // A batch: tiles of `Q_TILE` tokens (in parallel; each writes its own tokens' rows), each
+    // run for every kv head and the query heads it serves.
     let Heads {
         n_heads,
         n_kv_heads,
         head_dim,
     } = heads;
     let group = n_heads / n_kv_heads;
-    let tiles = n_tokens.div_ceil(Q_TILE);
-    let per_item = Q_TILE * group * head_dim;
-    let mut res = vec![0f32; n_kv_heads * tiles * per_item];
-    res.par_chunks_mut(per_item).enumerate().try_for_each_init(
-        TileBufs::default,
-        |b, (item, o)| {
-            let (g, tile) = (item / tiles, item % tiles);
+    let width = group * head_dim;
+    out.par_chunks_mut(Q_TILE * n_heads * head_dim)
+        .enumerate()
+        .try_for_each_init(TileBufs::default, |b, (tile, o)| {
             let t0 = tile * Q_TILE;
-            let nt = Q_TILE.min(n_tokens - t0);
+            let nt = o.len() / (n_heads * head_dim);
             let rows = nt * group;
             let scale = 1.0 / (head_dim as f32).sqrt();
-            b.q.clear();
-            b.vis.clear();
-            for t in 0..nt {
-                let at = (t0 + t) * n_heads * head_dim + g * group * head_dim;
-                b.q.extend(q[at..at + group * head_dim].iter().map(|&x| x * scale));
-                let v = kv.visible_range(layer, pos0 + t0 + t);
-                b.vis.extend(std::iter::repeat_n(v, group));
+            let mut res = std::mem::take(&mut b.o);
+            res.resize(rows * head_dim, 0.0);
+            for g in 0..n_kv_heads {
+                b.q.clear();
+                b.vis.clear();
+                for t in 0..nt {
+                    let at = (t0 + t) * n_heads * head_dim + g * width;
+                    b.q.extend(q[at..at + width].iter().map(|&x| x * scale));
+                    let v = kv.visible_range(layer, pos0 + t0 + t);
+                    b.vis.extend(std::iter::repeat_n(v, group));
+                }
+                attend_tile(kv, layer, g, head_dim, rows, b, &mut res)?;
+                for (t, src) in res.chunks_exact(width).enumerate() {
+                    let at = t * n_heads * head_dim + g * width;
+                    o[at..at + width].copy_from_slice(src);
+                }
             }
-            attend_tile(kv, layer, g, head_dim, rows, b, &mut o[..rows * head_dim])
-        },
-    )?;
-    for item in 0..n_kv_heads * tiles {
-        let (g, tile) = (item / tiles, item % tiles);
-        let t0 = tile * Q_TILE;
-        let nt = Q_TILE.min(n_tokens - t0);
-        let src = &res[item * per_item..];
-        for t in 0..nt {
-            let at = (t0 + t) * n_heads * head_dim + g * group * head_dim;
-            let n = group * head_dim;
-            out[at..at + n].copy_from_slice(&src[t * n..(t + 1) * n]);
-        }
-    }
+            b.o = res;
+            Ok::<(), crate::error::Error>(())
+        })?;
     Ok(())
 }
 
@@ -123,6 +121,8 @@ struct TileBufs {
     s: Vec<f32>,
     /// A chunk's f16 values as f32, `[chunk × d]`.
     v: Vec<f32>,
+    /// The tile's output for one kv head, `[rows × d]`.
+    o: Vec<f32>,
     /// Running maximum and sum per row.
     m: Vec<f32>,
     l: Vec<f32>,

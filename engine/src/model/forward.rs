@@ -153,9 +153,9 @@ pub fn scratch_bytes(config: &super::ModelConfig, max_batch: usize) -> u64 {
         + 2 * c.n_experts
         + 3 * c.expert_ffn
         + (c.n_experts_used + 1) * c.hidden;
-    // f32 everywhere; logits of the last row twice (output and sampler copy); 1 MiB slack for
-    // small per-thread buffers.
-    n * per_token as u64 * 4 + 2 * c.vocab_size as u64 * 4 + (1 << 20)
+    // f32 everywhere; logits of the last row twice (output and sampler copy); 2 MiB slack for
+    // small per-thread buffers (attention tiles: ~0.3 MiB each).
+    n * per_token as u64 * 4 + 2 * c.vocab_size as u64 * 4 + (2 << 20)
 }
 
 /// Sorted distinct ids of `ids` into `out`.

@@ -308,6 +308,13 @@ pub fn matmul_fast(
             .enumerate()
             .try_for_each(|(task, o)| rows_fast(m, task * chunk, acts.get(0), o));
     }
+    if rows <= chunk && m.packed.is_none() {
+        // One chunk of rows (a router): the tokens are the parallel dimension.
+        return out
+            .par_chunks_mut(rows)
+            .enumerate()
+            .try_for_each(|(t, o)| rows_fast(m, 0, acts.get(t), o));
+    }
     // Row chunks outermost so a chunk of weights is reused from cache by every token.
     tmp.clear();
     tmp.resize(rows * n, 0.0);
@@ -323,13 +330,13 @@ pub fn matmul_fast(
             }
             Ok(())
         })?;
-    for (task, src) in tmp.chunks(chunk * n).enumerate() {
-        let r0 = task * chunk;
-        let nr = src.len() / n;
-        for t in 0..n {
-            out[t * rows + r0..t * rows + r0 + nr].copy_from_slice(&src[t * nr..(t + 1) * nr]);
+    // Back to token-major, tokens in parallel.
+    out.par_chunks_mut(rows).enumerate().for_each(|(t, o)| {
+        for (task, src) in tmp.chunks(chunk * n).enumerate() {
+            let (r0, nr) = (task * chunk, src.len() / n);
+            o[r0..r0 + nr].copy_from_slice(&src[t * nr..(t + 1) * nr]);
         }
-    }
+    });
     Ok(())
 }
 

@@ -219,6 +219,11 @@ pub struct MoeScratch {
 struct ExpertScratch {
     g: Vec<f32>,
     out: Vec<f32>,
+    /// Batches: the tokens that chose the expert (ascending), their mixing weights, and the
+    /// gate product's transposition buffer.
+    tokens: Vec<usize>,
+    w: Vec<f32>,
+    tmp: Vec<f32>,
     t: TokenBufs,
     stats: MoeStats,
 }
@@ -428,13 +433,11 @@ fn expert_batch_fast(
 /// `out[t] += w · d[i]` for each gathered token.
 fn mix(tokens: &[usize], w: &[f32], d: &[f32], hidden: usize, out: &mut [f32]) {
     for (i, &t) in tokens.iter().enumerate() {
-        let wi = w[i];
-        for (o, &x) in out[t * hidden..(t + 1) * hidden]
-            .iter_mut()
-            .zip(&d[i * hidden..(i + 1) * hidden])
-        {
-            *o += wi * x;
-        }
+        mix_row(
+            w[i],
+            &d[i * hidden..(i + 1) * hidden],
+            &mut out[t * hidden..(t + 1) * hidden],
+        );
     }
 }
 
@@ -464,17 +467,14 @@ fn batch(
     let order = expert_order(routes);
     let layer = experts.layer();
     match experts {
+        ExpertSource::Resident { experts: list, .. } if mode == ComputeMode::Fast => {
+            return batch_fast_resident(layer, list, &order, routes, y, hidden, s, out);
+        }
         ExpertSource::Resident { .. } => {
             for &e in &order {
                 gather(routes, e, &mut s.tokens, &mut s.w);
                 let ew = experts.resident(e)?;
-                let _sp = tracing::debug_span!(
-                    "compute.expert",
-                    layer,
-                    expert = e,
-                    n_tokens = s.tokens.len()
-                )
-                .entered();
+                let _sp = expert_span(layer, e, s.tokens.len()).entered();
                 let bufs = BatchBufs {
                     ys: &mut s.ys,
                     g: &mut s.g,
@@ -506,13 +506,7 @@ fn batch(
                 let pos = order.binary_search(&e).unwrap_or(0);
                 gather(routes, e, &mut s.tokens, &mut s.w);
                 let ew = o.expert_ref(&g)?;
-                let _sp = tracing::debug_span!(
-                    "compute.expert",
-                    layer,
-                    expert = e,
-                    n_tokens = s.tokens.len()
-                )
-                .entered();
+                let _sp = expert_span(layer, e, s.tokens.len()).entered();
                 let bufs = BatchBufs {
                     ys: &mut s.ys,
                     g: &mut s.g,
@@ -539,6 +533,117 @@ fn batch(
         }
     }
     Ok(stats)
+}
+
+/// [`batch`] in fast mode over resident experts: every chosen expert is one parallel task (its
+/// gate product over its tokens, then per token the up rows of the active neurons and the
+/// sparse down, each parallel inside), so a thread that finishes a small expert takes another
+/// instead of waiting inside a large one; then each token mixes its experts' outputs, tokens
+/// in parallel. Each expert's result and each token's mix (ascending expert id, one add per
+/// expert) are the sequential path's, bit for bit.
+#[allow(clippy::too_many_arguments)]
+fn batch_fast_resident(
+    layer: usize,
+    list: &[ExpertWeights],
+    order: &[u32],
+    routes: &Routes,
+    y: &[f32],
+    hidden: usize,
+    s: &mut MoeScratch,
+    out: &mut [f32],
+) -> Result<MoeStats> {
+    let refs = order
+        .iter()
+        .map(|&e| {
+            list.get(e as usize)
+                .map(ExpertWeights::view)
+                .ok_or_else(|| {
+                    Error::Model(format!("layer {layer}: router chose missing expert {e}"))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let Some(ty) = refs.first().map(|r| r.gate.ty) else {
+        return Ok(MoeStats::default());
+    };
+    if let Some(r) = refs.iter().find(|r| r.gate.ty != ty) {
+        return Err(Error::Model(format!(
+            "layer {layer}: expert gates of types {} and {}",
+            ty.name(),
+            r.gate.ty.name()
+        )));
+    }
+    let n = routes.n_tokens();
+    prepare_tokens(&mut s.batch_acts, ty, y, n)?;
+    s.batch_ty = Some(ty);
+    if s.per_expert.len() < order.len() {
+        s.per_expert
+            .resize_with(order.len(), ExpertScratch::default);
+    }
+    let tasks = &mut s.per_expert[..order.len()];
+    for (es, &e) in tasks.iter_mut().zip(order) {
+        gather(routes, e, &mut es.tokens, &mut es.w);
+    }
+    let all = &s.batch_acts[..n];
+    let stats = tasks
+        .par_iter_mut()
+        .zip(order.par_iter().zip(refs.par_iter()))
+        .map(|(es, (&e, &ew))| -> Result<MoeStats> {
+            let _sp = expert_span(layer, e, es.tokens.len()).entered();
+            let acts = Acts::gathered(all, &es.tokens)?;
+            es.g.resize(es.tokens.len() * ew.gate.rows, 0.0);
+            matmul_fast(ew.gate, acts, &mut es.g, &mut es.tmp)?;
+            expert_batch_fast(ew, &es.tokens, acts, y, hidden, &mut es.g, &mut es.out)
+        })
+        .try_reduce(MoeStats::default, |mut a, b| {
+            a.add(&b);
+            Ok(a)
+        })?;
+    let tasks = &s.per_expert[..order.len()];
+    out.par_chunks_mut(hidden).enumerate().try_for_each_init(
+        Vec::new,
+        |chosen, (t, o)| -> Result<()> {
+            // The token's experts in ascending id (rank order for repeats), as `batch` mixes.
+            chosen.clear();
+            chosen.extend(routes.ids_of(t).iter().enumerate().map(|(j, &e)| (e, j)));
+            chosen.sort_unstable();
+            let mut prev: Option<(u32, usize)> = None;
+            for &(e, j) in chosen.iter() {
+                let pos = order.binary_search(&e).map_err(|_| {
+                    Error::Model(format!("layer {layer}: expert {e} missing from the batch"))
+                })?;
+                let es = &tasks[pos];
+                // The token's row among the expert's (its first, then one per repeat).
+                let row = match prev {
+                    Some((pe, pr)) if pe == e => pr + 1,
+                    _ => es.tokens.partition_point(|&x| x < t),
+                };
+                prev = Some((e, row));
+                let d = es
+                    .out
+                    .get(row * hidden..(row + 1) * hidden)
+                    .ok_or_else(|| {
+                        Error::Model(format!(
+                            "layer {layer}: expert {e} has no row for token {t}"
+                        ))
+                    })?;
+                mix_row(routes.weights[t * routes.k + j], d, o);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(stats)
+}
+
+/// The `compute.expert` span of expert `e` over `n_tokens` tokens.
+fn expert_span(layer: usize, e: u32, n_tokens: usize) -> tracing::Span {
+    tracing::debug_span!("compute.expert", layer, expert = e, n_tokens)
+}
+
+/// One expert's output row into a token's mix: `o += w · d`.
+fn mix_row(w: f32, d: &[f32], o: &mut [f32]) {
+    for (o, &x) in o.iter_mut().zip(d) {
+        *o += w * x;
+    }
 }
 
 /// One token of one expert after its gate: ReLU of the gate outputs `g`, the up rows of the
