@@ -287,6 +287,8 @@ pub struct Kernels {
     pub axpy_q8_0_f32: fn(f32, &[BlockQ8_0], &mut [f32]),
     /// See [`sgemm_acc`] (shape already checked).
     pub sgemm_acc: fn(Sgemm, &[f32], &[f32], &mut [f32]),
+    /// See [`exp_shift_sum`].
+    pub exp_shift_sum: fn(&mut [f32], f32) -> f32,
 }
 
 static SCALAR: Kernels = Kernels {
@@ -319,6 +321,7 @@ static SCALAR: Kernels = Kernels {
     axpy_f32: scalar::axpy_f32,
     scale_f32: scalar::scale_f32,
     sgemm_acc: scalar::sgemm_acc,
+    exp_shift_sum: scalar::exp_shift_sum,
     axpy_q4_0_f32: scalar::axpy_q4_0_f32,
     axpy_q8_0_f32: scalar::axpy_q8_0_f32,
 };
@@ -544,6 +547,15 @@ pub fn sgemm_acc(s: Sgemm, a: &[f32], b: &[f32], c: &mut [f32]) -> crate::error:
         (k().sgemm_acc)(s, a, b, c);
     }
     Ok(())
+}
+
+/// `x[i] = exp(x[i] − m)`, returning `Σ x[i]`: a softmax's numerators for a maximum `m`.
+/// Every element must be at most `m` (a larger one is computed as `exp(0)`); results below
+/// `f32::MIN_POSITIVE` may come out as that value instead. The SIMD variants approximate
+/// `exp` within a few ulp and sum in lanes, so they differ from the scalar one in the last
+/// bits.
+pub fn exp_shift_sum(x: &mut [f32], m: f32) -> f32 {
+    (k().exp_shift_sum)(x, m)
 }
 
 /// `x *= s`.

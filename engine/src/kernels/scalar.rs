@@ -254,6 +254,16 @@ pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `x[i] = exp(x[i] − m)`, returning their sum in order (see [`super::exp_shift_sum`]).
+pub fn exp_shift_sum(x: &mut [f32], m: f32) -> f32 {
+    let mut sum = 0f32;
+    for v in x {
+        *v = (*v - m).exp();
+        sum += *v;
+    }
+    sum
+}
+
 /// `C += A·B` (see [`super::sgemm_acc`]; shape checked by the caller).
 pub fn sgemm_acc(s: super::Sgemm, a: &[f32], b: &[f32], c: &mut [f32]) {
     for i in 0..s.m {

@@ -237,11 +237,7 @@ fn chunk(
         let f = (b.m[r] - m_new).exp();
         row[..j0].fill(0.0);
         row[j1..].fill(0.0);
-        let mut sum = 0.0;
-        for x in &mut row[j0..j1] {
-            *x = (*x - m_new).exp();
-            sum += *x;
-        }
+        let sum = kernels::exp_shift_sum(&mut row[j0..j1], m_new);
         if f != 1.0 {
             kernels::scale_f32(&mut out[r * d..(r + 1) * d], f);
         }

@@ -797,6 +797,50 @@ fn sgemm_all_levels() {
     kernels::sgemm_acc(s, &a, &b, &mut c).unwrap();
 }
 
+/// `exp_shift_sum` on every level against f64 `exp`: each value within a few ulp (relative),
+/// values below `f32::MIN_POSITIVE` within that, the sum within the summation's rounding.
+#[test]
+fn exp_shift_sum_all_levels() {
+    /// Relative error of one exponential (Cephes' polynomial: ~2 ulp).
+    const EXP_REL_TOL: f64 = 4.0 * f32::EPSILON as f64;
+    let mut rng = Rng::new(31);
+    for n in [0usize, 1, 7, 8, 9, 33, 130] {
+        let m = rng.normal(3.0);
+        // Differences from 0 down to −100 (past the smallest normal result).
+        let x: Vec<f32> = (0..n)
+            .map(|i| {
+                if i == 0 {
+                    m
+                } else {
+                    m - 100.0 * rng.f32() * rng.f32()
+                }
+            })
+            .collect();
+        for k in levels() {
+            let mut y = x.clone();
+            let sum = (k.exp_shift_sum)(&mut y, m);
+            let mut want_sum = 0f64;
+            for (i, (&xi, &yi)) in x.iter().zip(&y).enumerate() {
+                // Of the f32 difference, which every level computes first.
+                let want = f64::from(xi - m).exp();
+                want_sum += want;
+                let err = (f64::from(yi) - want).abs();
+                assert!(
+                    err <= EXP_REL_TOL * want + f64::from(f32::MIN_POSITIVE),
+                    "{:?} n {n} i {i}: exp({}) = {yi}, want {want}",
+                    k.level,
+                    xi - m
+                );
+            }
+            assert!(
+                (f64::from(sum) - want_sum).abs() <= 1e-6 * want_sum + 1e-30,
+                "{:?} n {n}: sum {sum} want {want_sum}",
+                k.level
+            );
+        }
+    }
+}
+
 #[test]
 fn quantised_axpy_matches_dequantise_then_axpy() {
     let mut rng = Rng::new(11);

@@ -678,6 +678,53 @@ pub fn vec_dot_q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Float kernels.
 
+/// `x[i] = exp(x[i] − m)` for `x[i] ≤ m`, returning their sum (see
+/// [`crate::kernels::exp_shift_sum`]). Eight lanes at a time: `2^n · p(r)` with
+/// `n = round((x − m)·log₂e)`, `r` the remainder in two parts of ln 2, and Cephes' degree-6
+/// polynomial for `expf`; arguments below −87.3 (results under `f32::MIN_POSITIVE`) are clamped
+/// there. Lanes past the last whole eight use the scalar `exp`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn exp_shift_sum(x: &mut [f32], m: f32) -> f32 {
+    let (lo, hi) = (_mm256_set1_ps(-87.336_55), _mm256_setzero_ps());
+    let mv = _mm256_set1_ps(m);
+    let c = |v: f32| _mm256_set1_ps(v);
+    let mut acc = _mm256_setzero_ps();
+    let (chunks, rest) = x.as_chunks_mut::<8>();
+    for ch in chunks {
+        let v = _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(load_f32x8(ch), mv), lo), hi);
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(v, c(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, c(0.693_359_4), v);
+        let r = _mm256_fnmadd_ps(n, c(-2.121_944_4e-4), r);
+        let mut p = c(1.987_569_2e-4);
+        for k in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm256_fmadd_ps(p, r, c(k));
+        }
+        let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), c(1.0));
+        // 2^n from the exponent bits (n in −126 ..= 0).
+        let pow = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        )));
+        let e = _mm256_mul_ps(y, pow);
+        store_f32x8(ch, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    let mut sum = hsum_ps(acc);
+    for v in rest {
+        *v = (*v - m).exp();
+        sum += *v;
+    }
+    sum
+}
+
 /// Rows of `C` per register block of [`sgemm_acc`].
 const SGEMM_MR: usize = 6;
 

@@ -63,6 +63,7 @@ avx2_wrappers! {
     fn axpy_q4_0_f32(alpha: f32, w: &[BlockQ4_0], y: &mut [f32]);
     fn axpy_q8_0_f32(alpha: f32, w: &[BlockQ8_0], y: &mut [f32]);
     fn sgemm_acc(s: crate::kernels::Sgemm, a: &[f32], b: &[f32], c: &mut [f32]);
+    fn exp_shift_sum(x: &mut [f32], m: f32) -> f32;
 }
 
 /// See [`crate::kernels::prefetch_l2`].
@@ -167,6 +168,7 @@ const AVX2_TABLE: Kernels = Kernels {
     axpy_q4_0_f32,
     axpy_q8_0_f32,
     sgemm_acc,
+    exp_shift_sum,
 };
 
 /// The AVX-512 (VNNI) table: the x8-packed products and the row-major two-level Q4_0/Q8_0
