@@ -250,11 +250,67 @@ fn bench_two_level(c: &mut Criterion) {
     g.finish();
 }
 
+/// Prefill attention's f32 kernels at a 4B tile (16 tokens × 6 query heads = 96 rows, head
+/// size 128, chunks of 128 keys): the scores product (`Q · Kᵀ`), the weighted values (`P · V`)
+/// and the softmax numerators. Throughput counts the f32 operands read once (the key or value
+/// chunk and the query or weight rows).
+fn bench_attention(c: &mut Criterion) {
+    use engine::kernels::Sgemm;
+    const ROWS: usize = 96;
+    const D: usize = 128;
+    const KEYS: usize = 128;
+    let q = values(ROWS * D, 21);
+    let kt = values(D * KEYS, 22);
+    let p = values(ROWS * KEYS, 23);
+    let v = values(KEYS * D, 24);
+    let scores = Sgemm {
+        m: ROWS,
+        n: KEYS,
+        k: D,
+        lda: D,
+        ldb: KEYS,
+        ldc: KEYS,
+    };
+    let weighted = Sgemm {
+        m: ROWS,
+        n: D,
+        k: KEYS,
+        lda: KEYS,
+        ldb: D,
+        ldc: D,
+    };
+    let mut g = c.benchmark_group("attention_tile_96x128x128");
+    for k in Kernels::available() {
+        let lvl = k.level.name();
+        let mut s = vec![0f32; ROWS * KEYS];
+        g.throughput(Throughput::Bytes(((q.len() + kt.len()) * 4) as u64));
+        g.bench_function(BenchmarkId::new("sgemm_scores", lvl), |b| {
+            b.iter(|| (k.sgemm_acc)(scores, black_box(&q), &kt, &mut s))
+        });
+        let mut o = vec![0f32; ROWS * D];
+        g.throughput(Throughput::Bytes(((p.len() + v.len()) * 4) as u64));
+        g.bench_function(BenchmarkId::new("sgemm_weighted_values", lvl), |b| {
+            b.iter(|| (k.sgemm_acc)(weighted, black_box(&p), &v, &mut o))
+        });
+        let x: Vec<f32> = values(ROWS * KEYS, 25).iter().map(|v| -v.abs()).collect();
+        let mut y = x.clone();
+        g.throughput(Throughput::Bytes((x.len() * 4) as u64));
+        g.bench_function(BenchmarkId::new("exp_shift_sum", lvl), |b| {
+            b.iter(|| {
+                y.copy_from_slice(&x);
+                (k.exp_shift_sum)(black_box(&mut y), 0.0)
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_baseline,
     bench_dots,
     bench_gemv,
-    bench_two_level
+    bench_two_level,
+    bench_attention
 );
 criterion_main!(benches);

@@ -523,7 +523,8 @@ impl Sgemm {
 /// `c[i·ldc + j] += Σ_p a[i·lda + p] · b[p·ldb + j]` for `i < m`, `j < n`, `p < k`: a small f32
 /// matrix product (attention's scores and weighted values). The SIMD variants keep a block of
 /// six rows × sixteen columns of `C` in registers while `p` runs; every variant adds the `k`
-/// products of an element in order of `p`, each rounded (FMA on SIMD, multiply-add in scalar).
+/// products of an element in order of `p` (fused on SIMD, multiply then add in scalar, so the
+/// levels differ in the last bits).
 ///
 /// # Errors
 /// [`crate::error::Error::InvalidInput`] when a stride is smaller than its row or a slice is

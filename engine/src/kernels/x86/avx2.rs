@@ -731,7 +731,7 @@ const SGEMM_MR: usize = 6;
 /// `C += A·B` (see [`crate::kernels::sgemm_acc`]; shape checked by the caller). Blocks of
 /// [`SGEMM_MR`] rows × 16 columns of `C` stay in twelve registers while `p` runs: per step, two
 /// loads of `B`, one broadcast per row, two FMAs per row. Columns past the last whole 16 run
-/// in scalar code with the same order of operations.
+/// in scalar code with the same order of operations (and FMA, which this level has).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn sgemm_acc(s: crate::kernels::Sgemm, a: &[f32], b: &[f32], c: &mut [f32]) {
     let n16 = s.n / 16 * 16;
