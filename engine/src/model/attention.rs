@@ -3,9 +3,9 @@
 //! One token (decode) runs each query head on its own. A batch (prefill) runs tiles: the
 //! [`Q_TILE`] tokens × the query heads sharing one kv head form a block of query rows, and the
 //! keys visible to any of them are read in chunks of [`K_CHUNK`]. Per chunk the scores are one
-//! f32 matrix product ([`kernels::wf32::gemm`]: each key row serves eight query rows from
-//! registers), masked per row, folded into a running maximum and sum (online softmax), and the
-//! values are applied as a second product over the chunk's transposed values. Every key and
+//! f32 matrix product ([`kernels::sgemm_acc`], against the chunk's keys transposed), masked per
+//! row and folded into a running maximum and sum (online softmax, [`kernels::exp_shift_sum`]);
+//! the weighted values are a second product straight over the cached values. Every key and
 //! value is read once per tile instead of once per query head and token.
 
 use rayon::prelude::*;

@@ -401,10 +401,7 @@ pub fn matmul3(
         }
         return Ok(());
     }
-    if scratch.acts.is_empty() {
-        scratch.acts.resize_with(1, FastAct::default);
-    }
-    scratch.acts[0].prepare(ty, x)?;
+    prepare_tokens(&mut scratch.acts, ty, x, 1)?;
     let act = &scratch.acts[0];
     let v = ms.map(Matrix::view);
     let c = v.map(fast_chunk);

@@ -157,6 +157,14 @@ impl ExpertSource<'_> {
         }
     }
 
+    /// The experts' gate type (the first expert's when resident), if the layer has experts.
+    fn gate_type(&self) -> Option<GgmlType> {
+        match self {
+            ExpertSource::Resident { experts, .. } => experts.first().map(|e| e.gate.ty),
+            ExpertSource::Offloaded(o) => Some(o.shape.gate.ty),
+        }
+    }
+
     fn resident(&self, e: u32) -> Result<ExpertRef<'_>> {
         match self {
             ExpertSource::Resident { layer, experts } => experts
@@ -204,9 +212,8 @@ pub struct MoeScratch {
     d: Vec<f32>,
     lin: LinearScratch,
     /// Fast mode, batches: every token of the layer's input prepared once for the experts'
-    /// gate type (`batch_ty`), shared by every expert that token chose.
+    /// gate type, shared by every expert that token chose.
     batch_acts: Vec<FastAct>,
-    batch_ty: Option<GgmlType>,
     per_expert: Vec<ExpertScratch>,
     decode_acts: DecodeActs,
     /// Per expert (position in the ascending order): its output rows, kept until the mix when
@@ -313,9 +320,9 @@ struct BatchBufs<'s> {
     g: &'s mut Vec<f32>,
     u: &'s mut Vec<f32>,
     lin: &'s mut LinearScratch,
-    /// The batch's tokens prepared for `batch_ty` (fast mode; see [`MoeScratch`]).
-    batch_acts: &'s mut Vec<FastAct>,
-    batch_ty: &'s mut Option<GgmlType>,
+    /// Fast mode: the batch's tokens prepared for the experts' gate type (see
+    /// [`MoeScratch`]); empty in exact mode.
+    pre: &'s [FastAct],
 }
 
 /// One expert over the gathered tokens `tokens`: `d = expert(y[tokens])`, `[n × hidden]`.
@@ -332,14 +339,9 @@ fn expert_batch(
     let f = ew.gate.rows;
     b.g.resize(n * f, 0.0);
     if mode == ComputeMode::Fast {
-        // The whole batch is prepared once per layer (in parallel); each expert reads the
+        // The whole batch was prepared once per layer (in parallel); each expert reads the
         // tokens that chose it.
-        if *b.batch_ty != Some(ew.gate.ty) {
-            *b.batch_ty = None;
-            prepare_tokens(b.batch_acts, ew.gate.ty, y, y.len() / hidden)?;
-            *b.batch_ty = Some(ew.gate.ty);
-        }
-        let acts = Acts::gathered(b.batch_acts, tokens)?;
+        let acts = Acts::gathered(b.pre, tokens)?;
         matmul_fast(ew.gate, acts, b.g, &mut b.lin.tmp)?;
         return expert_batch_fast(ew, tokens, acts, y, hidden, b.g, d);
     }
@@ -461,16 +463,32 @@ fn batch(
         )));
     }
     out.fill(0.0);
-    // A new batch: nothing prepared yet.
-    s.batch_ty = None;
     let mut stats = MoeStats::default();
     let order = expert_order(routes);
     let layer = experts.layer();
-    match experts {
-        ExpertSource::Resident { experts: list, .. } if mode == ComputeMode::Fast => {
-            return batch_fast_resident(layer, list, &order, routes, y, hidden, s, out);
+    let n = routes.n_tokens();
+    // Fast mode: every token prepared once for the experts' gate type, in parallel.
+    let gate_ty = experts.gate_type().filter(|_| mode == ComputeMode::Fast);
+    let pre: &[FastAct] = match gate_ty {
+        Some(ty) => {
+            prepare_tokens(&mut s.batch_acts, ty, y, n)?;
+            &s.batch_acts[..n]
         }
-        ExpertSource::Resident { .. } => {
+        None => &[],
+    };
+    match (experts, gate_ty) {
+        (ExpertSource::Resident { .. }, Some(ty)) => {
+            let fast = FastBatch {
+                routes,
+                order: &order,
+                pre,
+                ty,
+                y,
+                hidden,
+            };
+            return batch_fast_resident(experts, fast, &mut s.per_expert, out);
+        }
+        (ExpertSource::Resident { .. }, None) => {
             for &e in &order {
                 gather(routes, e, &mut s.tokens, &mut s.w);
                 let ew = experts.resident(e)?;
@@ -480,8 +498,7 @@ fn batch(
                     g: &mut s.g,
                     u: &mut s.u,
                     lin: &mut s.lin,
-                    batch_acts: &mut s.batch_acts,
-                    batch_ty: &mut s.batch_ty,
+                    pre,
                 };
                 stats.add(&expert_batch(
                     ew, &s.tokens, y, hidden, mode, bufs, &mut s.d,
@@ -489,7 +506,7 @@ fn batch(
                 mix(&s.tokens, &s.w, &s.d, hidden, out);
             }
         }
-        ExpertSource::Offloaded(o) => {
+        (ExpertSource::Offloaded(o), _) => {
             if s.outs.len() < order.len() {
                 s.outs.resize_with(order.len(), Vec::new);
             }
@@ -512,8 +529,7 @@ fn batch(
                     g: &mut s.g,
                     u: &mut s.u,
                     lin: &mut s.lin,
-                    batch_acts: &mut s.batch_acts,
-                    batch_ty: &mut s.batch_ty,
+                    pre,
                 };
                 stats.add(&expert_batch(
                     ew,
@@ -535,36 +551,43 @@ fn batch(
     Ok(stats)
 }
 
+/// What [`batch_fast_resident`] computes: the batch's routing and distinct experts
+/// (ascending), its input `y` (`[n × hidden]`) and that input prepared for the gate type `ty`.
+#[derive(Clone, Copy)]
+struct FastBatch<'a> {
+    routes: &'a Routes,
+    order: &'a [u32],
+    pre: &'a [FastAct],
+    ty: GgmlType,
+    y: &'a [f32],
+    hidden: usize,
+}
+
 /// [`batch`] in fast mode over resident experts: every chosen expert is one parallel task (its
 /// gate product over its tokens, then per token the up rows of the active neurons and the
 /// sparse down, each parallel inside), so a thread that finishes a small expert takes another
 /// instead of waiting inside a large one; then each token mixes its experts' outputs, tokens
 /// in parallel. Each expert's result and each token's mix (ascending expert id, one add per
 /// expert) are the sequential path's, bit for bit.
-#[allow(clippy::too_many_arguments)]
 fn batch_fast_resident(
-    layer: usize,
-    list: &[ExpertWeights],
-    order: &[u32],
-    routes: &Routes,
-    y: &[f32],
-    hidden: usize,
-    s: &mut MoeScratch,
+    experts: &ExpertSource<'_>,
+    fast: FastBatch<'_>,
+    per_expert: &mut Vec<ExpertScratch>,
     out: &mut [f32],
 ) -> Result<MoeStats> {
+    let FastBatch {
+        routes,
+        order,
+        pre,
+        ty,
+        y,
+        hidden,
+    } = fast;
+    let layer = experts.layer();
     let refs = order
         .iter()
-        .map(|&e| {
-            list.get(e as usize)
-                .map(ExpertWeights::view)
-                .ok_or_else(|| {
-                    Error::Model(format!("layer {layer}: router chose missing expert {e}"))
-                })
-        })
+        .map(|&e| experts.resident(e))
         .collect::<Result<Vec<_>>>()?;
-    let Some(ty) = refs.first().map(|r| r.gate.ty) else {
-        return Ok(MoeStats::default());
-    };
     if let Some(r) = refs.iter().find(|r| r.gate.ty != ty) {
         return Err(Error::Model(format!(
             "layer {layer}: expert gates of types {} and {}",
@@ -572,24 +595,19 @@ fn batch_fast_resident(
             r.gate.ty.name()
         )));
     }
-    let n = routes.n_tokens();
-    prepare_tokens(&mut s.batch_acts, ty, y, n)?;
-    s.batch_ty = Some(ty);
-    if s.per_expert.len() < order.len() {
-        s.per_expert
-            .resize_with(order.len(), ExpertScratch::default);
+    if per_expert.len() < order.len() {
+        per_expert.resize_with(order.len(), ExpertScratch::default);
     }
-    let tasks = &mut s.per_expert[..order.len()];
+    let tasks = &mut per_expert[..order.len()];
     for (es, &e) in tasks.iter_mut().zip(order) {
         gather(routes, e, &mut es.tokens, &mut es.w);
     }
-    let all = &s.batch_acts[..n];
     let stats = tasks
         .par_iter_mut()
         .zip(order.par_iter().zip(refs.par_iter()))
         .map(|(es, (&e, &ew))| -> Result<MoeStats> {
             let _sp = expert_span(layer, e, es.tokens.len()).entered();
-            let acts = Acts::gathered(all, &es.tokens)?;
+            let acts = Acts::gathered(pre, &es.tokens)?;
             es.g.resize(es.tokens.len() * ew.gate.rows, 0.0);
             matmul_fast(ew.gate, acts, &mut es.g, &mut es.tmp)?;
             expert_batch_fast(ew, &es.tokens, acts, y, hidden, &mut es.g, &mut es.out)
@@ -598,7 +616,7 @@ fn batch_fast_resident(
             a.add(&b);
             Ok(a)
         })?;
-    let tasks = &s.per_expert[..order.len()];
+    let tasks = &per_expert[..order.len()];
     out.par_chunks_mut(hidden).enumerate().try_for_each_init(
         Vec::new,
         |chosen, (t, o)| -> Result<()> {
