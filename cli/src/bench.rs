@@ -343,63 +343,66 @@ fn human_params(n: u64) -> String {
     }
 }
 
+/// llama-bench's leading CSV columns, in its order; ours follow by name.
+const CSV_LEAD: [&str; 16] = [
+    "build_commit",
+    "cpu_info",
+    "model",
+    "model_size",
+    "model_n_params",
+    "quant",
+    "n_threads",
+    "test",
+    "n_prompt",
+    "n_gen",
+    "avg_ns",
+    "stddev_ns",
+    "avg_ts",
+    "stddev_ts",
+    "samples_ns",
+    "samples_ts",
+];
+
 /// The records as CSV: a header row of the JSON field names (llama-bench's first), then one
-/// row per test. Lists
-/// (`samples_ts`, `samples_ns`) are one field of `;`-separated values; absent values are empty.
+/// row per test. Lists (`samples_ts`, `samples_ns`) are one field of `;`-separated values;
+/// absent values are empty. No records, no output.
 fn to_csv(records: &[Record]) -> Result<String> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header: Option<Vec<String>> = None;
-    for r in records {
-        let serde_json::Value::Object(fields) = serde_json::to_value(r)? else {
-            bail!("a record did not serialise to an object");
-        };
-        if header.is_none() {
-            // llama-bench's leading columns in its order, then ours by name.
-            const LEAD: [&str; 16] = [
-                "build_commit",
-                "cpu_info",
-                "model",
-                "model_size",
-                "model_n_params",
-                "quant",
-                "n_threads",
-                "test",
-                "n_prompt",
-                "n_gen",
-                "avg_ns",
-                "stddev_ns",
-                "avg_ts",
-                "stddev_ts",
-                "samples_ns",
-                "samples_ts",
-            ];
-            let mut h: Vec<String> = LEAD.iter().map(|k| k.to_string()).collect();
-            h.extend(
-                fields
-                    .keys()
-                    .filter(|k| !LEAD.contains(&k.as_str()))
-                    .cloned(),
-            );
-            w.write_record(&h)?;
-            header = Some(h);
+    let fields = |r: &Record| -> Result<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::to_value(r)? {
+            serde_json::Value::Object(f) => Ok(f),
+            _ => bail!("a record did not serialise to an object"),
         }
-        let cell = |v: &serde_json::Value| match v {
-            serde_json::Value::Null => String::new(),
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Array(a) => a
-                .iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(";"),
-            other => other.to_string(),
-        };
-        let row: Vec<String> = header
-            .as_deref()
-            .unwrap_or_default()
+    };
+    if records.is_empty() {
+        return Ok(String::new());
+    }
+    // Every record has the same fields.
+    let mut header: Vec<String> = CSV_LEAD.iter().map(|k| k.to_string()).collect();
+    header.extend(
+        fields(&Record::default())?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !CSV_LEAD.contains(&k.as_str())),
+    );
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => a
             .iter()
-            .map(|k| fields.get(k).map(cell).unwrap_or_default())
-            .collect();
-        w.write_record(&row)?;
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(";"),
+        other => other.to_string(),
+    };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(&header)?;
+    for r in records {
+        let f = fields(r)?;
+        w.write_record(
+            header
+                .iter()
+                .map(|k| f.get(k).map(cell).unwrap_or_default()),
+        )?;
     }
     Ok(String::from_utf8(w.into_inner()?)?)
 }
