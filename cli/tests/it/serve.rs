@@ -94,6 +94,23 @@ impl Server {
             .unwrap_or_else(|| panic!("no metric {name}"))
     }
 
+    /// Waits until the server's stderr contains `needle` (the reader thread appends lines as
+    /// they come, possibly after the response that caused them); returns the log.
+    fn wait_log(&self, needle: &str) -> String {
+        let t0 = Instant::now();
+        loop {
+            let log = self.stderr.lock().unwrap().clone();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                t0.elapsed() < METRIC_TIMEOUT,
+                "no '{needle}' in the log:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits until `name` satisfies `ok`.
     fn wait_metric(&self, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
         let t0 = Instant::now();
@@ -289,8 +306,7 @@ fn chat_and_text_completions() {
     assert_eq!(next["timings"]["cache_n"], 6, "{next}");
     assert_eq!(next["usage"]["prompt_tokens_details"]["cached_tokens"], 6);
 
-    let log = s.stderr.lock().unwrap().clone();
-    assert!(log.contains("cmpl-6: prompt 8 (6 cached)"), "{log}");
+    s.wait_log("cmpl-6: prompt 8 (6 cached)");
     let m = s.metrics();
     assert_eq!(m["thinker_requests_total"], 6.0);
     assert_eq!(
@@ -625,8 +641,7 @@ fn ctrl_c_shuts_down_gracefully() {
         thread::sleep(Duration::from_millis(20));
     };
     assert!(code.success(), "{code:?}");
-    let log = s.stderr.lock().unwrap().clone();
-    assert!(log.contains("shutting down"), "{log}");
+    s.wait_log("shutting down");
 }
 
 #[test]
