@@ -72,6 +72,7 @@ impl TestResult {
             exposed_io_ms,
             compute_ms: self.timed_ms().map(|t| (t / n - exposed_io_ms).max(0.0)),
             overlap: o.overlap(),
+            emulation_excess: o.stats.device.and_then(|d| d.excess_share()),
         })
     }
 
@@ -107,6 +108,9 @@ pub struct OffloadPerToken {
     pub compute_ms: Option<f64>,
     /// Share of I/O time not waited for.
     pub overlap: Option<f64>,
+    /// Emulated storage: the time the real storage added beyond the profile's modelled read
+    /// time, as a share of it (see `engine::offload::DeviceStats::excess_share`).
+    pub emulation_excess: Option<f64>,
 }
 
 /// The demand accesses recorded so far in a run, for Belady comparisons.

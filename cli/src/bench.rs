@@ -227,6 +227,7 @@ pub fn main(a: Args) -> Result<()> {
             bytes_read_per_token: opt.map(|o| o.bytes_read),
             io_ms_per_token: opt.map(|o| o.io_ms),
             exposed_io_ms_per_token: opt.map(|o| o.exposed_io_ms),
+            emulation_excess: opt.and_then(|o| o.emulation_excess),
             compute_ms_per_token: opt.and_then(|o| o.compute_ms),
             test: r.test.clone(),
             n_prompt: r.n_prompt as u32,
@@ -244,12 +245,25 @@ pub fn main(a: Args) -> Result<()> {
             roofline_tps: bw.filter(|_| r.n_gen > 0).map(|b| b / per_token),
             bandwidth_gbps: bw.map(|b| b / 1e9),
             sparsity: r.sparsity,
-            note: Some(match captured.get(&r.test) {
-                Some(c) => format!("{note}; {}", c.describe()),
-                None => note.clone(),
+            note: Some({
+                let mut n = note.clone();
+                if let Some(d) = r.offload.as_ref().and_then(|o| o.stats.device) {
+                    n.push_str(&format!("; {d}"));
+                }
+                if let Some(c) = captured.get(&r.test) {
+                    n.push_str(&format!("; {}", c.describe()));
+                }
+                n
             }),
             ..Record::default()
         });
+    }
+    for r in &results {
+        if let Some(d) = r.offload.as_ref().and_then(|o| o.stats.device)
+            && d.unfaithful()
+        {
+            eprintln!("warning: {}: storage emulation not faithful: {d}", r.test);
+        }
     }
     match a.output.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&records)?),

@@ -126,6 +126,10 @@ pub struct Record {
     /// I/O time per token not hidden behind compute, ms.
     #[serde(default)]
     pub exposed_io_ms_per_token: Option<f64>,
+    /// Emulated storage: the time the real storage added beyond the profile's modelled read
+    /// time, as a share of it (above [`UNFAITHFUL_EXCESS`] the run measured the real storage).
+    #[serde(default)]
+    pub emulation_excess: Option<f64>,
     /// Directory with the profile of this scenario, if one was taken.
     #[serde(default)]
     pub profile_dir: Option<String>,
@@ -142,6 +146,10 @@ pub enum TestKind {
     /// Token generation.
     Decode,
 }
+
+/// Real-storage excess above which an emulated run is marked as not faithful: the engine's
+/// `engine::offload::UNFAITHFUL_SHARE` (this crate reads records, not the engine).
+pub const UNFAITHFUL_EXCESS: f64 = 0.10;
 
 impl Record {
     /// Prefill or decode.

@@ -139,6 +139,7 @@ fn record(
         io_ms_per_token: (decode && offloaded).then_some(io_ms),
         compute_ms_per_token: (decode && !peer).then_some(compute_ms),
         exposed_io_ms_per_token: (decode && offloaded && !peer).then_some(exposed),
+        emulation_excess: (offloaded && !peer && storage != "real").then_some(0.004),
         profile_dir: None,
         note: (storage == "emmc" && budget == Some(GIB))
             .then(|| "demo: cgroup v2 memory controller not delegated; budget enforced by the engine only".into()),

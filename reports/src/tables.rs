@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::format::{self, MISSING};
-use crate::record::{Machine, Record, budget_label};
+use crate::record::{Machine, Record, UNFAITHFUL_EXCESS, budget_label};
 use crate::shape::{self, DeltaRow};
 
 /// One key/value line.
@@ -239,7 +239,10 @@ const COLUMNS: &[Column] = &[
     Column {
         header: "storage",
         numeric: false,
-        cell: |r| r.storage.clone(),
+        cell: |r| match r.emulation_excess {
+            Some(x) if x > UNFAITHFUL_EXCESS => format!("{} (not faithful)", r.storage),
+            _ => r.storage.clone(),
+        },
     },
     Column {
         header: "budget",
@@ -341,6 +344,11 @@ const COLUMNS: &[Column] = &[
         header: "exposed I/O ms/tok",
         numeric: true,
         cell: |r| ms(r.exposed_io_ms_per_token),
+    },
+    Column {
+        header: "real-storage excess",
+        numeric: true,
+        cell: |r| format::opt(r.emulation_excess, |x| format!("+{:.1}%", 100.0 * x)),
     },
     Column {
         header: "profile",
@@ -492,6 +500,30 @@ mod tests {
         assert_eq!(t.rows[1][hit].text, MISSING);
         let note = headers.iter().position(|h| *h == "note").expect("column");
         assert_eq!(t.rows[0][note].text, "[1]");
+    }
+
+    #[test]
+    fn unfaithful_emulation_is_marked_and_its_excess_shown() {
+        let mut slow = rec("nvme-gen4", "q4_0", Some(1 << 30), "tg32", 17.0);
+        slow.emulation_excess = Some(4.62);
+        let mut ok = rec("emmc", "q4_0", Some(1 << 30), "tg32", 3.0);
+        ok.emulation_excess = Some(0.01);
+        let (t, _) = results_table(&[&slow, &ok], &[]);
+        let headers: Vec<&str> = t.headers.iter().map(|h| h.text.as_str()).collect();
+        let col = |name: &str| headers.iter().position(|h| *h == name).expect(name);
+        let row = |storage: &str| {
+            t.rows
+                .iter()
+                .find(|r| r[col("storage")].text.starts_with(storage))
+                .expect(storage)
+        };
+        assert_eq!(
+            row("nvme-gen4")[col("storage")].text,
+            "nvme-gen4 (not faithful)"
+        );
+        assert_eq!(row("nvme-gen4")[col("real-storage excess")].text, "+462.0%");
+        assert_eq!(row("emmc")[col("storage")].text, "emmc");
+        assert_eq!(row("emmc")[col("real-storage excess")].text, "+1.0%");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::cgroup::Cgroup;
 use crate::peer::{self, DriverConfig, Peer, Ready, RecordContext};
 use crate::plan::{self, Engine, Job, PlanConfig};
 use crate::scenario::{Matrix, Scenario, counts_arg, default_matrix};
+use crate::stage::{Stager, Staging};
 use crate::{profile_data, report, workspace_root};
 
 /// `cargo xtask bench` flags.
@@ -64,6 +65,14 @@ pub struct Args {
     /// emulated storage profiles are ours only.
     #[arg(long, value_enum)]
     peer: Option<Peer>,
+    /// RAM-backed directory (tmpfs) where a model is copied for the emulated storage profiles,
+    /// so that the profile, not this machine's disk, sets the read pace (see `stage.rs`).
+    #[arg(long, default_value = crate::stage::DEFAULT_DIR)]
+    stage_dir: PathBuf,
+    /// Read the emulated profiles' models from where they are (the records' `emulation_excess`
+    /// then shows how much the real disk slowed them).
+    #[arg(long)]
+    no_stage: bool,
 }
 
 /// What the built `thinker` supports (older builds lack offload flags).
@@ -180,14 +189,17 @@ fn run_limited(
     })
 }
 
-/// Stamps the scenario's storage, budget, cgroup peak and notes on its records.
-fn apply_limits(recs: &mut [Record], s: &Scenario, lim: &Limited) {
+/// Stamps the scenario's storage, budget, cgroup peak and notes on its records. With the model
+/// `staged` on a tmpfs, its mapped pages are not in the cgroup's count: the peak is the larger of
+/// the cgroup's and the process's own peak RSS (which includes them).
+fn apply_limits(recs: &mut [Record], s: &Scenario, lim: &Limited, staged: bool) {
     for r in recs {
         r.storage = s.storage.clone();
         r.budget_bytes = s.budget;
         if let Some(p) = lim.peak {
-            r.peak_mem_bytes = Some(p);
-            r.mem_source = Some("cgroup".into());
+            let rss = r.peak_mem_bytes.filter(|_| staged).unwrap_or(0);
+            r.peak_mem_bytes = Some(p.max(rss));
+            r.mem_source = Some(if staged { "cgroup+rss" } else { "cgroup" }.into());
         }
         if !lim.notes.is_empty() {
             let prev = r.note.take().unwrap_or_default();
@@ -208,11 +220,16 @@ fn run_scenario(
     reps: usize,
     run_id: &str,
     caps: &Capabilities,
+    staging: Option<&Staging>,
 ) -> Result<Vec<Record>> {
+    let model = match staging {
+        Some(Staging::Staged(p)) => p.as_path(),
+        _ => s.model_path.as_path(),
+    };
     let mut cmd = Command::new(thinker);
     cmd.arg("bench")
         .arg("-m")
-        .arg(&s.model_path)
+        .arg(model)
         .args(["-t", &threads.to_string()])
         .args(["-r", &reps.to_string()])
         .args(["-o", "jsonl", "--run-id", run_id])
@@ -226,7 +243,7 @@ fn run_scenario(
         // Measure without the bandwidth probe's buffer inside the budget.
         cmd.args(["--bandwidth-mib", "0"]);
     }
-    let lim = run_limited(&mut cmd, s, "thinker bench", false)?;
+    let mut lim = run_limited(&mut cmd, s, "thinker bench", false)?;
     let mut recs = Vec::new();
     for line in lim.stdout.lines() {
         if line.trim().is_empty() {
@@ -236,7 +253,18 @@ fn run_scenario(
             .with_context(|| format!("bad record from thinker: {line}"))?;
         recs.push(r);
     }
-    apply_limits(&mut recs, s, &lim);
+    match staging {
+        Some(Staging::Staged(p)) => lim.notes.push(format!(
+            "model staged on tmpfs ({}) so the emulated device, not this machine's disk, sets the read pace",
+            p.display()
+        )),
+        Some(Staging::Unstaged(why)) => lim.notes.push(format!(
+            "model read from its own disk, not staged on tmpfs ({why}): see emulation_excess"
+        )),
+        None => {}
+    }
+    let staged = matches!(staging, Some(Staging::Staged(_)));
+    apply_limits(&mut recs, s, &lim, staged);
     Ok(recs)
 }
 
@@ -277,7 +305,7 @@ fn run_peer_scenario(
             ..cx
         },
     );
-    apply_limits(&mut recs, s, &lim);
+    apply_limits(&mut recs, s, &lim, false);
     Ok(recs)
 }
 
@@ -412,6 +440,7 @@ pub fn main(a: Args) -> Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut failures = Vec::new();
+    let mut stager = Stager::new((!a.no_stage).then(|| a.stage_dir.clone()));
     let started = Instant::now();
     for Job {
         scenario: s,
@@ -440,7 +469,29 @@ pub fn main(a: Args) -> Result<()> {
                 },
             ),
             (Engine::Peer(_), None) => Err(anyhow::anyhow!("peer not set up")),
-            (Engine::Ours, _) => run_scenario(&thinker, s, threads, matrix.reps, &run_id, &caps),
+            (Engine::Ours, _) => {
+                let staging = if s.emulated_storage() {
+                    let st = stager.stage(&s.model_path, s.budget.unwrap_or(0))?;
+                    if let Staging::Unstaged(why) = &st {
+                        say(
+                            &pb,
+                            format!("  note: {} reads its model from disk: {why}", s.describe()),
+                        );
+                    }
+                    Some(st)
+                } else {
+                    None
+                };
+                run_scenario(
+                    &thinker,
+                    s,
+                    threads,
+                    matrix.reps,
+                    &run_id,
+                    &caps,
+                    staging.as_ref(),
+                )
+            }
         };
         match measured {
             Ok(recs) => {
@@ -472,6 +523,7 @@ pub fn main(a: Args) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
+    drop(stager);
     println!(
         "measured {} scenario runs in {:.1} min",
         todo.len(),

@@ -12,6 +12,7 @@ mod plan;
 mod profile_data;
 mod report;
 mod scenario;
+mod stage;
 mod tidy;
 
 use std::path::PathBuf;

@@ -160,6 +160,10 @@ impl OffloadSnapshot {
         d.stats.wait.deferred = a.wait.deferred - b.wait.deferred;
         d.stats.wait.prefetch_dropped = a.wait.prefetch_dropped - b.wait.prefetch_dropped;
         d.stats.wait.prefetch_cancelled = a.wait.prefetch_cancelled - b.wait.prefetch_cancelled;
+        d.stats.device = match (a.device, b.device) {
+            (Some(x), Some(y)) => Some(x.since(&y)),
+            (x, _) => x,
+        };
         d.spec.guessed = self.spec.guessed - earlier.spec.guessed;
         d.spec.correct = self.spec.correct - earlier.spec.correct;
         d.spec.chosen = self.spec.chosen - earlier.spec.chosen;
@@ -214,6 +218,9 @@ impl fmt::Display for OffloadSnapshot {
         )?;
         if let Some(o) = self.overlap() {
             write!(f, ", overlap {:.0}%", 100.0 * o)?;
+        }
+        if let Some(d) = &self.stats.device {
+            write!(f, "; {d}")?;
         }
         if self.spec.guessed > 0 {
             write!(

@@ -39,7 +39,7 @@ pub use io::{IoConfig, IoPool, IoStats, Priority, SlotTransform};
 pub use layout::{ExpertLayout, FileRange, Part, SlotLayout};
 pub use policy::PolicyKind;
 pub use prefetch::{ExpertGuard, OffloadStats, PrefetchConfig, Prefetcher};
-pub use storage::{DeviceModel, DeviceSpec, StorageProfile};
+pub use storage::{DeviceModel, DeviceSpec, DeviceStats, StorageProfile, UNFAITHFUL_SHARE};
 pub use sys::{ALIGN, AlignedBuf};
 
 use std::fmt;

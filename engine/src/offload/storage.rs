@@ -255,6 +255,10 @@ pub struct DeviceStats {
     pub real_slower: u64,
     /// Total time spent waiting for modelled completions, nanoseconds.
     pub throttled_ns: u64,
+    /// Modelled service time of all requests (arrival to modelled completion), nanoseconds.
+    pub modelled_ns: u64,
+    /// Time by which the real reads overran their modelled completions, summed, nanoseconds.
+    pub excess_ns: u64,
     /// Total time the emulating threads woke up after the modelled completions (scheduler
     /// latency, credited to their next requests), nanoseconds.
     pub late_ns: u64,
@@ -302,6 +306,68 @@ pub fn sleep_until(deadline: Instant) {
             return;
         }
         std::thread::sleep(deadline - now);
+    }
+}
+
+impl DeviceStats {
+    /// The counts accumulated between `earlier` and `self`.
+    pub fn since(&self, earlier: &DeviceStats) -> DeviceStats {
+        DeviceStats {
+            requests: self.requests.saturating_sub(earlier.requests),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            real_slower: self.real_slower.saturating_sub(earlier.real_slower),
+            throttled_ns: self.throttled_ns.saturating_sub(earlier.throttled_ns),
+            modelled_ns: self.modelled_ns.saturating_sub(earlier.modelled_ns),
+            excess_ns: self.excess_ns.saturating_sub(earlier.excess_ns),
+            late_ns: self.late_ns.saturating_sub(earlier.late_ns),
+        }
+    }
+
+    /// Share of the requests the real storage served more slowly than the profile (`None`
+    /// without requests): those took the real time instead of the modelled one.
+    pub fn real_slower_share(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.real_slower as f64 / self.requests as f64)
+    }
+
+    /// The time the real storage added beyond the modelled service time, as a share of it
+    /// (`None` without requests): 0 when every read kept the profile's pace.
+    pub fn excess_share(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.excess_ns as f64 / self.modelled_ns.max(1) as f64)
+    }
+
+    /// Whether the real storage added more than [`UNFAITHFUL_SHARE`] to the modelled read time:
+    /// then the run measured this machine's storage, not the profile.
+    pub fn unfaithful(&self) -> bool {
+        self.excess_share().is_some_and(|s| s > UNFAITHFUL_SHARE)
+    }
+}
+
+/// Above this much time added by the real storage, relative to the modelled read time, an
+/// emulated run is reported as not faithful (the emulation can only slow reads down). The same
+/// 10% as the emulation's own accuracy requirement (a stream of requests takes the time the
+/// profile predicts within 10%).
+pub const UNFAITHFUL_SHARE: f64 = 0.10;
+
+impl fmt::Display for DeviceStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "emulated {} reads", self.requests)?;
+        match self.real_slower_share() {
+            Some(share) if self.real_slower > 0 => write!(
+                f,
+                ", {} ({:.0}%) slower on the real storage than on the profile, adding {:.1}% to \
+                 the modelled read time{}",
+                self.real_slower,
+                100.0 * share,
+                100.0 * self.excess_share().unwrap_or(0.0),
+                if self.unfaithful() {
+                    ": NOT FAITHFUL, the real storage set the pace (put the model on faster \
+                     storage, e.g. tmpfs)"
+                } else {
+                    ""
+                }
+            ),
+            _ => write!(f, ", all at the profile's pace"),
+        }
     }
 }
 
@@ -376,14 +442,23 @@ impl DeviceModel {
         // Where this request completes on the thread's virtual timeline: the model, or the real
         // read if that alone took longer.
         let virtual_done = deadline.max(arrival + read_time);
+        let modelled = u64::try_from(deadline.saturating_duration_since(arrival).as_nanos())
+            .unwrap_or(u64::MAX);
         if arrival + read_time > deadline {
+            let over = (arrival + read_time).saturating_duration_since(deadline);
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stats.real_slower += 1;
+            st.stats.modelled_ns = st.stats.modelled_ns.saturating_add(modelled);
+            st.stats.excess_ns = st
+                .stats
+                .excess_ns
+                .saturating_add(u64::try_from(over.as_nanos()).unwrap_or(u64::MAX));
         } else {
             sleep_until(deadline);
             let waited = Instant::now().saturating_duration_since(real_done);
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stats.throttled_ns += u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+            st.stats.modelled_ns = st.stats.modelled_ns.saturating_add(modelled);
         }
         let late = Instant::now().saturating_duration_since(virtual_done);
         WAKE_CREDIT.set(late);
@@ -480,6 +555,46 @@ mod tests {
     }
 
     #[test]
+    fn stats_difference_share_and_fidelity() {
+        let a = DeviceStats {
+            requests: 10,
+            bytes: 1000,
+            real_slower: 1,
+            throttled_ns: 5,
+            modelled_ns: 1_000,
+            excess_ns: 10,
+            late_ns: 2,
+        };
+        let b = DeviceStats {
+            requests: 110,
+            bytes: 9000,
+            real_slower: 31,
+            throttled_ns: 50,
+            modelled_ns: 101_000,
+            excess_ns: 20_010,
+            late_ns: 3,
+        };
+        let d = b.since(&a);
+        assert_eq!((d.requests, d.bytes, d.real_slower), (100, 8000, 30));
+        assert_eq!(d.real_slower_share(), Some(0.3));
+        assert_eq!(d.excess_share(), Some(0.2));
+        assert!(d.unfaithful());
+        assert!(d.to_string().contains("NOT FAITHFUL"), "{d}");
+        // Many reads a little slow: faithful (the added time is what matters).
+        let ok = DeviceStats {
+            requests: 100,
+            real_slower: 30,
+            modelled_ns: 100_000,
+            excess_ns: 4_000,
+            ..DeviceStats::default()
+        };
+        assert!(!ok.unfaithful());
+        assert!(!ok.to_string().contains("NOT FAITHFUL"), "{ok}");
+        assert_eq!(DeviceStats::default().real_slower_share(), None);
+        assert!(!DeviceStats::default().unfaithful());
+    }
+
+    #[test]
     fn emulate_waits_for_the_model_and_counts_requests() {
         let m = DeviceModel::new(DeviceSpec {
             latency_ns: 2_000_000,
@@ -496,5 +611,23 @@ mod tests {
         assert!(dt < Duration::from_micros(3000 + 3000), "{dt:?}");
         let s = m.stats();
         assert_eq!((s.requests, s.bytes, s.real_slower), (1, 1_000_000, 0));
+        assert!(s.modelled_ns >= 3_000_000 && s.excess_ns == 0, "{s:?}");
+        assert!(!s.unfaithful());
+    }
+
+    #[test]
+    fn a_real_read_slower_than_the_profile_is_counted_as_unfaithful() {
+        // Modelled at 0.1 ms; the "real" read takes 5 ms.
+        let m = DeviceModel::new(DeviceSpec {
+            latency_ns: 100_000,
+            bandwidth_bytes_per_s: 1_000_000_000_000,
+            queue_depth: 1,
+        });
+        m.emulate(1000, None, || std::thread::sleep(Duration::from_millis(5)));
+        let s = m.stats();
+        assert_eq!(s.real_slower, 1);
+        assert!(s.excess_ns >= 4_000_000, "{s:?}");
+        assert!(s.unfaithful(), "{s}");
+        assert!(s.to_string().contains("NOT FAITHFUL"), "{s}");
     }
 }

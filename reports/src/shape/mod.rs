@@ -411,6 +411,7 @@ pub(crate) mod tests {
             io_ms_per_token: None,
             compute_ms_per_token: None,
             exposed_io_ms_per_token: None,
+            emulation_excess: None,
             profile_dir: None,
             note: None,
         }

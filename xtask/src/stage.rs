@@ -1,0 +1,304 @@
+//! Staging a model on RAM-backed storage for the emulated-device scenarios of `cargo xtask
+//! bench`.
+//!
+//! The engine emulates a device on top of real reads and can only slow them down
+//! (`engine::offload::storage`): a profile faster than the disk the model sits on measures that
+//! disk. On a machine whose disk reads ~1 GB/s, `nvme-gen4` (7 GB/s) and `ufs-3.1` (2.1 GB/s) came
+//! out at the real disk's speed (the real reads added 460% and 70% to the modelled read time). So
+//! before an emulated scenario the model is copied to a tmpfs (default `/dev/shm`), whose reads
+//! are memory copies, and the scenario reads it there; the record's `emulation_excess` says how
+//! faithful the run was all the same.
+//!
+//! Memory: the staged file's pages belong to the tmpfs (charged to this process's cgroup, not the
+//! scenario's), so they do not count against the scenario's cgroup limit, and the scenario's
+//! mapped weights are not in its cgroup peak either. The records of a staged run therefore report
+//! the larger of the cgroup peak and the process's own peak RSS (which counts mapped tmpfs pages).
+//!
+//! A file is staged only when the tmpfs has room for it and the machine's available memory holds
+//! it plus the scenario's budget plus [`HEADROOM`]; otherwise the scenario reads the real file
+//! and its record says why. One model is staged at a time; staged copies are removed when the
+//! [`Stager`] is dropped (an interrupted run leaves the copy, which the next run replaces).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Memory left free beyond the staged file and the scenario's budget.
+pub const HEADROOM: u64 = 2 << 30;
+
+/// Default staging directory's parent (a tmpfs on Linux).
+pub const DEFAULT_DIR: &str = "/dev/shm";
+
+/// Name of the directory under the staging parent that holds our copies.
+const SUBDIR: &str = "smallthinker-bench";
+
+/// Where a scenario reads its model from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Staging {
+    /// The model was copied here (RAM-backed).
+    Staged(PathBuf),
+    /// The real file is used, for this reason.
+    Unstaged(String),
+}
+
+/// Why a file of `file` bytes cannot be staged with `free` bytes left on the tmpfs, `available`
+/// bytes of memory on the machine and a scenario budget of `budget` bytes; `None` if it can.
+pub fn refusal(file: u64, free: u64, available: u64, budget: u64) -> Option<String> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if file > free {
+        return Some(format!(
+            "the tmpfs has {:.2} GiB free for a {:.2} GiB model",
+            gib(free),
+            gib(file)
+        ));
+    }
+    let need = file.saturating_add(budget).saturating_add(HEADROOM);
+    if need > available {
+        return Some(format!(
+            "{:.2} GiB of memory available, {:.2} GiB needed (model {:.2} + budget {:.2} + headroom {:.2})",
+            gib(available),
+            gib(need),
+            gib(file),
+            gib(budget),
+            gib(HEADROOM)
+        ));
+    }
+    None
+}
+
+/// The filesystem type of the mount holding `path` (longest mount-point prefix in
+/// `/proc/mounts`), if it can be found.
+fn fs_type(path: &Path, mounts: &str) -> Option<String> {
+    let mut best: Option<(usize, String)> = None;
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_dev), Some(mnt), Some(ty)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let mnt = mnt.replace("\\040", " ");
+        if path.starts_with(&mnt) && best.as_ref().is_none_or(|(n, _)| mnt.len() > *n) {
+            best = Some((mnt.len(), ty.to_string()));
+        }
+    }
+    best.map(|(_, t)| t)
+}
+
+/// `MemAvailable` from `/proc/meminfo`, bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Free bytes on the filesystem holding `dir` (`df`; no `statvfs` binding here).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Copies models to a tmpfs for emulated-storage scenarios (see the module docs).
+#[derive(Debug)]
+pub struct Stager {
+    /// Parent directory (a tmpfs), e.g. `/dev/shm`; `None` disables staging.
+    parent: Option<PathBuf>,
+    /// The model staged now: (source, copy).
+    current: Option<(PathBuf, PathBuf)>,
+}
+
+impl Stager {
+    /// Stages under `parent` (`None`: never stage).
+    pub fn new(parent: Option<PathBuf>) -> Stager {
+        Stager {
+            parent,
+            current: None,
+        }
+    }
+
+    /// Makes `src` readable from RAM-backed storage for a scenario with `budget` bytes, copying
+    /// it if needed (replacing any other staged model); says why not when it cannot.
+    pub fn stage(&mut self, src: &Path, budget: u64) -> Result<Staging> {
+        let Some(parent) = self.parent.clone() else {
+            return Ok(Staging::Unstaged("staging disabled (--no-stage)".into()));
+        };
+        if let Some((s, dst)) = &self.current
+            && s == src
+            && dst.exists()
+        {
+            return Ok(Staging::Staged(dst.clone()));
+        }
+        self.remove_current();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        match fs_type(&parent, &mounts) {
+            Some(t) if t == "tmpfs" || t == "ramfs" => {}
+            Some(t) => {
+                return Ok(Staging::Unstaged(format!(
+                    "{} is not RAM-backed (filesystem {t})",
+                    parent.display()
+                )));
+            }
+            None => {
+                return Ok(Staging::Unstaged(format!(
+                    "cannot tell whether {} is RAM-backed",
+                    parent.display()
+                )));
+            }
+        }
+        let file = std::fs::metadata(src)
+            .with_context(|| format!("reading the size of {}", src.display()))?
+            .len();
+        let free = free_bytes(&parent).unwrap_or(0);
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let available = mem_available(&meminfo).unwrap_or(0);
+        if let Some(why) = refusal(file, free, available, budget) {
+            return Ok(Staging::Unstaged(why));
+        }
+        let dir = parent.join(SUBDIR);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Copies left by an interrupted run hold memory: remove them first.
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let name = src
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "model.gguf".into());
+        let dst = dir.join(&name);
+        let tmp = dir.join(format!("{}.partial", name.to_string_lossy()));
+        std::fs::copy(src, &tmp)
+            .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+        std::fs::rename(&tmp, &dst).with_context(|| format!("renaming {}", tmp.display()))?;
+        self.current = Some((src.to_path_buf(), dst.clone()));
+        Ok(Staging::Staged(dst))
+    }
+
+    fn remove_current(&mut self) {
+        if let Some((_, dst)) = self.current.take() {
+            let _ = std::fs::remove_file(&dst);
+            if let Some(d) = dst.parent() {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+impl Drop for Stager {
+    fn drop(&mut self) {
+        self.remove_current();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn refuses_what_does_not_fit_and_says_why() {
+        assert_eq!(refusal(2 * GIB, 12 * GIB, 20 * GIB, GIB), None);
+        let why = refusal(12 * GIB, 11 * GIB, 20 * GIB, 8 * GIB).unwrap();
+        assert!(why.contains("11.00 GiB free"), "{why}");
+        // Fits the tmpfs, but not the memory with the budget and the headroom.
+        let why = refusal(11 * GIB, 12 * GIB, 20 * GIB, 8 * GIB).unwrap();
+        assert!(why.contains("21.00 GiB needed"), "{why}");
+        assert_eq!(refusal(11 * GIB, 12 * GIB, 21 * GIB, 8 * GIB), None);
+    }
+
+    #[test]
+    fn finds_the_filesystem_of_the_longest_mount_prefix() {
+        let mounts = "overlay / overlay rw 0 0\n\
+                      tmpfs /dev/shm tmpfs rw,nosuid 0 0\n\
+                      /dev/sda1 /dev/shm/disk ext4 rw 0 0\n\
+                      /dev/sdb1 /mnt/my\\040disk xfs rw 0 0\n";
+        assert_eq!(
+            fs_type(Path::new("/dev/shm"), mounts).as_deref(),
+            Some("tmpfs")
+        );
+        assert_eq!(
+            fs_type(Path::new("/dev/shm/x"), mounts).as_deref(),
+            Some("tmpfs")
+        );
+        assert_eq!(
+            fs_type(Path::new("/dev/shm/disk/x"), mounts).as_deref(),
+            Some("ext4")
+        );
+        assert_eq!(
+            fs_type(Path::new("/dev/shmx"), mounts).as_deref(),
+            Some("overlay")
+        );
+        assert_eq!(
+            fs_type(Path::new("/mnt/my disk/m"), mounts).as_deref(),
+            Some("xfs")
+        );
+        assert_eq!(fs_type(Path::new("rel"), mounts), None);
+    }
+
+    #[test]
+    fn reads_mem_available() {
+        let m = "MemTotal: 100 kB\nMemAvailable:   2048 kB\n";
+        assert_eq!(mem_available(m), Some(2 << 20));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn stages_once_replaces_and_cleans_up_or_declines_off_tmpfs() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let a = src_dir.path().join("a.gguf");
+        let b = src_dir.path().join("b.gguf");
+        std::fs::write(&a, b"model a").unwrap();
+        std::fs::write(&b, b"model b").unwrap();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        // A disk-backed parent (the temp dir, unless it is a tmpfs here) is declined, saying why.
+        let ram = |p: &Path| matches!(fs_type(p, &mounts).as_deref(), Some("tmpfs" | "ramfs"));
+        if !ram(src_dir.path()) {
+            let mut disk = Stager::new(Some(src_dir.path().to_path_buf()));
+            match disk.stage(&a, GIB).unwrap() {
+                Staging::Unstaged(why) => assert!(
+                    why.contains("not RAM-backed") || why.contains("cannot tell"),
+                    "{why}"
+                ),
+                s => panic!("staged on disk: {s:?}"),
+            }
+        }
+        assert!(matches!(
+            Stager::new(None).stage(&a, GIB).unwrap(),
+            Staging::Unstaged(_)
+        ));
+        // The real tmpfs, where the machine has one.
+        let shm = Path::new(DEFAULT_DIR);
+        if fs_type(shm, &mounts).as_deref() != Some("tmpfs") {
+            return;
+        }
+        // A private parent on the tmpfs, so a bench run's staged model is not touched.
+        let Ok(private) = tempfile::tempdir_in(shm) else {
+            return;
+        };
+        let mut st = Stager::new(Some(private.path().to_path_buf()));
+        let Staging::Staged(pa) = st.stage(&a, 0).unwrap() else {
+            return; // no room on this machine
+        };
+        assert_eq!(std::fs::read(&pa).unwrap(), b"model a");
+        assert_eq!(st.stage(&a, 0).unwrap(), Staging::Staged(pa.clone()));
+        let Staging::Staged(pb) = st.stage(&b, 0).unwrap() else {
+            panic!("b not staged");
+        };
+        assert!(!pa.exists() || pa == pb, "the previous copy stays");
+        assert_eq!(std::fs::read(&pb).unwrap(), b"model b");
+        drop(st);
+        assert!(!pb.exists(), "the copy outlives the stager");
+    }
+}
