@@ -66,6 +66,18 @@ fn packed_bytes(kind: PlaneKind, h: usize, f: usize) -> usize {
 /// neuron-major form in `dst` (same length): scales `[F/32][H]` f16, then planes `[F][H/2 or H]`.
 /// Every byte of `dst` is written.
 pub fn repack(kind: PlaneKind, h: usize, f: usize, src: &[u8], dst: &mut [u8]) -> Result<()> {
+    repack_with(kind, h, f, src, dst, true)
+}
+
+/// [`repack`], with the SIMD form where the CPU has one (`simd`) or the scalar reference.
+fn repack_with(
+    kind: PlaneKind,
+    h: usize,
+    f: usize,
+    src: &[u8],
+    dst: &mut [u8],
+    simd: bool,
+) -> Result<()> {
     let ty = kind.ty();
     let bb = ty.block_bytes();
     let nb = f / QK;
@@ -84,6 +96,12 @@ pub fn repack(kind: PlaneKind, h: usize, f: usize, src: &[u8], dst: &mut [u8]) -
     }
     let pb = plane_bytes(kind, h);
     let (scales, planes) = dst.split_at_mut(nb * h * 2);
+    #[cfg(target_arch = "x86_64")]
+    if simd && kind == PlaneKind::Q4 && x86::repack_q4(h, f, src, scales, planes) {
+        return Ok(());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
     // Row `row`'s scale of block `b` (copied as the tiles below read the block).
     let mut scale = |row: usize, b: usize| {
         let at = row * rb + b * bb;
@@ -615,6 +633,11 @@ mod tests {
                 let want = repack_reference(&m);
                 let owned = DownPlanes::from_down(&m).unwrap().unwrap();
                 assert_eq!(owned.data.as_slice(), &want[..], "{ty:?} {h}x{f}");
+                // The scalar form too (`repack` takes the SIMD one where the CPU has it).
+                let kind = PlaneKind::for_down(ty, h, f).unwrap();
+                let mut scalar = vec![0u8; want.len()];
+                repack_with(kind, h, f, m.bytes(), &mut scalar, false).unwrap();
+                assert_eq!(scalar, want, "scalar {ty:?} {h}x{f}");
                 // In place over a copy of the ggml bytes, as a cache slot does it.
                 let mut slot = m.bytes().to_vec();
                 let src = slot.clone();
@@ -654,14 +677,25 @@ mod tests {
             let m = matrix(ty, 1536, 768, 5);
             let kind = PlaneKind::for_down(ty, 1536, 768).unwrap();
             let mut dst = vec![0u8; m.bytes().len()];
-            let n = 200;
-            let t = std::time::Instant::now();
-            for _ in 0..n {
-                repack(kind, 1536, 768, m.bytes(), &mut dst).unwrap();
+            // Scalar and SIMD alternating, median of 15 rounds of 20 (a shared machine).
+            let mut ms = [Vec::new(), Vec::new()];
+            for _ in 0..15 {
+                for (simd, v) in ms.iter_mut().enumerate() {
+                    let t = std::time::Instant::now();
+                    for _ in 0..20 {
+                        repack_with(kind, 1536, 768, m.bytes(), &mut dst, simd == 1).unwrap();
+                    }
+                    v.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
+                }
             }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (a, b) = (med(&mut ms[0]), med(&mut ms[1]));
             eprintln!(
-                "{ty:?}: {:.3} ms per repack",
-                t.elapsed().as_secs_f64() * 1e3 / n as f64
+                "{ty:?}: scalar {a:.3} ms, best {b:.3} ms per repack ({:.2}x)",
+                a / b
             );
         }
     }

@@ -28,6 +28,90 @@ pub(super) fn transpose16(m: &[u128; 16]) -> [u128; 16] {
     unsafe { std::mem::transmute(r) }
 }
 
+/// The Q4 [`super::repack`] with AVX2, if the CPU has it (returns `false` otherwise, writing
+/// nothing): `scales` and `planes` are the two parts of the packed output (lengths checked by the
+/// caller). Same tiles as the scalar form, two at once: a 256-bit register holds row `k`'s
+/// low-nibble combination (`lo`, low lane) and high-nibble one (`hi`, high lane), built with
+/// per-lane shifts from the two rows broadcast; the byte interleaves of [`transpose16`] then
+/// transpose both 16×16 tiles in one pass, lane by lane. ~3× the scalar form (it is on the
+/// offload read path, after every expert read).
+pub(super) fn repack_q4(
+    h: usize,
+    f: usize,
+    src: &[u8],
+    scales: &mut [u8],
+    planes: &mut [u8],
+) -> bool {
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        return false;
+    }
+    // SAFETY: AVX2 was detected just above.
+    unsafe { repack_q4_avx2(h, f, src, scales, planes) };
+    true
+}
+
+#[target_feature(enable = "avx2")]
+fn repack_q4_avx2(h: usize, f: usize, src: &[u8], scales: &mut [u8], planes: &mut [u8]) {
+    const BB: usize = 18; // Q4_0 block bytes
+    let nb = f / QK;
+    let rb = nb * BB;
+    let pb = plane_bytes(PlaneKind::Q4, h);
+    let low = _mm256_set1_epi8(0x0F);
+    let lanes = _mm256_set_epi64x(4, 4, 0, 0);
+    // Row `row`'s 16 nibble bytes of block `b`, in both lanes.
+    let load = |row: usize, b: usize| {
+        let q = &src[row * rb + b * BB + 2..row * rb + b * BB + 18];
+        // SAFETY: `q` holds 16 bytes (a checked slice); `loadu` has no alignment requirement.
+        _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(q.as_ptr().cast()) })
+    };
+    // Output groups outermost: a group's 32 source rows stay in the L1 while its tiles are
+    // written.
+    for g in 0..h / QK {
+        for b in 0..nb {
+            let block_planes = &mut planes[b * QK * pb..(b + 1) * QK * pb];
+            // The tile's 32 scales (`[F/32][H]`: contiguous for its rows), read beside the
+            // nibbles they precede and written at once.
+            let mut sc = [0u8; 2 * QK];
+            for (k, d) in sc.chunks_exact_mut(2).enumerate() {
+                let at = (g * QK + k) * rb + b * BB;
+                d.copy_from_slice(&src[at..at + 2]);
+            }
+            let at = (b * h + g * QK) * 2;
+            scales[at..at + 2 * QK].copy_from_slice(&sc);
+            let mut r = [_mm256_setzero_si256(); 16];
+            for (k, rk) in r.iter_mut().enumerate() {
+                let x = load(g * QK + k, b);
+                let y = load(g * QK + k + 16, b);
+                // Low lane: (x & 0F) | (y & 0F) << 4; high lane: (x >> 4) | (y & F0).
+                let xs = _mm256_and_si256(_mm256_srlv_epi64(x, lanes), low);
+                let ys = _mm256_and_si256(_mm256_srlv_epi64(y, lanes), low);
+                *rk = _mm256_or_si256(xs, _mm256_slli_epi64::<4>(ys));
+            }
+            for _ in 0..4 {
+                let mut x = r;
+                for i in 0..8 {
+                    x[2 * i] = _mm256_unpacklo_epi8(r[i], r[i + 8]);
+                    x[2 * i + 1] = _mm256_unpackhi_epi8(r[i], r[i + 8]);
+                }
+                r = x;
+            }
+            for (i, t) in r.iter().enumerate() {
+                let at = i * pb + g * 16;
+                let lo = &mut block_planes[at..at + 16];
+                // SAFETY: `lo` holds 16 bytes (a checked slice); `storeu` has no alignment
+                // requirement.
+                unsafe { _mm_storeu_si128(lo.as_mut_ptr().cast(), _mm256_castsi256_si128(*t)) };
+                let at = (i + 16) * pb + g * 16;
+                let hi = &mut block_planes[at..at + 16];
+                // SAFETY: as above.
+                unsafe {
+                    _mm_storeu_si128(hi.as_mut_ptr().cast(), _mm256_extracti128_si256::<1>(*t));
+                }
+            }
+        }
+    }
+}
+
 /// Runs the kernel of `level` (VNNI for Q4 planes at the AVX-512 level, else AVX2); `None` for
 /// the scalar level or a level this CPU cannot run.
 pub(super) fn apply(
