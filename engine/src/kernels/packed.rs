@@ -58,8 +58,21 @@ pub fn repack_q4_0x8(rows: &[BlockQ4_0], nb: usize, out: &mut [BlockQ4_0x8]) -> 
             out.len()
         )));
     }
+    repack_q4_0x8_with(rows, nb, out, true);
+    Ok(())
+}
+
+/// [`repack_q4_0x8`] (arguments checked), with AVX2 where the CPU has it (`simd`) or the
+/// scalar reference.
+fn repack_q4_0x8_with(rows: &[BlockQ4_0], nb: usize, out: &mut [BlockQ4_0x8], simd: bool) {
     for (g, dst) in out.chunks_exact_mut(nb).enumerate() {
         let src = &rows[g * X8_ROWS * nb..(g + 1) * X8_ROWS * nb];
+        #[cfg(target_arch = "x86_64")]
+        if simd && super::x86::repack_q4_0x8_group(src, nb, dst) {
+            continue;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = simd;
         for (b, o) in dst.iter_mut().enumerate() {
             let mut d = [0u16; 8];
             let mut qs = [0u8; 128];
@@ -73,7 +86,6 @@ pub fn repack_q4_0x8(rows: &[BlockQ4_0], nb: usize, out: &mut [BlockQ4_0x8]) -> 
             *o = BlockQ4_0x8 { d, qs };
         }
     }
-    Ok(())
 }
 
 /// Row `r` (of the whole matrix) of an x8-packed matrix with `nb` blocks per row, as row-major
@@ -267,6 +279,45 @@ mod tests {
                 assert_eq!(back, rows[r * nb..(r + 1) * nb], "nb {nb} row {r}");
             }
         }
+    }
+
+    #[test]
+    fn simd_repack_equals_the_scalar_one() {
+        for nb in [1, 2, 5, 48] {
+            let rows = blocks(24 * nb, 7 + nb as u64);
+            let mut a = vec![BlockQ4_0x8::zeroed(); 3 * nb];
+            let mut b = vec![BlockQ4_0x8::zeroed(); 3 * nb];
+            repack_q4_0x8_with(&rows, nb, &mut a, true);
+            repack_q4_0x8_with(&rows, nb, &mut b, false);
+            assert_eq!(a, b, "nb {nb}");
+        }
+    }
+
+    /// Timing of the x8 repack at the 4B gate's shape, scalar and SIMD alternating (run with
+    /// `--ignored --nocapture` in release).
+    #[test]
+    #[ignore]
+    fn repack_speed_x8() {
+        let nb = 48;
+        let rows = blocks(768 * nb, 3);
+        let mut p = vec![BlockQ4_0x8::zeroed(); 96 * nb];
+        let mut ms = [Vec::new(), Vec::new()];
+        for _ in 0..15 {
+            for (simd, v) in ms.iter_mut().enumerate() {
+                let t = std::time::Instant::now();
+                for _ in 0..20 {
+                    repack_q4_0x8_with(&rows, nb, &mut p, simd == 1);
+                }
+                v.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
+            }
+        }
+        for v in &mut ms {
+            v.sort_by(f64::total_cmp);
+        }
+        eprintln!(
+            "x8 768x1536: scalar {:.3} ms, best {:.3} ms",
+            ms[0][7], ms[1][7]
+        );
     }
 
     #[test]

@@ -82,6 +82,17 @@ pub(super) fn prefetch_l2(bytes: &[u8]) {
     }
 }
 
+/// [`crate::kernels::packed::repack_q4_0x8`] for one group of eight rows with AVX2; `false`
+/// (nothing written) without AVX2.
+pub(crate) fn repack_q4_0x8_group(src: &[BlockQ4_0], nb: usize, dst: &mut [BlockQ4_0x8]) -> bool {
+    if !std::is_x86_feature_detected!("avx2") {
+        return false;
+    }
+    // SAFETY: AVX2 was detected just above.
+    unsafe { packed::repack_q4_0x8_group_avx2(src, nb, dst) };
+    true
+}
+
 fn gemv_q4_0x8_q8_0(w: &[BlockQ4_0x8], a: Q8Blocks<'_>, out: &mut [f32]) {
     debug_assert!(avx2_supported());
     // SAFETY: reachable only through `AVX2`/`AVX512`, handed out after detection of AVX2+.

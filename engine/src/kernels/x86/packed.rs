@@ -14,6 +14,38 @@ use std::arch::x86_64::*;
 
 use super::avx2::{load_u8x32, load_u16x8, prefetch};
 use crate::kernels::packed::{BlockQ4_0x8, GEMM_TOKENS, Q8Blocks, X8_ROWS};
+use crate::quant::BlockQ4_0;
+
+/// x8 repack of one group of eight rows (`src`: the rows one after the other, `nb` blocks
+/// each; `dst`: the group's `nb` packed blocks): per block, the rows' 16 nibble bytes are four
+/// 4-byte runs, and the packed block holds run `c` of row `r` at run `8c + r` — a 8×4 transpose
+/// of 32-bit words, done as two 4×4 ones in the lanes of four registers (rows `r` and `r + 4`).
+#[target_feature(enable = "avx2")]
+pub fn repack_q4_0x8_group_avx2(src: &[BlockQ4_0], nb: usize, dst: &mut [BlockQ4_0x8]) {
+    let rows: [&[BlockQ4_0]; X8_ROWS] = std::array::from_fn(|r| &src[r * nb..(r + 1) * nb]);
+    for (b, o) in dst[..nb].iter_mut().enumerate() {
+        // SAFETY: `qs` is 16 plain bytes; `loadu` has no alignment requirement.
+        let q = |r: usize| unsafe { _mm_loadu_si128(rows[r][b].qs.as_ptr().cast()) };
+        let a: [__m256i; 4] = std::array::from_fn(|r| _mm256_set_m128i(q(r + 4), q(r)));
+        let t0 = _mm256_unpacklo_epi32(a[0], a[1]);
+        let t1 = _mm256_unpackhi_epi32(a[0], a[1]);
+        let t2 = _mm256_unpacklo_epi32(a[2], a[3]);
+        let t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+        let runs = [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ];
+        for (c, v) in runs.iter().enumerate() {
+            let at = &mut o.qs[32 * c..32 * (c + 1)];
+            // SAFETY: `at` holds 32 bytes (a checked slice); `storeu` has no alignment
+            // requirement.
+            unsafe { _mm256_storeu_si256(at.as_mut_ptr().cast(), *v) };
+        }
+        o.d = std::array::from_fn(|r| rows[r][b].d);
+    }
+}
 
 /// Four activation bytes `k..k+4` broadcast to every i32 lane.
 #[inline]
