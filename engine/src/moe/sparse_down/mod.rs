@@ -97,7 +97,7 @@ fn repack_with(
     let pb = plane_bytes(kind, h);
     let (scales, planes) = dst.split_at_mut(nb * h * 2);
     #[cfg(target_arch = "x86_64")]
-    if simd && kind == PlaneKind::Q4 && x86::repack_q4(h, f, src, scales, planes) {
+    if simd && x86::repack(kind, h, f, src, scales, planes) {
         return Ok(());
     }
     #[cfg(not(target_arch = "x86_64"))]
