@@ -1,5 +1,7 @@
-//! Integration tests of the `thinker` binary: `chat` with piped stdin, `serve` over real HTTP.
+//! Integration tests of the `thinker` binary: `chat` with piped stdin, `serve` over real HTTP,
+//! `bench` records of an offloaded run.
 
+mod bench;
 mod chat;
 mod http;
 mod perfetto;
