@@ -303,7 +303,7 @@ pub fn main(a: Args) -> Result<()> {
             }
             if off.is_some() {
                 println!(
-                    "\n| test | hit rate | Belady | ready | MiB read/token | I/O ms/token | exposed ms/token | compute ms/token | overlap |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+                    "\n| test | hit rate | Belady | ready | MiB read/token | I/O ms/token | exposed ms/token | compute ms/token | overlap | real-storage excess |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
                 );
                 for r in &records {
                     let pct = |v: Option<f64>| {
@@ -313,7 +313,7 @@ pub fn main(a: Args) -> Result<()> {
                         v.map_or_else(|| "-".to_string(), |x| format!("{:.2}", x * scale))
                     };
                     println!(
-                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         r.test,
                         pct(r.hit_rate),
                         pct(r.belady_hit_rate),
@@ -322,7 +322,8 @@ pub fn main(a: Args) -> Result<()> {
                         num(r.io_ms_per_token, 1.0),
                         num(r.exposed_io_ms_per_token, 1.0),
                         num(r.compute_ms_per_token, 1.0),
-                        pct(r.overlap_ratio)
+                        pct(r.overlap_ratio),
+                        pct(r.emulation_excess)
                     );
                 }
                 println!("\n{note}");
