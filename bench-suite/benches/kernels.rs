@@ -305,12 +305,49 @@ fn bench_attention(c: &mut Criterion) {
     g.finish();
 }
 
+/// The load-time and after-every-offloaded-read layouts of a 4B expert: the down matrix into
+/// neuron-major planes (Q4_0 and Q8_0) and the gate into x8 blocks, scalar reference against
+/// the level's form (`THINKER_SIMD` caps it). Throughput in bytes repacked.
+fn bench_repack(c: &mut Criterion) {
+    use engine::kernels::packed::{self, BlockQ4_0x8};
+    use engine::moe::sparse_down::{self, PlaneKind};
+
+    let mut g = c.benchmark_group("repack");
+    for (kind, ty) in [
+        (PlaneKind::Q4, GgmlType::Q4_0),
+        (PlaneKind::Q8, GgmlType::Q8_0),
+    ] {
+        let down = matrix(ty, H, F, 51);
+        let mut dst = vec![0u8; down.len()];
+        g.throughput(Throughput::Bytes(down.len() as u64));
+        let name = format!("down_planes_{}_1536x768", ty.name());
+        g.bench_function(BenchmarkId::new(name.clone(), "scalar"), |b| {
+            b.iter(|| sparse_down::repack_scalar(kind, H, F, black_box(&down), &mut dst))
+        });
+        g.bench_function(BenchmarkId::new(name, "best"), |b| {
+            b.iter(|| sparse_down::repack(kind, H, F, black_box(&down), &mut dst))
+        });
+    }
+    let gate = matrix(GgmlType::Q4_0, F, H, 52);
+    let rows: &[BlockQ4_0] = bytemuck::cast_slice(&gate);
+    let mut x8 = vec![<BlockQ4_0x8 as bytemuck::Zeroable>::zeroed(); rows.len() / 8];
+    g.throughput(Throughput::Bytes(gate.len() as u64));
+    g.bench_function(BenchmarkId::new("x8_q4_0_768x1536", "scalar"), |b| {
+        b.iter(|| packed::repack_q4_0x8_scalar(black_box(rows), H / 32, &mut x8))
+    });
+    g.bench_function(BenchmarkId::new("x8_q4_0_768x1536", "best"), |b| {
+        b.iter(|| packed::repack_q4_0x8(black_box(rows), H / 32, &mut x8))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_baseline,
     bench_dots,
     bench_gemv,
     bench_two_level,
-    bench_attention
+    bench_attention,
+    bench_repack
 );
 criterion_main!(benches);

@@ -108,9 +108,9 @@ pub struct Record {
     /// I/O time the compute waited for, per token, ms.
     pub exposed_io_ms_per_token: Option<f64>,
     /// Emulated storage profiles: the time the real storage added beyond the profile's modelled
-    /// read time, as a share of it. The emulation can only slow reads down, so above a few
-    /// percent (`engine::offload::UNFAITHFUL_SHARE`) the run measured this machine's storage,
-    /// not the profile.
+    /// read time, as a share of it. The emulation can only slow reads down, so above 10%
+    /// (`engine::offload::UNFAITHFUL_SHARE`) the run measured this machine's storage, not the
+    /// profile.
     pub emulation_excess: Option<f64>,
     /// Directory with profile artefacts, if any.
     pub profile_dir: Option<String>,

@@ -323,7 +323,8 @@ pub fn main(a: Args) -> Result<()> {
                         num(r.exposed_io_ms_per_token, 1.0),
                         num(r.compute_ms_per_token, 1.0),
                         pct(r.overlap_ratio),
-                        pct(r.emulation_excess)
+                        r.emulation_excess
+                            .map_or_else(|| "-".to_string(), |x| format!("+{:.1}%", 100.0 * x))
                     );
                 }
                 println!("\n{note}");

@@ -452,6 +452,10 @@ pub fn main(a: Args) -> Result<()> {
             Engine::Peer(_) => format!("[{}] ", engine.name()),
         };
         pb.set_message(format!("{who}{}", s.describe()));
+        if !(matches!(engine, Engine::Ours) && s.emulated_storage()) {
+            // A staged copy would only hold memory this scenario may need.
+            stager.release();
+        }
         let measured = match (engine, &peer_ready) {
             (Engine::Peer(_), Some(ready)) => run_peer_scenario(
                 &root,
@@ -471,7 +475,7 @@ pub fn main(a: Args) -> Result<()> {
             (Engine::Peer(_), None) => Err(anyhow::anyhow!("peer not set up")),
             (Engine::Ours, _) => {
                 let staging = if s.emulated_storage() {
-                    let st = stager.stage(&s.model_path, s.budget.unwrap_or(0))?;
+                    let st = stager.stage(&s.model_path, s.budget.unwrap_or(0));
                     if let Staging::Unstaged(why) = &st {
                         say(
                             &pb,

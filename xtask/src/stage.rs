@@ -15,9 +15,11 @@
 //! the larger of the cgroup peak and the process's own peak RSS (which counts mapped tmpfs pages).
 //!
 //! A file is staged only when the tmpfs has room for it and the machine's available memory holds
-//! it plus the scenario's budget plus [`HEADROOM`]; otherwise the scenario reads the real file
-//! and its record says why. One model is staged at a time; staged copies are removed when the
-//! [`Stager`] is dropped (an interrupted run leaves the copy, which the next run replaces).
+//! it plus the scenario's budget plus [`HEADROOM`]; otherwise (or if the copy fails) the
+//! scenario reads the real file and its record says why. A model already on a tmpfs is read
+//! where it is. One model is staged at a time; the copy is removed before a scenario that does
+//! not read it and when the [`Stager`] is dropped (an interrupted run leaves it; the next run
+//! removes it before measuring the room).
 
 use std::path::{Path, PathBuf};
 
@@ -127,65 +129,106 @@ impl Stager {
     }
 
     /// Makes `src` readable from RAM-backed storage for a scenario with `budget` bytes, copying
-    /// it if needed (replacing any other staged model); says why not when it cannot.
-    pub fn stage(&mut self, src: &Path, budget: u64) -> Result<Staging> {
+    /// it if needed (replacing any other staged model); says why not when it cannot. Never
+    /// fails: any problem (no room, no tmpfs, a copy that fails) leaves the scenario on the real
+    /// file with the reason, and a partial copy is removed.
+    pub fn stage(&mut self, src: &Path, budget: u64) -> Staging {
         let Some(parent) = self.parent.clone() else {
-            return Ok(Staging::Unstaged("staging disabled (--no-stage)".into()));
+            return Staging::Unstaged("staging disabled (--no-stage)".into());
         };
         if let Some((s, dst)) = &self.current
             && s == src
             && dst.exists()
         {
-            return Ok(Staging::Staged(dst.clone()));
+            return Staging::Staged(dst.clone());
         }
-        self.remove_current();
+        self.release();
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        // A model already on a tmpfs (ours or the user's) is read where it is: no second copy,
+        // and nothing of the user's is touched.
+        let src_real = std::fs::canonicalize(src).unwrap_or_else(|_| src.to_path_buf());
+        if matches!(fs_type(&src_real, &mounts).as_deref(), Some("tmpfs")) {
+            return Staging::Staged(src.to_path_buf());
+        }
+        let parent = match std::fs::canonicalize(&parent) {
+            Ok(p) => p,
+            Err(e) => {
+                return Staging::Unstaged(format!("{}: {e}", parent.display()));
+            }
+        };
         match fs_type(&parent, &mounts) {
-            Some(t) if t == "tmpfs" || t == "ramfs" => {}
+            Some(t) if t == "tmpfs" => {}
             Some(t) => {
-                return Ok(Staging::Unstaged(format!(
-                    "{} is not RAM-backed (filesystem {t})",
+                return Staging::Unstaged(format!(
+                    "{} is not a tmpfs (filesystem {t})",
                     parent.display()
-                )));
+                ));
             }
             None => {
-                return Ok(Staging::Unstaged(format!(
-                    "cannot tell whether {} is RAM-backed",
+                return Staging::Unstaged(format!(
+                    "cannot tell whether {} is a tmpfs",
                     parent.display()
-                )));
+                ));
             }
         }
-        let file = std::fs::metadata(src)
-            .with_context(|| format!("reading the size of {}", src.display()))?
-            .len();
-        let free = free_bytes(&parent).unwrap_or(0);
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let available = mem_available(&meminfo).unwrap_or(0);
-        if let Some(why) = refusal(file, free, available, budget) {
-            return Ok(Staging::Unstaged(why));
-        }
         let dir = parent.join(SUBDIR);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        // Copies left by an interrupted run hold memory: remove them first.
+        // Copies left by an interrupted run hold memory: remove them before measuring the room.
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        match self.copy_in(src, &dir, budget) {
+            Ok(s) => s,
+            Err(e) => Staging::Unstaged(format!("{e:#}")),
+        }
+    }
+
+    /// Checks the room and copies `src` into `dir` (through a `.partial` name, removed if the
+    /// copy fails).
+    fn copy_in(&mut self, src: &Path, dir: &Path, budget: u64) -> Result<Staging> {
+        let file = std::fs::metadata(src)
+            .with_context(|| format!("reading the size of {}", src.display()))?
+            .len();
+        let parent = dir.parent().unwrap_or(dir);
+        let Some(free) = free_bytes(parent) else {
+            return Ok(Staging::Unstaged(format!(
+                "cannot tell the free space on {} (df failed)",
+                parent.display()
+            )));
+        };
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let Some(available) = mem_available(&meminfo) else {
+            return Ok(Staging::Unstaged(
+                "cannot read MemAvailable from /proc/meminfo".into(),
+            ));
+        };
+        if let Some(why) = refusal(file, free, available, budget) {
+            return Ok(Staging::Unstaged(why));
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let name = src
             .file_name()
             .map(|n| n.to_os_string())
             .unwrap_or_else(|| "model.gguf".into());
         let dst = dir.join(&name);
         let tmp = dir.join(format!("{}.partial", name.to_string_lossy()));
-        std::fs::copy(src, &tmp)
-            .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
-        std::fs::rename(&tmp, &dst).with_context(|| format!("renaming {}", tmp.display()))?;
+        let copied = std::fs::copy(src, &tmp)
+            .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))
+            .and_then(|_| {
+                std::fs::rename(&tmp, &dst).with_context(|| format!("renaming {}", tmp.display()))
+            });
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         self.current = Some((src.to_path_buf(), dst.clone()));
         Ok(Staging::Staged(dst))
     }
 
-    fn remove_current(&mut self) {
+    /// Removes the staged copy, if any (before scenarios that do not read it, so it does not
+    /// hold their memory).
+    pub fn release(&mut self) {
         if let Some((_, dst)) = self.current.take() {
             let _ = std::fs::remove_file(&dst);
             if let Some(d) = dst.parent() {
@@ -197,7 +240,7 @@ impl Stager {
 
 impl Drop for Stager {
     fn drop(&mut self) {
-        self.remove_current();
+        self.release();
     }
 }
 
@@ -262,43 +305,75 @@ mod tests {
         std::fs::write(&a, b"model a").unwrap();
         std::fs::write(&b, b"model b").unwrap();
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-        // A disk-backed parent (the temp dir, unless it is a tmpfs here) is declined, saying why.
-        let ram = |p: &Path| matches!(fs_type(p, &mounts).as_deref(), Some("tmpfs" | "ramfs"));
-        if !ram(src_dir.path()) {
+        let on_tmpfs = |p: &Path| {
+            let p = std::fs::canonicalize(p).unwrap();
+            fs_type(&p, &mounts).as_deref() == Some("tmpfs")
+        };
+        if on_tmpfs(src_dir.path()) {
+            // A model already on a tmpfs is read where it is.
+            let mut st = Stager::new(Some(src_dir.path().to_path_buf()));
+            assert_eq!(st.stage(&a, GIB), Staging::Staged(a.clone()));
+        } else {
+            // A disk-backed parent is declined, saying why; so is a missing model.
             let mut disk = Stager::new(Some(src_dir.path().to_path_buf()));
-            match disk.stage(&a, GIB).unwrap() {
+            match disk.stage(&a, GIB) {
                 Staging::Unstaged(why) => assert!(
-                    why.contains("not RAM-backed") || why.contains("cannot tell"),
+                    why.contains("not a tmpfs") || why.contains("cannot tell"),
                     "{why}"
                 ),
                 s => panic!("staged on disk: {s:?}"),
             }
         }
         assert!(matches!(
-            Stager::new(None).stage(&a, GIB).unwrap(),
+            Stager::new(None).stage(&a, GIB),
             Staging::Unstaged(_)
         ));
         // The real tmpfs, where the machine has one.
         let shm = Path::new(DEFAULT_DIR);
-        if fs_type(shm, &mounts).as_deref() != Some("tmpfs") {
+        if !shm.exists() || !on_tmpfs(shm) {
+            eprintln!("note: no tmpfs at {DEFAULT_DIR}; the staging half of this test skipped");
             return;
         }
         // A private parent on the tmpfs, so a bench run's staged model is not touched.
-        let Ok(private) = tempfile::tempdir_in(shm) else {
+        let private = tempfile::tempdir_in(shm).unwrap();
+        let mut st = Stager::new(Some(private.path().to_path_buf()));
+        let missing = src_dir.path().join("missing.gguf");
+        match st.stage(&missing, 0) {
+            Staging::Unstaged(why) => assert!(why.contains("missing.gguf"), "{why}"),
+            s => panic!("{s:?}"),
+        }
+        let Staging::Staged(pa) = st.stage(&a, 0) else {
+            eprintln!("note: no room on the tmpfs; the staging half of this test skipped");
             return;
         };
-        let mut st = Stager::new(Some(private.path().to_path_buf()));
-        let Staging::Staged(pa) = st.stage(&a, 0).unwrap() else {
-            return; // no room on this machine
-        };
+        if on_tmpfs(src_dir.path()) {
+            return; // read in place: nothing was copied
+        }
         assert_eq!(std::fs::read(&pa).unwrap(), b"model a");
-        assert_eq!(st.stage(&a, 0).unwrap(), Staging::Staged(pa.clone()));
-        let Staging::Staged(pb) = st.stage(&b, 0).unwrap() else {
+        assert_eq!(st.stage(&a, 0), Staging::Staged(pa.clone()));
+        let Staging::Staged(pb) = st.stage(&b, 0) else {
             panic!("b not staged");
         };
         assert!(!pa.exists() || pa == pb, "the previous copy stays");
         assert_eq!(std::fs::read(&pb).unwrap(), b"model b");
+        // Released before scenarios that do not read it; staged again when needed.
+        st.release();
+        assert!(!pb.exists(), "released copy stays");
+        let Staging::Staged(pb) = st.stage(&b, 0) else {
+            panic!("b not staged again");
+        };
+        // A model inside the staging directory is used in place, not deleted by the purge.
+        let mine = private.path().join("mine.gguf");
+        std::fs::write(&mine, b"user model").unwrap();
+        assert_eq!(st.stage(&mine, 0), Staging::Staged(mine.clone()));
+        assert_eq!(std::fs::read(&mine).unwrap(), b"user model");
         drop(st);
         assert!(!pb.exists(), "the copy outlives the stager");
+        let leftovers: Vec<_> = std::fs::read_dir(private.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("mine.gguf")]);
     }
 }

@@ -51,6 +51,22 @@ pub fn x8_index(r: usize, j: usize) -> usize {
 /// [`Error::InvalidInput`] when the row count is not a multiple of 8 or `out` has the wrong
 /// length.
 pub fn repack_q4_0x8(rows: &[BlockQ4_0], nb: usize, out: &mut [BlockQ4_0x8]) -> Result<()> {
+    check_x8(rows, nb, out)?;
+    repack_q4_0x8_with(rows, nb, out, true);
+    Ok(())
+}
+
+/// The scalar reference of [`repack_q4_0x8`] (benchmarks compare the two).
+///
+/// # Errors
+/// As [`repack_q4_0x8`].
+pub fn repack_q4_0x8_scalar(rows: &[BlockQ4_0], nb: usize, out: &mut [BlockQ4_0x8]) -> Result<()> {
+    check_x8(rows, nb, out)?;
+    repack_q4_0x8_with(rows, nb, out, false);
+    Ok(())
+}
+
+fn check_x8(rows: &[BlockQ4_0], nb: usize, out: &[BlockQ4_0x8]) -> Result<()> {
     if nb == 0 || !rows.len().is_multiple_of(nb * X8_ROWS) || out.len() * X8_ROWS != rows.len() {
         return Err(Error::InvalidInput(format!(
             "x8 repack of {} Q4_0 blocks ({nb} per row) into {} groups: rows must come in eights",
@@ -58,12 +74,11 @@ pub fn repack_q4_0x8(rows: &[BlockQ4_0], nb: usize, out: &mut [BlockQ4_0x8]) -> 
             out.len()
         )));
     }
-    repack_q4_0x8_with(rows, nb, out, true);
     Ok(())
 }
 
-/// [`repack_q4_0x8`] (arguments checked), with AVX2 where the CPU has it (`simd`) or the
-/// scalar reference.
+/// [`repack_q4_0x8`] (arguments checked), with AVX2 where the kernels' level has it (`simd`) or
+/// the scalar reference.
 fn repack_q4_0x8_with(rows: &[BlockQ4_0], nb: usize, out: &mut [BlockQ4_0x8], simd: bool) {
     for (g, dst) in out.chunks_exact_mut(nb).enumerate() {
         let src = &rows[g * X8_ROWS * nb..(g + 1) * X8_ROWS * nb];
@@ -287,37 +302,10 @@ mod tests {
             let rows = blocks(24 * nb, 7 + nb as u64);
             let mut a = vec![BlockQ4_0x8::zeroed(); 3 * nb];
             let mut b = vec![BlockQ4_0x8::zeroed(); 3 * nb];
-            repack_q4_0x8_with(&rows, nb, &mut a, true);
-            repack_q4_0x8_with(&rows, nb, &mut b, false);
+            repack_q4_0x8(&rows, nb, &mut a).unwrap();
+            repack_q4_0x8_scalar(&rows, nb, &mut b).unwrap();
             assert_eq!(a, b, "nb {nb}");
         }
-    }
-
-    /// Timing of the x8 repack at the 4B gate's shape, scalar and SIMD alternating (run with
-    /// `--ignored --nocapture` in release).
-    #[test]
-    #[ignore]
-    fn repack_speed_x8() {
-        let nb = 48;
-        let rows = blocks(768 * nb, 3);
-        let mut p = vec![BlockQ4_0x8::zeroed(); 96 * nb];
-        let mut ms = [Vec::new(), Vec::new()];
-        for _ in 0..15 {
-            for (simd, v) in ms.iter_mut().enumerate() {
-                let t = std::time::Instant::now();
-                for _ in 0..20 {
-                    repack_q4_0x8_with(&rows, nb, &mut p, simd == 1);
-                }
-                v.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
-            }
-        }
-        for v in &mut ms {
-            v.sort_by(f64::total_cmp);
-        }
-        eprintln!(
-            "x8 768x1536: scalar {:.3} ms, best {:.3} ms",
-            ms[0][7], ms[1][7]
-        );
     }
 
     #[test]

@@ -83,12 +83,12 @@ pub(super) fn prefetch_l2(bytes: &[u8]) {
 }
 
 /// [`crate::kernels::packed::repack_q4_0x8`] for one group of eight rows with AVX2; `false`
-/// (nothing written) without AVX2.
+/// (nothing written) below the AVX2 level (`THINKER_SIMD` caps it).
 pub(crate) fn repack_q4_0x8_group(src: &[BlockQ4_0], nb: usize, dst: &mut [BlockQ4_0x8]) -> bool {
-    if !std::is_x86_feature_detected!("avx2") {
+    if super::simd_level() < SimdLevel::Avx2 {
         return false;
     }
-    // SAFETY: AVX2 was detected just above.
+    // SAFETY: the level is AVX2 or above only on a CPU where AVX2 was detected.
     unsafe { packed::repack_q4_0x8_group_avx2(src, nb, dst) };
     true
 }

@@ -69,7 +69,19 @@ pub fn repack(kind: PlaneKind, h: usize, f: usize, src: &[u8], dst: &mut [u8]) -
     repack_with(kind, h, f, src, dst, true)
 }
 
-/// [`repack`], with the SIMD form where the CPU has one (`simd`) or the scalar reference.
+/// The scalar reference of [`repack`] (benchmarks compare the two).
+pub fn repack_scalar(
+    kind: PlaneKind,
+    h: usize,
+    f: usize,
+    src: &[u8],
+    dst: &mut [u8],
+) -> Result<()> {
+    repack_with(kind, h, f, src, dst, false)
+}
+
+/// [`repack`], with the SIMD form where the kernels' level has one (`simd`) or the scalar
+/// reference.
 fn repack_with(
     kind: PlaneKind,
     h: usize,
@@ -636,7 +648,7 @@ mod tests {
                 // The scalar form too (`repack` takes the SIMD one where the CPU has it).
                 let kind = PlaneKind::for_down(ty, h, f).unwrap();
                 let mut scalar = vec![0u8; want.len()];
-                repack_with(kind, h, f, m.bytes(), &mut scalar, false).unwrap();
+                repack_scalar(kind, h, f, m.bytes(), &mut scalar).unwrap();
                 assert_eq!(scalar, want, "scalar {ty:?} {h}x{f}");
                 // In place over a copy of the ggml bytes, as a cache slot does it.
                 let mut slot = m.bytes().to_vec();
@@ -666,38 +678,6 @@ mod tests {
         assert!(PlanesView::new(kind, 64, 64, &[0u8; 10]).is_err());
         assert_eq!(PlaneKind::for_down(GgmlType::Q4_0, 48, 64), None);
         assert_eq!(PlaneKind::for_down(GgmlType::F32, 64, 64), None);
-    }
-
-    /// Timing of the in-slot repack at the 4B expert shape (run with `--ignored --nocapture`
-    /// in release).
-    #[test]
-    #[ignore]
-    fn repack_speed() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
-            let m = matrix(ty, 1536, 768, 5);
-            let kind = PlaneKind::for_down(ty, 1536, 768).unwrap();
-            let mut dst = vec![0u8; m.bytes().len()];
-            // Scalar and SIMD alternating, median of 15 rounds of 20 (a shared machine).
-            let mut ms = [Vec::new(), Vec::new()];
-            for _ in 0..15 {
-                for (simd, v) in ms.iter_mut().enumerate() {
-                    let t = std::time::Instant::now();
-                    for _ in 0..20 {
-                        repack_with(kind, 1536, 768, m.bytes(), &mut dst, simd == 1).unwrap();
-                    }
-                    v.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
-                }
-            }
-            let med = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
-            let (a, b) = (med(&mut ms[0]), med(&mut ms[1]));
-            eprintln!(
-                "{ty:?}: scalar {a:.3} ms, best {b:.3} ms per repack ({:.2}x)",
-                a / b
-            );
-        }
     }
 
     #[test]

@@ -60,7 +60,7 @@ fn store_tile(r: &[__m256i; 16], block_planes: &mut [u8], pb: usize, off: usize)
     }
 }
 
-/// [`super::repack`] with AVX2, if the CPU has it (returns `false` otherwise, writing
+/// [`super::repack`] with AVX2, if the kernels' level has it (returns `false` otherwise, writing
 /// nothing): `scales` and `planes` are the two parts of the packed output (lengths checked by the
 /// caller). The slot transform after every offloaded expert read, and the load-time layout of
 /// resident experts: 1.9× (Q4) and 1.5× (Q8) the scalar form at the 4B shape.
@@ -72,10 +72,11 @@ pub(super) fn repack(
     scales: &mut [u8],
     planes: &mut [u8],
 ) -> bool {
-    if !std::arch::is_x86_feature_detected!("avx2") {
+    // The kernels' level (`THINKER_SIMD` caps it); AVX2 or above means it was detected.
+    if crate::kernels::simd_level() < SimdLevel::Avx2 {
         return false;
     }
-    // SAFETY: AVX2 was detected just above.
+    // SAFETY: the level is AVX2 or above only on a CPU where AVX2 was detected.
     unsafe {
         match kind {
             PlaneKind::Q4 => repack_q4_avx2(h, f, src, scales, planes),
