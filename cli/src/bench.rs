@@ -249,6 +249,9 @@ pub fn main(a: Args) -> Result<()> {
                 let mut n = note.clone();
                 if let Some(d) = r.offload.as_ref().and_then(|o| o.stats.device) {
                     n.push_str(&format!("; {d}"));
+                    if d.unfaithful() {
+                        eprintln!("warning: {}: storage emulation not faithful: {d}", r.test);
+                    }
                 }
                 if let Some(c) = captured.get(&r.test) {
                     n.push_str(&format!("; {}", c.describe()));
@@ -257,13 +260,6 @@ pub fn main(a: Args) -> Result<()> {
             }),
             ..Record::default()
         });
-    }
-    for r in &results {
-        if let Some(d) = r.offload.as_ref().and_then(|o| o.stats.device)
-            && d.unfaithful()
-        {
-            eprintln!("warning: {}: storage emulation not faithful: {d}", r.test);
-        }
     }
     match a.output.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&records)?),

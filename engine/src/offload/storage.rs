@@ -442,29 +442,27 @@ impl DeviceModel {
         // Where this request completes on the thread's virtual timeline: the model, or the real
         // read if that alone took longer.
         let virtual_done = deadline.max(arrival + read_time);
-        let modelled = u64::try_from(deadline.saturating_duration_since(arrival).as_nanos())
-            .unwrap_or(u64::MAX);
         if arrival + read_time > deadline {
-            let over = (arrival + read_time).saturating_duration_since(deadline);
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stats.real_slower += 1;
-            st.stats.modelled_ns = st.stats.modelled_ns.saturating_add(modelled);
-            st.stats.excess_ns = st
-                .stats
-                .excess_ns
-                .saturating_add(u64::try_from(over.as_nanos()).unwrap_or(u64::MAX));
         } else {
             sleep_until(deadline);
             let waited = Instant::now().saturating_duration_since(real_done);
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stats.throttled_ns += u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
-            st.stats.modelled_ns = st.stats.modelled_ns.saturating_add(modelled);
         }
         let late = Instant::now().saturating_duration_since(virtual_done);
         WAKE_CREDIT.set(late);
         {
+            let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.stats.late_ns += u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
+            st.stats.late_ns += ns(late);
+            // The modelled service time, and how far the real read overran it (zero when the
+            // model set the pace).
+            let modelled = ns(deadline.saturating_duration_since(arrival));
+            st.stats.modelled_ns = st.stats.modelled_ns.saturating_add(modelled);
+            let excess = ns(virtual_done.saturating_duration_since(deadline));
+            st.stats.excess_ns = st.stats.excess_ns.saturating_add(excess);
         }
         out
     }

@@ -92,9 +92,9 @@ pub(super) fn repack(
 /// neuron `i + 16`'s 16 plane bytes for these rows.
 #[target_feature(enable = "avx2")]
 fn repack_q8_avx2(h: usize, f: usize, src: &[u8], scales: &mut [u8], planes: &mut [u8]) {
-    const BB: usize = 34; // Q8_0 block bytes
+    let bb = PlaneKind::Q8.ty().block_bytes();
     let nb = f / QK;
-    let rb = nb * BB;
+    let rb = nb * bb;
     let pb = plane_bytes(PlaneKind::Q8, h);
     for r0 in (0..h).step_by(16) {
         for b in 0..nb {
@@ -102,9 +102,9 @@ fn repack_q8_avx2(h: usize, f: usize, src: &[u8], scales: &mut [u8], planes: &mu
             let mut sc = [0u8; 32];
             let mut r = [_mm256_setzero_si256(); 16];
             for (k, rk) in r.iter_mut().enumerate() {
-                let at = (r0 + k) * rb + b * BB;
+                let at = (r0 + k) * rb + b * bb;
                 sc[2 * k..2 * k + 2].copy_from_slice(&src[at..at + 2]);
-                let q = &src[at + 2..at + 34];
+                let q = &src[at + 2..at + bb];
                 // SAFETY: `q` holds 32 bytes (a checked slice); `loadu` has no alignment
                 // requirement.
                 *rk = unsafe { _mm256_loadu_si256(q.as_ptr().cast()) };
@@ -123,15 +123,15 @@ fn repack_q8_avx2(h: usize, f: usize, src: &[u8], scales: &mut [u8], planes: &mu
 /// 16×16 tiles in one pass.
 #[target_feature(enable = "avx2")]
 fn repack_q4_avx2(h: usize, f: usize, src: &[u8], scales: &mut [u8], planes: &mut [u8]) {
-    const BB: usize = 18; // Q4_0 block bytes
+    let bb = PlaneKind::Q4.ty().block_bytes();
     let nb = f / QK;
-    let rb = nb * BB;
+    let rb = nb * bb;
     let pb = plane_bytes(PlaneKind::Q4, h);
     let low = _mm256_set1_epi8(0x0F);
     let lanes = _mm256_set_epi64x(4, 4, 0, 0);
     // Row `row`'s 16 nibble bytes of block `b`, in both lanes.
     let load = |row: usize, b: usize| {
-        let q = &src[row * rb + b * BB + 2..row * rb + b * BB + 18];
+        let q = &src[row * rb + b * bb + 2..row * rb + (b + 1) * bb];
         // SAFETY: `q` holds 16 bytes (a checked slice); `loadu` has no alignment requirement.
         _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(q.as_ptr().cast()) })
     };
@@ -144,7 +144,7 @@ fn repack_q4_avx2(h: usize, f: usize, src: &[u8], scales: &mut [u8], planes: &mu
             // nibbles they precede and written at once.
             let mut sc = [0u8; 2 * QK];
             for (k, d) in sc.chunks_exact_mut(2).enumerate() {
-                let at = (g * QK + k) * rb + b * BB;
+                let at = (g * QK + k) * rb + b * bb;
                 d.copy_from_slice(&src[at..at + 2]);
             }
             let at = (b * h + g * QK) * 2;
