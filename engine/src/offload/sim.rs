@@ -21,14 +21,9 @@ pub fn simulate(
     Ok(replay(n_layers, n_experts, trace, cfg)?.stats())
 }
 
-/// [`simulate`], returning the cache itself (its counters and [`ExpertCache::slot_shares`]).
-fn replay(
-    n_layers: u32,
-    n_experts: u32,
-    trace: &[ExpertKey],
-    cfg: &CacheConfig,
-) -> Result<ExpertCache> {
-    // One-byte experts: every slot is three blocks, so even large capacities stay small.
+/// A cache of `n_layers × n_experts` one-byte experts configured by `cfg` (capacity in slots):
+/// every slot is three blocks, so even large capacities stay small.
+fn empty_cache(n_layers: u32, n_experts: u32, cfg: &CacheConfig) -> Result<ExpertCache> {
     let layout = ExpertLayout::from_stacked(n_layers, n_experts, |_, _| {
         Ok(FileRange {
             offset: 0,
@@ -40,7 +35,17 @@ fn replay(
             "simulate: give the capacity in slots".into(),
         ));
     }
-    let mut c = ExpertCache::new(&layout, cfg)?;
+    ExpertCache::new(&layout, cfg)
+}
+
+/// [`simulate`], returning the cache itself (its counters and [`ExpertCache::slot_shares`]).
+fn replay(
+    n_layers: u32,
+    n_experts: u32,
+    trace: &[ExpertKey],
+    cfg: &CacheConfig,
+) -> Result<ExpertCache> {
+    let mut c = empty_cache(n_layers, n_experts, cfg)?;
     for &k in trace {
         if c.access(k)? == Lookup::Absent {
             match c.insert(k, true)? {
@@ -50,6 +55,61 @@ fn replay(
         }
     }
     Ok(c)
+}
+
+/// One layer visit of a routed token: the experts it chose (distinct) and, optionally, the
+/// router's scores for all the layer's experts (given to the cache as the hint the forward pass
+/// gives after the layer).
+#[derive(Clone, Debug, Default)]
+pub struct Visit {
+    /// The layer.
+    pub layer: u32,
+    /// The chosen experts, distinct.
+    pub experts: Vec<u32>,
+    /// The router's scores for every expert of the layer (empty: no hint).
+    pub scores: Vec<f32>,
+}
+
+/// [`simulate`] over visits, each followed by its router hint, with the visit's experts pinned
+/// while it lasts (as the forward pass holds them while it computes), counting only the
+/// accesses of visits from index `from` on. This is the engine's demand path without
+/// speculation.
+pub fn simulate_visits(
+    n_layers: u32,
+    n_experts: u32,
+    visits: &[Visit],
+    cfg: &CacheConfig,
+    from: usize,
+) -> Result<CacheStats> {
+    let mut c = empty_cache(n_layers, n_experts, cfg)?;
+    let mut pinned = Vec::new();
+    for (i, v) in visits.iter().enumerate() {
+        if i == from {
+            c.reset_stats();
+        }
+        for &e in &v.experts {
+            let k = ExpertKey::new(v.layer, e);
+            let s = match c.access(k)? {
+                Lookup::Ready(s) | Lookup::Loading(s) => s,
+                Lookup::Absent => {
+                    let s = c
+                        .insert(k, true)?
+                        .ok_or_else(|| Error::Model("simulate: no evictable slot".into()))?;
+                    c.complete(s, 1);
+                    s
+                }
+            };
+            c.pin(s);
+            pinned.push(s);
+        }
+        for s in pinned.drain(..) {
+            c.unpin(s);
+        }
+        if !v.scores.is_empty() {
+            c.hint(v.layer, &v.scores);
+        }
+    }
+    Ok(c.stats())
 }
 
 /// Hits and misses of a replay.
@@ -260,6 +320,57 @@ mod tests {
             }
         }
         t
+    }
+
+    #[test]
+    fn visits_replay_like_the_plain_trace_and_count_from_their_window() {
+        let (layers, experts, k) = (8u32, 32u32, 4usize);
+        let trace = skewed_layered_trace(layers, experts, k, 200);
+        let visits: Vec<Visit> = trace
+            .chunks(k)
+            .map(|c| Visit {
+                layer: c[0].layer,
+                experts: c.iter().map(|x| x.expert).collect(),
+                scores: Vec::new(),
+            })
+            .collect();
+        for policy in PolicyKind::ALL {
+            let cfg = CacheConfig {
+                capacity: Capacity::Slots(40),
+                scope: CacheScope::Global,
+                policy,
+                hot: None,
+            };
+            let plain = simulate(layers, experts, &trace, &cfg).unwrap();
+            let v = simulate_visits(layers, experts, &visits, &cfg, 0).unwrap();
+            assert_eq!(v.hits + v.misses, plain.hits + plain.misses);
+            // LRU never evicts a key its visit just used, so pinning changes nothing there;
+            // other policies may, in the plain replay.
+            if policy == PolicyKind::Lru {
+                assert_eq!((v.hits, v.misses), (plain.hits, plain.misses));
+            }
+            let late = simulate_visits(layers, experts, &visits, &cfg, 800).unwrap();
+            assert_eq!(late.hits + late.misses, ((visits.len() - 800) * k) as u64);
+        }
+        // Hints reach the learned policy: different scores, different decisions somewhere.
+        let hinted: Vec<Visit> = visits
+            .iter()
+            .map(|v| Visit {
+                scores: (0..experts)
+                    .map(|e| if e % 3 == 0 { 1.0 } else { 0.0 })
+                    .collect(),
+                ..v.clone()
+            })
+            .collect();
+        let cfg = CacheConfig {
+            capacity: Capacity::Slots(40),
+            scope: CacheScope::Global,
+            policy: PolicyKind::Learned,
+            hot: None,
+        };
+        let a = simulate_visits(layers, experts, &visits, &cfg, 0).unwrap();
+        let b = simulate_visits(layers, experts, &hinted, &cfg, 0).unwrap();
+        assert_ne!(a.hits, b.hits);
     }
 
     #[test]
