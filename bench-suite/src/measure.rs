@@ -220,7 +220,7 @@ pub fn time_tg_ab(model: &Model, tokens: &[u32], mut set: impl FnMut(bool)) -> R
         set(on);
         let t = Instant::now();
         s.forward(&[tok], Logits::Last)?;
-        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let ns = engine::offload::saturating_nanos(t.elapsed());
         if on {
             out.on_ns.push(ns);
         } else {

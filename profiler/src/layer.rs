@@ -171,7 +171,7 @@ impl ProfileLayer {
     }
 
     fn now_ns(&self) -> u64 {
-        u64::try_from(self.shared.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        saturating_nanos(self.shared.origin.elapsed())
     }
 
     /// Runs `f` on this thread's `Local` for this layer, registering the thread on first use.
@@ -497,8 +497,13 @@ impl ProfileHandle {
 
     /// Nanoseconds elapsed since the recording's origin (time 0 of its timestamps).
     pub fn now_ns(&self) -> u64 {
-        u64::try_from(self.shared.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        saturating_nanos(self.shared.origin.elapsed())
     }
+}
+
+/// `d` in nanoseconds, saturating at `u64::MAX`.
+fn saturating_nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

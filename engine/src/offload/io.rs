@@ -151,14 +151,14 @@ impl BusyClock {
         if self.active == 0
             && let Some(t) = self.since.take()
         {
-            self.total_ns += u64::try_from((now - t).as_nanos()).unwrap_or(u64::MAX);
+            self.total_ns += super::saturating_nanos(now - t);
         }
     }
 
     fn now_ns(&self, now: Instant) -> u64 {
         self.total_ns
             + self.since.map_or(0, |t| {
-                u64::try_from(now.saturating_duration_since(t).as_nanos()).unwrap_or(u64::MAX)
+                super::saturating_nanos(now.saturating_duration_since(t))
             })
     }
 }
@@ -499,7 +499,7 @@ fn io_thread(sh: &Shared) {
             if let Err(e) = f(p.req.key, &p.req.layout, buf.as_mut_slice()) {
                 outcome = Outcome::Failed(e);
             }
-            transform_ns = u64::try_from(t1.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            transform_ns = super::saturating_nanos(t1.elapsed());
         }
         let mut d = lock(&sh.done);
         d.stats.transform_ns += transform_ns;
@@ -511,7 +511,7 @@ fn io_thread(sh: &Shared) {
             Outcome::Failed(_) => d.stats.failed += 1,
             Outcome::Cancelled => d.stats.cancelled += 1,
         }
-        d.stats.busy_ns += u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
+        d.stats.busy_ns += super::saturating_nanos(busy);
         d.items.push_back(Completion {
             key: p.req.key,
             tag: p.req.tag,

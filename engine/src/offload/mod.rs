@@ -65,3 +65,8 @@ impl fmt::Display for ExpertKey {
         write!(f, "layer {} expert {}", self.layer, self.expert)
     }
 }
+
+/// `d` in nanoseconds, saturating at `u64::MAX` (585 years) for the counters that add times up.
+pub fn saturating_nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

@@ -453,7 +453,7 @@ impl Prefetcher {
         let slot = slot.expect("ready implies a slot");
         if let Some((t0, _span)) = blocked {
             st.wait.blocked += 1;
-            st.wait.blocked_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            st.wait.blocked_ns += super::saturating_nanos(t0.elapsed());
         }
         drop(st);
         let layout = self.layout.slot_layout(key)?;
@@ -514,7 +514,7 @@ impl Prefetcher {
             drop(span);
             let mut st = self.lock();
             st.wait.blocked += 1;
-            st.wait.blocked_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            st.wait.blocked_ns += super::saturating_nanos(t0.elapsed());
             if let Some(c) = c {
                 self.apply(&mut st, c)?;
             }

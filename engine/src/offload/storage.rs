@@ -449,12 +449,12 @@ impl DeviceModel {
             sleep_until(deadline);
             let waited = Instant::now().saturating_duration_since(real_done);
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.stats.throttled_ns += u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+            st.stats.throttled_ns += super::saturating_nanos(waited);
         }
         let late = Instant::now().saturating_duration_since(virtual_done);
         WAKE_CREDIT.set(late);
         {
-            let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            let ns = super::saturating_nanos;
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stats.late_ns += ns(late);
             // The modelled service time, and how far the real read overran it (zero when the
