@@ -45,7 +45,10 @@ fn main() -> engine::Result<()> {
             scores,
         });
     }
-    let from = from.unwrap_or(visits.len());
+    let Some(from) = from else {
+        eprintln!("no visits after the first {warm} tokens to count");
+        std::process::exit(2);
+    };
     let trace: Vec<ExpertKey> = visits
         .iter()
         .flat_map(|v| v.experts.iter().map(|&e| ExpertKey::new(v.layer, e)))

@@ -66,7 +66,8 @@ impl fmt::Display for ExpertKey {
     }
 }
 
-/// `d` in nanoseconds, saturating at `u64::MAX` (585 years) for the counters that add times up.
+/// `d` in nanoseconds, or `u64::MAX` (585 years) if it is longer: the conversion the time
+/// counters use.
 pub fn saturating_nanos(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -72,8 +72,8 @@ pub struct Visit {
 
 /// [`simulate`] over visits, each followed by its router hint, with the visit's experts pinned
 /// while it lasts (as the forward pass holds them while it computes), counting only the
-/// accesses of visits from index `from` on. This is the engine's demand path without
-/// speculation.
+/// accesses of visits from index `from` on (none if `from` is past the last visit). This is the
+/// engine's demand path without speculation. A visit's experts must be distinct.
 pub fn simulate_visits(
     n_layers: u32,
     n_experts: u32,
@@ -87,6 +87,13 @@ pub fn simulate_visits(
         if i == from {
             c.reset_stats();
         }
+        debug_assert!(
+            v.experts
+                .iter()
+                .enumerate()
+                .all(|(j, e)| !v.experts[..j].contains(e)),
+            "a visit's experts must be distinct"
+        );
         for &e in &v.experts {
             let k = ExpertKey::new(v.layer, e);
             let s = match c.access(k)? {
@@ -108,6 +115,9 @@ pub fn simulate_visits(
         if !v.scores.is_empty() {
             c.hint(v.layer, &v.scores);
         }
+    }
+    if from >= visits.len() {
+        c.reset_stats();
     }
     Ok(c.stats())
 }
@@ -351,6 +361,8 @@ mod tests {
             }
             let late = simulate_visits(layers, experts, &visits, &cfg, 800).unwrap();
             assert_eq!(late.hits + late.misses, ((visits.len() - 800) * k) as u64);
+            let none = simulate_visits(layers, experts, &visits, &cfg, visits.len()).unwrap();
+            assert_eq!(none.hits + none.misses, 0);
         }
         // Hints reach the learned policy: different scores, different decisions somewhere.
         let hinted: Vec<Visit> = visits
