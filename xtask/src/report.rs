@@ -77,17 +77,8 @@ pub fn render(
 /// The block device behind `path`, from /proc/mounts (best effort).
 fn disk_of(path: &Path) -> Option<String> {
     let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    let p = path.canonicalize().ok()?;
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let (dev, mnt, fs) = (it.next()?, it.next()?, it.next()?);
-            p.starts_with(mnt)
-                .then(|| (mnt.len(), format!("{dev} ({fs})")))
-        })
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, d)| d)
+    let (dev, fs) = crate::stage::mount_of(&path.canonicalize().ok()?, &mounts)?;
+    Some(format!("{dev} ({fs})"))
 }
 
 /// Runs the command.

@@ -68,21 +68,27 @@ pub fn refusal(file: u64, free: u64, available: u64, budget: u64) -> Option<Stri
     None
 }
 
-/// The filesystem type of the mount holding `path` (longest mount-point prefix in
-/// `/proc/mounts`), if it can be found.
-fn fs_type(path: &Path, mounts: &str) -> Option<String> {
-    let mut best: Option<(usize, String)> = None;
+/// The mount holding `path`: the entry of `mounts` (the text of `/proc/mounts`) with the longest
+/// mount point that is a prefix of `path`, the last such entry when a point is mounted over.
+/// Returns its device and filesystem type.
+pub(crate) fn mount_of(path: &Path, mounts: &str) -> Option<(String, String)> {
+    let mut best: Option<(usize, String, String)> = None;
     for line in mounts.lines() {
         let mut f = line.split_whitespace();
-        let (Some(_dev), Some(mnt), Some(ty)) = (f.next(), f.next(), f.next()) else {
+        let (Some(dev), Some(mnt), Some(ty)) = (f.next(), f.next(), f.next()) else {
             continue;
         };
         let mnt = mnt.replace("\\040", " ");
-        if path.starts_with(&mnt) && best.as_ref().is_none_or(|(n, _)| mnt.len() > *n) {
-            best = Some((mnt.len(), ty.to_string()));
+        if path.starts_with(&mnt) && best.as_ref().is_none_or(|(n, ..)| mnt.len() >= *n) {
+            best = Some((mnt.len(), dev.to_string(), ty.to_string()));
         }
     }
-    best.map(|(_, t)| t)
+    best.map(|(_, dev, ty)| (dev, ty))
+}
+
+/// The filesystem type of the mount holding `path` ([`mount_of`]).
+fn fs_type(path: &Path, mounts: &str) -> Option<String> {
+    mount_of(path, mounts).map(|(_, ty)| ty)
 }
 
 /// `MemAvailable` from `/proc/meminfo`, bytes.
@@ -288,6 +294,13 @@ mod tests {
             Some("xfs")
         );
         assert_eq!(fs_type(Path::new("rel"), mounts), None);
+        assert_eq!(
+            mount_of(Path::new("/mnt/my disk/m"), mounts),
+            Some(("/dev/sdb1".to_string(), "xfs".to_string()))
+        );
+        // A point mounted over: the later entry is the one visible.
+        let over = "tmpfs /run tmpfs rw 0 0\n/dev/sdc1 /run ext4 rw 0 0\n";
+        assert_eq!(fs_type(Path::new("/run/x"), over).as_deref(), Some("ext4"));
     }
 
     #[test]
