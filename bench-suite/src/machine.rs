@@ -1,6 +1,10 @@
 //! Facts about the machine and the build that every record carries.
 
+use std::io::Read;
+use std::path::Path;
 use std::process::Command;
+
+use sha2::{Digest, Sha256};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +23,8 @@ pub struct Machine {
     pub kernel: String,
     /// Git commit of the tree, `-dirty` appended when modified.
     pub commit: String,
-    /// rustc version.
+    /// Version of the rustc that built this binary (recorded at build time; running one here
+    /// would charge its libraries' page cache to a memory-budget run's cgroup).
     pub rustc: String,
 }
 
@@ -48,11 +53,9 @@ impl Machine {
                 .unwrap_or(1),
             simd: simd_features(),
             mem_total_bytes,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default(),
+            kernel: kernel_release(),
             commit: git_commit(),
-            rustc: run_text("rustc", &["--version"]),
+            rustc: env!("BENCH_RUSTC_VERSION").to_string(),
         }
     }
 }
@@ -150,6 +153,102 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The kernel release (`/proc/sys/kernel/osrelease`), empty if unreadable.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The memory limit of this process's cgroup, the smallest of its own and its ancestors'
+/// (cgroup v1 `memory.limit_in_bytes` or v2 `memory.max`); `None` without one.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroup_limit_from(&own, |p| std::fs::read_to_string(p).ok())
+}
+
+/// [`cgroup_memory_limit`] from the text of `/proc/self/cgroup` and a file reader.
+fn cgroup_limit_from(own: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    // v1: "N:memory:/path" (controllers may be comma-separated); v2: "0::/path".
+    let v1 = own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+        ctl.split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_string())
+    });
+    let (root, file, path) = match v1 {
+        Some(p) => ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", p),
+        None => {
+            let p = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+            ("/sys/fs/cgroup", "memory.max", p.to_string())
+        }
+    };
+    let mut limit: Option<u64> = None;
+    let mut at = path.trim_end_matches('/').to_string();
+    loop {
+        let v = read(&format!("{root}{at}/{file}"))
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            // v1 writes "unlimited" as the largest page-aligned i64; v2 writes "max".
+            .filter(|&b| b < 1 << 60);
+        if let Some(b) = v {
+            limit = Some(limit.map_or(b, |l| l.min(b)));
+        }
+        match at.rfind('/') {
+            Some(i) if !at.is_empty() => at.truncate(i),
+            _ => break,
+        }
+    }
+    limit
+}
+
+/// A digest naming the model file (or Hugging Face directory) in records: `sha256:` of the
+/// GGUF header, the metadata and tensor table (the bytes before the tensor data), followed by
+/// the file's size as a little-endian u64; for a directory, of `config.json` and each
+/// `*.safetensors` file's header and size, in name order. It tells files with different
+/// metadata, shapes, types or sizes apart without reading the weights (a 21B file is 11 GiB,
+/// and under a memory budget reading it would fill the cgroup with page cache); two files that
+/// differ only in weight bytes share it. `None` if the files cannot be read.
+pub fn model_digest(path: &Path) -> Option<String> {
+    let mut h = Sha256::new();
+    if path.is_dir() {
+        h.update(std::fs::read(path.join("config.json")).ok()?);
+        let mut st: Vec<_> = std::fs::read_dir(path)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        st.sort();
+        for p in st {
+            let mut f = std::fs::File::open(&p).ok()?;
+            let size = f.metadata().ok()?.len();
+            let mut n = [0u8; 8];
+            f.read_exact(&mut n).ok()?;
+            let len = u64::from_le_bytes(n).min(100 << 20);
+            let mut head = Vec::new();
+            f.take(len).read_to_end(&mut head).ok()?;
+            h.update(n);
+            h.update(&head);
+            h.update(size.to_le_bytes());
+        }
+    } else {
+        let header = engine::formats::gguf::GgufFile::open(path)
+            .ok()?
+            .data_offset();
+        let f = std::fs::File::open(path).ok()?;
+        let size = f.metadata().ok()?.len();
+        let mut head = Vec::new();
+        f.take(header).read_to_end(&mut head).ok()?;
+        h.update(&head);
+        h.update(size.to_le_bytes());
+    }
+    let d = h.finalize();
+    Some(format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +259,61 @@ mod tests {
         assert_eq!(civil_from_days(20_417), (2025, 11, 25));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert!(now_rfc3339().ends_with('Z'));
+    }
+
+    #[test]
+    fn cgroup_limits_are_the_smallest_on_the_path_and_unlimited_is_none() {
+        let files = |path: &str| -> Option<String> {
+            match path {
+                "/sys/fs/cgroup/memory/a/b/memory.limit_in_bytes" => Some("1127219200\n".into()),
+                "/sys/fs/cgroup/memory/a/memory.limit_in_bytes" => Some("2147483648\n".into()),
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes" => {
+                    Some("9223372036854771712\n".into())
+                }
+                "/sys/fs/cgroup/u/memory.max" => Some("max\n".into()),
+                "/sys/fs/cgroup/memory.max" => None,
+                _ => None,
+            }
+        };
+        let v1 = "12:pids:/a/b\n4:cpu,memory:/a/b\n0::/a/b\n";
+        assert_eq!(cgroup_limit_from(v1, files), Some(1_127_219_200));
+        assert_eq!(cgroup_limit_from("0::/u\n", files), None);
+        assert_eq!(cgroup_limit_from("4:memory:/\n", files), None);
+        let tight = |p: &str| (p == "/sys/fs/cgroup/memory.max").then(|| "536870912".to_string());
+        assert_eq!(cgroup_limit_from("0::/u/v\n", tight), Some(512 << 20));
+        assert_eq!(cgroup_limit_from("", files), None);
+    }
+
+    #[test]
+    fn the_model_digest_changes_with_the_header_and_the_size_only() {
+        let d = tempfile::tempdir().unwrap();
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../engine/tests/fixtures/tiny-t1-gguf/tiny-t1-Q4_0.gguf");
+        let bytes = std::fs::read(&tiny).expect("the tiny fixture");
+        let write = |name: &str, b: &[u8]| {
+            let p = d.path().join(name);
+            std::fs::write(&p, b).unwrap();
+            model_digest(&p).expect("a digest")
+        };
+        let base = write("a.gguf", &bytes);
+        assert!(
+            base.starts_with("sha256:") && base.len() == 7 + 64,
+            "{base}"
+        );
+        assert_eq!(write("b.gguf", &bytes), base, "same bytes, same digest");
+        let mut weights = bytes.clone();
+        let last = weights.len() - 1;
+        weights[last] ^= 1;
+        assert_eq!(write("c.gguf", &weights), base, "weight bytes are not read");
+        // The model's name, "Tiny T1", becomes "Tiny T2".
+        let mut meta = bytes.clone();
+        let at = bytes.windows(7).position(|w| w == b"Tiny T1").unwrap();
+        meta[at + 6] = b'2';
+        assert_ne!(write("d.gguf", &meta), base);
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0; 32]);
+        assert_ne!(write("e.gguf", &longer), base);
+        assert_eq!(model_digest(&d.path().join("missing.gguf")), None);
     }
 
     #[test]

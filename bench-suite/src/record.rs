@@ -36,6 +36,14 @@ pub struct Record {
     pub cpu_model: String,
     /// SIMD features used, comma-separated.
     pub simd: String,
+    /// Version of the rustc that built the engine (empty in a peer's records).
+    pub rustc: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Memory limit of the cgroup the process ran in (the smallest on its path), if any.
+    pub cgroup_limit_bytes: Option<u64>,
+    /// The model's [`crate::machine::model_digest`].
+    pub model_digest: Option<String>,
     /// Compute threads.
     #[serde(rename = "n_threads", alias = "threads")]
     pub threads: u32,

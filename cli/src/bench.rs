@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use bench_suite::machine::{Machine, now_rfc3339, peak_rss_bytes};
+use bench_suite::machine::{
+    Machine, cgroup_memory_limit, model_digest, now_rfc3339, peak_rss_bytes,
+};
 use bench_suite::measure::{self, BenchConfig};
 use bench_suite::record::{self, Record, SCHEMA};
 
@@ -113,9 +115,12 @@ pub fn main(a: Args) -> Result<()> {
         o.record_trace = true;
         o
     });
-    // Before the model is loaded: detection runs child processes (git), which should not add to
-    // the memory measured under a budget.
+    // Before the model is loaded: detection runs child processes (git) and the digest reads the
+    // model's header, which should not add to the memory measured under a budget (the load
+    // drops the header's pages from the page cache).
     let machine = Machine::detect();
+    let cgroup_limit = cgroup_memory_limit();
+    let digest = model_digest(&a.model.model);
     let model = a.model.load_with(offload)?;
     let cfg = BenchConfig {
         n_prompt: a.n_prompt.clone(),
@@ -212,6 +217,10 @@ pub fn main(a: Args) -> Result<()> {
             date: now_rfc3339(),
             cpu_model: machine.cpu_model.clone(),
             simd: machine.simd.clone(),
+            rustc: machine.rustc.clone(),
+            kernel: machine.kernel.clone(),
+            cgroup_limit_bytes: cgroup_limit,
+            model_digest: digest.clone(),
             threads: model.threads() as u32,
             engine: "smallthinker-rs".into(),
             model: label.clone(),

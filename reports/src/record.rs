@@ -43,6 +43,18 @@ pub struct Record {
     pub cpu_model: String,
     /// SIMD features used, comma separated (`"avx2,fma,f16c"`).
     pub simd: String,
+    /// Version of the rustc that built the engine (empty for a peer and in older records).
+    #[serde(default)]
+    pub rustc: String,
+    /// Kernel release of the machine that measured.
+    #[serde(default)]
+    pub kernel: String,
+    /// Memory limit of the cgroup the measured process ran in, if any.
+    #[serde(default)]
+    pub cgroup_limit_bytes: Option<u64>,
+    /// Digest of the model's header and size (`sha256:…`), telling model files apart.
+    #[serde(default)]
+    pub model_digest: Option<String>,
     /// Worker threads (`n_threads`, or the older `threads`).
     #[serde(rename = "n_threads", alias = "threads")]
     pub threads: u32,

@@ -113,6 +113,14 @@ fn record(
         date: "2026-05-01T12:00:00Z".into(),
         cpu_model: machine().cpu_model,
         simd: "avx2,fma,f16c".into(),
+        rustc: if peer {
+            String::new()
+        } else {
+            "rustc 1.95.0 (demo)".into()
+        },
+        kernel: machine().kernel,
+        cgroup_limit_bytes: budget.map(|b| b + b / 20),
+        model_digest: Some(format!("sha256:{:064x}", q.len())),
         threads: 2,
         engine: engine.into(),
         model: "4b-a0.6b".into(),

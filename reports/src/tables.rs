@@ -133,6 +133,31 @@ pub fn settings_table(
         kv("Commits", distinct(records, |r| r.commit.clone())),
         kv("Engines", distinct(records, |r| r.engine.clone())),
         kv("Models", distinct(records, |r| r.model.clone())),
+        kv(
+            "Model digests",
+            distinct(records, |r| {
+                r.model_digest
+                    .as_deref()
+                    .map(|d| format!("{} {}", r.model, d.get(..19).unwrap_or(d)))
+                    .unwrap_or_default()
+            }),
+        ),
+        kv("Compilers", distinct(records, |r| r.rustc.clone())),
+        kv("Kernels", distinct(records, |r| r.kernel.clone())),
+        kv(
+            "Cgroup limits",
+            distinct(records, |r| {
+                r.cgroup_limit_bytes
+                    .map(|b| {
+                        format!(
+                            "{} ({})",
+                            budget_label(r.budget_bytes),
+                            format::bytes(b as f64)
+                        )
+                    })
+                    .unwrap_or_default()
+            }),
+        ),
         kv("Quantisations", distinct(records, |r| r.quant.clone())),
         kv("Storage profiles", storages.join(", ")),
         kv(

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use bench_suite::machine::{Machine, now_rfc3339};
+use bench_suite::machine::{Machine, kernel_release, model_digest, now_rfc3339};
 use bench_suite::record::{self, Record};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -134,6 +134,8 @@ struct Limited {
     stdout: String,
     /// Peak memory of its cgroup (page cache included), if it ran in one.
     peak: Option<u64>,
+    /// The cgroup's memory limit, if it ran in one.
+    limit: Option<u64>,
     /// How the limits were applied.
     notes: Vec<String>,
 }
@@ -185,6 +187,7 @@ fn run_limited(
     Ok(Limited {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         peak: cgroup.as_ref().and_then(|cg| cg.max_usage()),
+        limit: cgroup.as_ref().and(s.budget).map(|b| b + b / 20),
         notes,
     })
 }
@@ -192,10 +195,24 @@ fn run_limited(
 /// Stamps the scenario's storage, budget, cgroup peak and notes on its records. With the model
 /// `staged` on a tmpfs, its mapped pages are not in the cgroup's count: the peak is the larger of
 /// the cgroup's and the process's own peak RSS (which includes them).
+/// Facts a peer's driver does not report (ours do: the kernel, the cgroup limit it ran under,
+/// the model's digest) are filled in here.
 fn apply_limits(recs: &mut [Record], s: &Scenario, lim: &Limited, staged: bool) {
+    let digest = recs
+        .iter()
+        .any(|r| r.model_digest.is_none())
+        .then(|| model_digest(&s.model_path))
+        .flatten();
     for r in recs {
         r.storage = s.storage.clone();
         r.budget_bytes = s.budget;
+        if r.kernel.is_empty() {
+            r.kernel = kernel_release();
+        }
+        r.cgroup_limit_bytes = r.cgroup_limit_bytes.or(lim.limit);
+        if r.model_digest.is_none() {
+            r.model_digest = digest.clone();
+        }
         if let Some(p) = lim.peak {
             let rss = r.peak_mem_bytes.filter(|_| staged).unwrap_or(0);
             r.peak_mem_bytes = Some(p.max(rss));

@@ -63,3 +63,24 @@ fn emulated_storage_records_its_fidelity_and_real_storage_does_not() {
     assert_eq!(recs[0]["storage"], "real");
     assert!(recs[0]["emulation_excess"].is_null(), "{}", recs[0]);
 }
+
+#[test]
+fn records_carry_the_build_the_kernel_and_the_model_digest() {
+    // (The cgroup limit's parsing is tested in bench-suite's `machine`.)
+    let (recs, _) = bench("real");
+    let r = &recs[0];
+    let rustc = r["rustc"].as_str().expect("rustc");
+    assert!(rustc.starts_with("rustc "), "{rustc}");
+    let kernel = r["kernel"].as_str().expect("kernel");
+    assert_eq!(
+        kernel,
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim()
+    );
+    let digest = r["model_digest"].as_str().expect("model_digest");
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+}
