@@ -10,11 +10,6 @@
 //!   or split evenly between layers ([`CacheScope::PerLayer`], each layer with its own policy).
 //! - **Hot set**: the first slots are reserved for the [`HotSet`]'s experts; they are loaded
 //!   like any miss but never evicted.
-//! - **Unconfirmed guesses go first**: once the router has chosen a layer's experts, the
-//!   layer's prefetched experts that it did not choose and that no demand access has used are
-//!   evicted before the policy's choice ([`ExpertCache::doubt_unconfirmed`]). A wrong
-//!   speculation then costs the one slot it took, not also the resident expert the policy would
-//!   later evict in its place while the guess ages out.
 //! - **Stats**: demand accesses split into hits, prefetch hits, in-flight hits and misses;
 //!   evictions; bytes read; prefetches evicted unused. A *hit* is an access to an expert that
 //!   stayed resident since its previous demand access; an access served by a prefetch (the
@@ -226,10 +221,6 @@ pub struct ExpertCache {
     last_layer: u32,
     /// Moves of the accesses between layers so far (the policies' visit clock).
     layer_changes: u64,
-    /// Slots holding a prefetch that the router did not confirm and no demand access has used
-    /// since, oldest first ([`ExpertCache::doubt_unconfirmed`]). A slot leaves the list when it
-    /// is used, evicted or aborted.
-    doubted: Vec<SlotId>,
     stats: CacheStats,
 }
 
@@ -338,7 +329,6 @@ impl ExpertCache {
             parts,
             last_layer: NONE,
             layer_changes: 0,
-            doubted: Vec::new(),
             stats: CacheStats::default(),
         })
     }
@@ -498,10 +488,6 @@ impl ExpertCache {
     fn touch(&mut self, s: SlotId) {
         let m = &mut self.meta[s];
         let prefetched = std::mem::take(&mut m.prefetched_unused);
-        if prefetched {
-            self.undoubt(s);
-        }
-        let m = &self.meta[s];
         if let (Some(p), Some(k)) = (m.partition, m.key) {
             let pol = &mut self.parts[p].policy;
             if !prefetched || !pol.prefetch_counts_as_use() {
@@ -560,51 +546,7 @@ impl ExpertCache {
         Ok(Some(s))
     }
 
-    /// The router chose `chosen` for `layer`: every prefetch of the layer's other experts still
-    /// unused (a speculation that guessed wrong, read or still reading) becomes the first to
-    /// evict, ahead of the policy's choice, so that a wrong guess costs one eviction (the slot
-    /// it took) rather than two (that slot, then the resident expert the policy would later
-    /// evict in its place while the guess ages out). A guess used before a slot is needed is a
-    /// prefetch hit as before. Hot slots are never evicted. Returns how many were marked.
-    pub fn doubt_unconfirmed(&mut self, layer: u32, chosen: &[u32]) -> usize {
-        let mut n = 0;
-        for e in 0..self.n_experts {
-            let Ok(k) = self.idx(ExpertKey::new(layer, e)) else {
-                continue;
-            };
-            let s = self.index[k];
-            if s == NONE || chosen.contains(&e) {
-                continue;
-            }
-            let s = s as usize;
-            let m = &self.meta[s];
-            if m.prefetched_unused && m.partition.is_some() && !self.doubted.contains(&s) {
-                self.doubted.push(s);
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// The oldest doubted guess of partition `p` that can be evicted now.
-    fn doubted_victim(&self, p: usize) -> Option<SlotId> {
-        self.doubted.iter().copied().find(|&s| {
-            let m = &self.meta[s];
-            m.partition == Some(p) && m.state == State::Ready && m.pins == 0
-        })
-    }
-
-    /// Slot `s` no longer holds an unused prefetch.
-    fn undoubt(&mut self, s: SlotId) {
-        if let Some(i) = self.doubted.iter().position(|&d| d == s) {
-            self.doubted.remove(i);
-        }
-    }
-
     fn victim(&mut self, p: usize) -> Option<SlotId> {
-        if let Some(s) = self.doubted_victim(p) {
-            return Some(s);
-        }
         let meta = &self.meta;
         let part = &mut self.parts[p];
         part.policy
@@ -624,7 +566,6 @@ impl ExpertCache {
         self.stats.evictions += 1;
         if m.prefetched_unused {
             self.stats.wasted_prefetches += 1;
-            self.undoubt(s);
         }
         self.meta[s] = Meta {
             key: None,
@@ -652,9 +593,6 @@ impl ExpertCache {
         };
         if m.state != State::Loading {
             return;
-        }
-        if m.prefetched_unused {
-            self.undoubt(slot);
         }
         if let Some(k) = m.key {
             self.index[k] = NONE;
@@ -910,70 +848,5 @@ mod tests {
             (st.prefetch_inserts, st.wasted_prefetches, st.misses),
             (1, 1, 1)
         );
-    }
-
-    #[test]
-    fn a_guess_the_router_did_not_confirm_is_evicted_before_the_policys_choice() {
-        for policy in PolicyKind::ALL {
-            // Three slots: (0,0) and (0,1) used, then guesses for layer 1: (1,2), which the
-            // router confirms, and (1,3), which it does not. The second guess evicted one of
-            // layer 0's experts; the other must survive the next miss.
-            let mut c = cache(3, CacheScope::Global, policy, None);
-            use_key(&mut c, k(0, 0));
-            use_key(&mut c, k(0, 1));
-            let g = c.insert(k(1, 2), false).unwrap().unwrap();
-            c.complete(g, 1);
-            let wrong = c.insert(k(1, 3), false).unwrap().unwrap();
-            // Still loading when the router chooses: doubted all the same.
-            assert_eq!(c.doubt_unconfirmed(1, &[2, 0]), 1, "{policy}");
-            assert_eq!(c.doubt_unconfirmed(1, &[2, 0]), 0, "{policy}: marked once");
-            assert_eq!(c.access(k(1, 2)).unwrap(), Lookup::Ready(g), "{policy}");
-            let survivor = [k(0, 0), k(0, 1)]
-                .into_iter()
-                .find(|&x| c.lookup(x).unwrap() != Lookup::Absent)
-                .expect("one of layer 0's experts is resident");
-            c.complete(wrong, 1);
-            assert!(!use_key(&mut c, k(1, 0)));
-            assert_eq!(
-                c.lookup(k(1, 3)).unwrap(),
-                Lookup::Absent,
-                "{policy}: the unconfirmed guess goes first"
-            );
-            assert_ne!(c.lookup(survivor).unwrap(), Lookup::Absent, "{policy}");
-            assert_ne!(c.lookup(k(1, 2)).unwrap(), Lookup::Absent, "{policy}");
-            assert_eq!(c.stats().wasted_prefetches, 1, "{policy}");
-        }
-    }
-
-    #[test]
-    fn a_loading_or_pinned_guess_is_not_taken_and_a_used_one_is_no_longer_doubted() {
-        let mut c = cache(2, CacheScope::Global, PolicyKind::Lru, None);
-        use_key(&mut c, k(0, 0));
-        let g = c.insert(k(1, 1), false).unwrap().unwrap();
-        c.doubt_unconfirmed(1, &[0]);
-        // Loading: the next miss cannot take it, and evicts (0,0) by LRU.
-        assert!(!use_key(&mut c, k(0, 2)));
-        assert_eq!(c.lookup(k(1, 1)).unwrap(), Lookup::Loading(g));
-        c.complete(g, 1);
-        // Used at a later token after all: a prefetch hit, then an ordinary resident that
-        // LRU keeps once used again (the most recent).
-        assert_eq!(c.access(k(1, 1)).unwrap(), Lookup::Ready(g));
-        assert_eq!(c.stats().prefetch_hits, 1);
-        assert!(use_key(&mut c, k(1, 1)));
-        assert!(!use_key(&mut c, k(0, 3)));
-        assert_eq!(c.lookup(k(1, 1)).unwrap(), Lookup::Ready(g));
-        assert_eq!(c.lookup(k(0, 2)).unwrap(), Lookup::Absent);
-        // A doubted guess that is pinned stays; the policy chooses instead.
-        let g2 = c.insert(k(1, 2), false).unwrap().unwrap();
-        c.complete(g2, 1);
-        assert_eq!(c.doubt_unconfirmed(1, &[3]), 1);
-        c.pin(g2);
-        assert!(!use_key(&mut c, k(0, 0)));
-        assert_eq!(c.lookup(k(1, 2)).unwrap(), Lookup::Ready(g2));
-        assert_eq!(c.lookup(k(0, 3)).unwrap(), Lookup::Absent);
-        c.unpin(g2);
-        assert!(!use_key(&mut c, k(0, 1)));
-        assert_eq!(c.lookup(k(1, 2)).unwrap(), Lookup::Absent);
-        assert_ne!(c.lookup(k(0, 0)).unwrap(), Lookup::Absent);
     }
 }

@@ -10,9 +10,8 @@
 //!
 //! Speculation: [`Priority::Prefetch`] requests (e.g. the next layer's likely experts) are
 //! served after demand reads, are not pinned, and can be cancelled with
-//! [`Prefetcher::cancel_prefetch`] once the real routing is known (the wrong guesses already
-//! read become the cache's first victims); a later demand request promotes a queued prefetch of
-//! the same expert.
+//! [`Prefetcher::cancel_prefetch`] once the real routing is known; a later demand request
+//! promotes a queued prefetch of the same expert.
 //!
 //! The guard's bytes are exactly the file's bytes, so computing on them is bit-identical to
 //! computing on the memory-mapped weights, provided the caller keeps the arithmetic order (e.g.
@@ -368,15 +367,11 @@ impl Prefetcher {
     }
 
     /// Cancels queued prefetches of `layer` except those of `keep` (the experts the router
-    /// actually chose); reads already in progress complete and stay cached, but every unused
-    /// prefetch of the layer outside `keep` becomes the cache's next victim
-    /// ([`ExpertCache::doubt_unconfirmed`]). Returns how many queued reads were cancelled.
+    /// actually chose); reads already in progress complete and stay cached. Returns how many
+    /// were cancelled.
     pub fn cancel_prefetch(&self, layer: u32, keep: &[u32]) -> usize {
-        let n = self
-            .pool
-            .cancel_prefetch_where(|k| k.layer == layer && !keep.contains(&k.expert));
-        self.lock().cache.doubt_unconfirmed(layer, keep);
-        n
+        self.pool
+            .cancel_prefetch_where(|k| k.layer == layer && !keep.contains(&k.expert))
     }
 
     /// Cancels every queued prefetch.
