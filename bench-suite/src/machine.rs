@@ -232,15 +232,11 @@ pub fn model_digest(path: &Path) -> Option<String> {
             h.update(size.to_le_bytes());
         }
     } else {
-        let header = engine::formats::gguf::GgufFile::open(path)
-            .ok()?
-            .data_offset();
-        let f = std::fs::File::open(path).ok()?;
-        let size = f.metadata().ok()?.len();
-        let mut head = Vec::new();
-        f.take(header).read_to_end(&mut head).ok()?;
-        h.update(&head);
-        h.update(size.to_le_bytes());
+        // The parse maps the file; hash the header from that map rather than reading it again.
+        let g = engine::formats::gguf::GgufFile::open(path).ok()?;
+        let bytes = g.blob().as_bytes();
+        h.update(bytes.get(..usize::try_from(g.data_offset()).ok()?)?);
+        h.update((bytes.len() as u64).to_le_bytes());
     }
     let d = h.finalize();
     Some(format!(
