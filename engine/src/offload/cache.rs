@@ -1,8 +1,9 @@
 //! The expert cache: a fixed slab of slots, each holding one expert's bytes, with a pluggable
 //! eviction [`Policy`], pinning, and an optional pinned hot set.
 //!
-//! - **Slab**: all slots are allocated when the cache is built (`slots × slot_bytes`); nothing
-//!   is allocated per token. A slot is `Empty`, `Loading` (an I/O thread owns its buffer) or
+//! - **Slab**: all slots are allocated and faulted in when the cache is built
+//!   (`slots × slot_bytes`); nothing is allocated per token, and no read waits on the kernel
+//!   zeroing a fresh page. A slot is `Empty`, `Loading` (an I/O thread owns its buffer) or
 //!   `Ready`. Only `Ready`, unpinned, non-hot slots can be evicted.
 //! - **Pinning**: a slot in use (its bytes are being computed on) is pinned and cannot be
 //!   evicted; pins nest.

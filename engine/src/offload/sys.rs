@@ -57,8 +57,12 @@ impl AlignedBuf {
     /// `n` zero-initialised buffers of `len` bytes each (rounded up as in [`AlignedBuf::new`]),
     /// side by side in one anonymous mapping that starts on a 2 MiB boundary and is advised for
     /// transparent huge pages (Linux): the expert cache's slots, read once per use from DRAM
-    /// by the compute threads, cost one TLB entry per 2 MiB instead of per 4 KiB. Untouched
-    /// memory stays unallocated, as with [`AlignedBuf::new`].
+    /// by the compute threads, cost one TLB entry per 2 MiB instead of per 4 KiB.
+    ///
+    /// The memory is faulted in now ([`populate`]), not at each slot's first read: zeroing a
+    /// fresh page is CPU work, and done inside the I/O threads' reads it competed with the
+    /// compute threads for the first thousands of reads (`docs/offload.md`, 2026-12-07). The
+    /// budget has planned this memory anyway.
     pub fn slab(n: usize, len: usize) -> Result<Vec<AlignedBuf>> {
         const HUGE: usize = 2 << 20;
         let oom = || Error::OutOfMemory {
@@ -75,6 +79,7 @@ impl AlignedBuf {
         #[cfg(target_os = "linux")]
         // Advisory: without THP support the slots simply stay in small pages.
         let _ = map.advise_range(memmap2::Advice::HugePage, skew, total);
+        populate(&mut map, skew, total);
         // SAFETY: `skew < HUGE`, so `skew + total` bytes lie inside the `total + HUGE` mapping.
         let base = unsafe { map.as_mut_ptr().add(skew) };
         let map = Arc::new(map);
@@ -114,6 +119,58 @@ impl AlignedBuf {
         // SAFETY: as in `as_slice`, and `&mut self` guarantees exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
+}
+
+/// Faults in `len` bytes of `map` from `start` (a multiple of [`ALIGN`]), split over up to
+/// `POPULATE_THREADS` threads: `MADV_POPULATE_WRITE` where the kernel has it (Linux 5.14+),
+/// else one write per page. The bytes stay zero.
+fn populate(map: &mut memmap2::MmapMut, start: usize, len: usize) {
+    const POPULATE_THREADS: usize = 4;
+    const HUGE: usize = 2 << 20;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, POPULATE_THREADS);
+    // Chunks on 2 MiB boundaries keep huge pages whole.
+    let chunk = len
+        .div_ceil(threads)
+        .checked_next_multiple_of(HUGE)
+        .unwrap_or(len)
+        .max(ALIGN);
+    let ranges: Vec<(usize, usize)> = (start..start + len)
+        .step_by(chunk)
+        .map(|at| (at, chunk.min(start + len - at)))
+        .collect();
+    let refused: Vec<(usize, usize)> = {
+        let shared: &memmap2::MmapMut = map;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|&(at, n)| s.spawn(move || (at, n, populate_advice(shared, at, n))))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().ok())
+                .filter(|&(_, _, ok)| !ok)
+                .map(|(at, n, _)| (at, n))
+                .collect()
+        })
+    };
+    for (at, n) in refused {
+        for page in map[at..at + n].chunks_mut(ALIGN) {
+            page[0] = 0;
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn populate_advice(map: &memmap2::MmapMut, at: usize, n: usize) -> bool {
+    map.advise_range(memmap2::Advice::PopulateWrite, at, n)
+        .is_ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn populate_advice(_: &memmap2::MmapMut, _: usize, _: usize) -> bool {
+    false
 }
 
 impl Drop for AlignedBuf {
