@@ -160,47 +160,7 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// The memory limit of this process's cgroup, the smallest of its own and its ancestors'
-/// (cgroup v1 `memory.limit_in_bytes` or v2 `memory.max`); `None` without one.
-pub fn cgroup_memory_limit() -> Option<u64> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    cgroup_limit_from(&own, |p| std::fs::read_to_string(p).ok())
-}
-
-/// [`cgroup_memory_limit`] from the text of `/proc/self/cgroup` and a file reader.
-fn cgroup_limit_from(own: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
-    // v1: "N:memory:/path" (controllers may be comma-separated); v2: "0::/path".
-    let v1 = own.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
-        ctl.split(',')
-            .any(|c| c == "memory")
-            .then(|| path.to_string())
-    });
-    let (root, file, path) = match v1 {
-        Some(p) => ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", p),
-        None => {
-            let p = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-            ("/sys/fs/cgroup", "memory.max", p.to_string())
-        }
-    };
-    let mut limit: Option<u64> = None;
-    let mut at = path.trim_end_matches('/').to_string();
-    loop {
-        let v = read(&format!("{root}{at}/{file}"))
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            // v1 writes "unlimited" as the largest page-aligned i64; v2 writes "max".
-            .filter(|&b| b < 1 << 60);
-        if let Some(b) = v {
-            limit = Some(limit.map_or(b, |l| l.min(b)));
-        }
-        match at.rfind('/') {
-            Some(i) if !at.is_empty() => at.truncate(i),
-            _ => break,
-        }
-    }
-    limit
-}
+pub use engine::offload::budget::cgroup_memory_limit;
 
 /// A digest naming the model file (or Hugging Face directory) in records: `sha256:` of the
 /// GGUF header, the metadata and tensor table (the bytes before the tensor data), followed by
@@ -255,29 +215,6 @@ mod tests {
         assert_eq!(civil_from_days(20_417), (2025, 11, 25));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert!(now_rfc3339().ends_with('Z'));
-    }
-
-    #[test]
-    fn cgroup_limits_are_the_smallest_on_the_path_and_unlimited_is_none() {
-        let files = |path: &str| -> Option<String> {
-            match path {
-                "/sys/fs/cgroup/memory/a/b/memory.limit_in_bytes" => Some("1127219200\n".into()),
-                "/sys/fs/cgroup/memory/a/memory.limit_in_bytes" => Some("2147483648\n".into()),
-                "/sys/fs/cgroup/memory/memory.limit_in_bytes" => {
-                    Some("9223372036854771712\n".into())
-                }
-                "/sys/fs/cgroup/u/memory.max" => Some("max\n".into()),
-                "/sys/fs/cgroup/memory.max" => None,
-                _ => None,
-            }
-        };
-        let v1 = "12:pids:/a/b\n4:cpu,memory:/a/b\n0::/a/b\n";
-        assert_eq!(cgroup_limit_from(v1, files), Some(1_127_219_200));
-        assert_eq!(cgroup_limit_from("0::/u\n", files), None);
-        assert_eq!(cgroup_limit_from("4:memory:/\n", files), None);
-        let tight = |p: &str| (p == "/sys/fs/cgroup/memory.max").then(|| "536870912".to_string());
-        assert_eq!(cgroup_limit_from("0::/u/v\n", tight), Some(512 << 20));
-        assert_eq!(cgroup_limit_from("", files), None);
     }
 
     #[test]

@@ -153,6 +153,20 @@ pub enum Error {
         what: String,
     },
 
+    /// The memory budget's plan holds more than this process can: its cgroup's memory limit or
+    /// the machine's memory.
+    #[error(
+        "memory budget {budget_bytes} B cannot be held: its plan holds {planned_bytes} B, and {limit}; pass a smaller --memory-budget"
+    )]
+    BudgetTooLarge {
+        /// The budget asked for.
+        budget_bytes: u64,
+        /// What its plan holds (the budget less what it leaves unused).
+        planned_bytes: u64,
+        /// The ceiling, in words (e.g. "this process's cgroup allows 4294967296 B").
+        limit: String,
+    },
+
     /// An error found while reading a named file (e.g. a GGUF parse error), with its path.
     #[error("{path}: {source}")]
     InFile {

@@ -35,6 +35,7 @@ use crate::formats::gguf::GgufFile;
 use crate::kernels::packed::{BlockQ4_0x8, X8_ROWS, repack_q4_0x8};
 use crate::kv_cache::{KvCache, KvCacheConfig, KvType};
 use crate::moe::sparse_down::{self, PlaneKind};
+use crate::offload::budget::memory_ceiling;
 use crate::offload::{
     ALIGN, AlignedBuf, CacheConfig, CacheScope, Capacity, ExpertFile, ExpertKey, ExpertLayout,
     FileRange, HotSet, IoConfig, IoMode, MemoryBudget, OffloadStats, OpenMode, Part, Plan,
@@ -465,6 +466,9 @@ impl Offload {
         let file = ExpertFile::open(&path, opts.open_mode)?;
         let io_mode = file.mode().clone();
         let plan = plan_with_layout(config, weights, gguf, mode, opts, &io_mode, &layout)?;
+        // Before anything is allocated: the cache's memory is faulted in when it is built, and
+        // a plan the process cannot hold would be killed there (or thrash) instead of failing.
+        plan.check_ceiling(memory_ceiling())?;
         let hot = match &opts.hot_experts {
             Some(p) => Some(HotSet::load(p)?),
             None => None,

@@ -7,7 +7,9 @@
 //! itself (code, thread stacks, allocator slack), and the expert cache, which gets the rest.
 //! The smallest workable budget holds everything but the cache plus one layer's active
 //! experts (top-k slots); below it the planner fails with [`Error::BudgetTooSmall`] stating
-//! the minimum.
+//! the minimum. A plan that holds more than the process may ([`memory_ceiling`]: its cgroup's
+//! memory limit, or the machine's memory) fails at load with [`Error::BudgetTooLarge`] rather
+//! than being killed mid-run.
 
 use std::fmt;
 use std::str::FromStr;
@@ -249,6 +251,133 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Bytes the plan holds: the budget less what it leaves unused.
+    pub fn planned_bytes(&self) -> u64 {
+        self.input.budget_bytes - self.unused_bytes
+    }
+
+    /// Errors with [`Error::BudgetTooLarge`] if the plan holds more than `ceiling`.
+    pub fn check_ceiling(&self, ceiling: Option<MemoryCeiling>) -> Result<()> {
+        match ceiling {
+            Some(c) if self.planned_bytes() > c.bytes => Err(Error::BudgetTooLarge {
+                budget_bytes: self.input.budget_bytes,
+                planned_bytes: self.planned_bytes(),
+                limit: c.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What caps the memory this process can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CeilingSource {
+    /// The memory limit of the process's cgroup (the smallest on its path).
+    Cgroup,
+    /// The machine's memory (`MemTotal`).
+    Machine,
+}
+
+/// The most memory this process can hold, and what sets it ([`memory_ceiling`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryCeiling {
+    /// Bytes.
+    pub bytes: u64,
+    /// Cgroup limit or machine memory.
+    pub source: CeilingSource,
+}
+
+impl fmt::Display for MemoryCeiling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = format_bytes(self.bytes);
+        match self.source {
+            CeilingSource::Cgroup => write!(
+                f,
+                "this process's cgroup allows {} B ({b}, its memory limit)",
+                self.bytes
+            ),
+            CeilingSource::Machine => {
+                write!(f, "this machine has {} B ({b}) of memory", self.bytes)
+            }
+        }
+    }
+}
+
+/// The smaller of this process's cgroup memory limit ([`cgroup_memory_limit`]) and the
+/// machine's memory (`MemTotal` in `/proc/meminfo`); `None` where neither can be read.
+pub fn memory_ceiling() -> Option<MemoryCeiling> {
+    let cgroup = cgroup_memory_limit().map(|bytes| MemoryCeiling {
+        bytes,
+        source: CeilingSource::Cgroup,
+    });
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| mem_total(&t))
+        .map(|bytes| MemoryCeiling {
+            bytes,
+            source: CeilingSource::Machine,
+        });
+    [cgroup, machine]
+        .into_iter()
+        .flatten()
+        .min_by_key(|c| c.bytes)
+}
+
+/// `MemTotal` from the text of `/proc/meminfo`, bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut f = line["MemTotal:".len()..].split_whitespace();
+    let n: u64 = f.next()?.parse().ok()?;
+    match f.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+/// The memory limit of this process's cgroup, the smallest of its own and its ancestors'
+/// (cgroup v1 `memory.limit_in_bytes` or v2 `memory.max`); `None` without one.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroup_limit_from(&own, |p| std::fs::read_to_string(p).ok())
+}
+
+/// [`cgroup_memory_limit`] from the text of `/proc/self/cgroup` and a file reader.
+fn cgroup_limit_from(own: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    // v1: "N:memory:/path" (controllers may be comma-separated); v2: "0::/path".
+    let v1 = own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+        ctl.split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_string())
+    });
+    let (root, file, path) = match v1 {
+        Some(p) => ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", p),
+        None => {
+            let p = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+            ("/sys/fs/cgroup", "memory.max", p.to_string())
+        }
+    };
+    let mut limit: Option<u64> = None;
+    let mut at = path.trim_end_matches('/').to_string();
+    loop {
+        let v = read(&format!("{root}{at}/{file}"))
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            // v1 writes "unlimited" as the largest page-aligned i64; v2 writes "max".
+            .filter(|&b| b < 1 << 60);
+        if let Some(b) = v {
+            limit = Some(limit.map_or(b, |l| l.min(b)));
+        }
+        match at.rfind('/') {
+            Some(i) if !at.is_empty() => at.truncate(i),
+            _ => break,
+        }
+    }
+    limit
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.input;
@@ -386,6 +515,82 @@ mod tests {
         let p = Plan::new(input(64 << 30)).unwrap();
         assert_eq!(p.cache_slots, 1024);
         assert!(p.all_resident);
+    }
+
+    #[test]
+    fn a_plan_above_the_ceiling_names_it_and_a_small_model_under_a_big_budget_passes() {
+        let p = Plan::new(input(8 << 30)).unwrap();
+        // 1024 experts x 1.9 MiB + 372 MiB: the whole model, about 2.3 GiB, not the 8 GiB.
+        assert!(p.all_resident);
+        assert_eq!(p.planned_bytes(), (372 << 20) + 1024 * 1_994_752);
+        let roomy = MemoryCeiling {
+            bytes: 4 << 30,
+            source: CeilingSource::Cgroup,
+        };
+        p.check_ceiling(Some(roomy)).unwrap();
+        p.check_ceiling(None).unwrap();
+        let tight = MemoryCeiling {
+            bytes: 1 << 30,
+            source: CeilingSource::Cgroup,
+        };
+        let e = p.check_ceiling(Some(tight)).unwrap_err();
+        match &e {
+            Error::BudgetTooLarge {
+                budget_bytes,
+                planned_bytes,
+                limit,
+            } => {
+                assert_eq!(*budget_bytes, 8 << 30);
+                assert_eq!(*planned_bytes, p.planned_bytes());
+                assert!(limit.contains("cgroup allows 1073741824 B"), "{limit}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(e.to_string().contains("smaller --memory-budget"), "{e}");
+        let machine = MemoryCeiling {
+            bytes: 2 << 30,
+            source: CeilingSource::Machine,
+        };
+        assert!(
+            p.check_ceiling(Some(machine))
+                .unwrap_err()
+                .to_string()
+                .contains("this machine has 2147483648 B (2.00 GiB) of memory")
+        );
+    }
+
+    #[test]
+    fn mem_total_is_read_in_kib() {
+        let t = "MemTotal:       24683520 kB\nMemFree:        1 kB\n";
+        assert_eq!(mem_total(t), Some(24_683_520 * 1024));
+        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(mem_total("MemTotal: x kB\n"), None);
+        assert_eq!(mem_total("MemTotal: 5 MB\n"), None);
+        // This machine's ceiling, if readable, is positive.
+        assert!(memory_ceiling().is_none_or(|c| c.bytes > 0));
+    }
+
+    #[test]
+    fn cgroup_limits_are_the_smallest_on_the_path_and_unlimited_is_none() {
+        let files = |path: &str| -> Option<String> {
+            match path {
+                "/sys/fs/cgroup/memory/a/b/memory.limit_in_bytes" => Some("1127219200\n".into()),
+                "/sys/fs/cgroup/memory/a/memory.limit_in_bytes" => Some("2147483648\n".into()),
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes" => {
+                    Some("9223372036854771712\n".into())
+                }
+                "/sys/fs/cgroup/u/memory.max" => Some("max\n".into()),
+                "/sys/fs/cgroup/memory.max" => None,
+                _ => None,
+            }
+        };
+        let v1 = "12:pids:/a/b\n4:cpu,memory:/a/b\n0::/a/b\n";
+        assert_eq!(cgroup_limit_from(v1, files), Some(1_127_219_200));
+        assert_eq!(cgroup_limit_from("0::/u\n", files), None);
+        assert_eq!(cgroup_limit_from("4:memory:/\n", files), None);
+        let tight = |p: &str| (p == "/sys/fs/cgroup/memory.max").then(|| "536870912".to_string());
+        assert_eq!(cgroup_limit_from("0::/u/v\n", tight), Some(512 << 20));
+        assert_eq!(cgroup_limit_from("", files), None);
     }
 
     #[test]
