@@ -90,6 +90,7 @@ pub struct ExpertFile {
     mode: IoMode,
     len_at_open: u64,
     check_removed: bool,
+    in_memory: bool,
 }
 
 impl fmt::Display for ExpertFile {
@@ -159,13 +160,20 @@ impl ExpertFile {
             // we need. Advisory: ignore failure.
             let _ = sys::fadvise(&file, 0, 0, Advice::Random);
         }
+        let in_memory = sys::is_in_memory_fs(&file);
         Ok(ExpertFile {
             path: path.to_path_buf(),
             file,
             mode,
             len_at_open: meta.len(),
             check_removed: true,
+            in_memory,
         })
+    }
+
+    /// Whether the file lives in memory (tmpfs or ramfs), where a read is a memory copy.
+    pub fn in_memory(&self) -> bool {
+        self.in_memory
     }
 
     /// Whether each read first checks that the file still has a name (default: on). An open

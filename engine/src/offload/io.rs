@@ -233,9 +233,12 @@ impl IoPool {
         transform: Option<SlotTransform>,
     ) -> Result<IoPool> {
         let threads = cfg.threads.max(1);
+        let in_memory = file.in_memory();
         let shared = Arc::new(Shared {
             file,
-            device: cfg.storage.model(),
+            device: cfg.storage.model().inspect(|m| {
+                m.set_source_in_memory(in_memory);
+            }),
             transform,
             busy: Mutex::new(BusyClock::default()),
             queues: Mutex::new(Queues {

@@ -262,6 +262,10 @@ pub struct DeviceStats {
     /// Total time the emulating threads woke up after the modelled completions (scheduler
     /// latency, credited to their next requests), nanoseconds.
     pub late_ns: u64,
+    /// Whether the file read lives in memory (tmpfs, ramfs): then a real read is a memory copy
+    /// on the reading thread, and one slower than the profile means the copy (or a busy CPU),
+    /// not storage, was slow ([`DeviceModel::set_source_in_memory`]).
+    pub source_in_memory: bool,
 }
 
 thread_local! {
@@ -320,6 +324,7 @@ impl DeviceStats {
             modelled_ns: self.modelled_ns.saturating_sub(earlier.modelled_ns),
             excess_ns: self.excess_ns.saturating_sub(earlier.excess_ns),
             late_ns: self.late_ns.saturating_sub(earlier.late_ns),
+            source_in_memory: self.source_in_memory,
         }
     }
 
@@ -359,11 +364,18 @@ impl fmt::Display for DeviceStats {
                 self.real_slower,
                 100.0 * share,
                 100.0 * self.excess_share().unwrap_or(0.0),
-                if self.unfaithful() {
-                    ": NOT FAITHFUL, the real storage set the pace (put the model on faster \
-                     storage, e.g. tmpfs)"
-                } else {
-                    ""
+                match (self.unfaithful(), self.source_in_memory) {
+                    (false, _) => "",
+                    (true, false) => {
+                        ": NOT FAITHFUL, the real storage set the pace (put the model on faster \
+                         storage, e.g. tmpfs)"
+                    }
+                    (true, true) => {
+                        ": NOT FAITHFUL, the real reads set the pace although the model is in \
+                         memory: this machine copied from memory more slowly than the profile \
+                         reads (a busy CPU, or a slow copy), so the speed measured is a lower \
+                         bound for the device"
+                    }
                 }
             ),
             _ => write!(f, ", all at the profile's pace"),
@@ -383,6 +395,16 @@ impl DeviceModel {
                 stats: DeviceStats::default(),
             }),
         }
+    }
+
+    /// Records whether the file read through this model lives in memory (see
+    /// [`DeviceStats::source_in_memory`]).
+    pub fn set_source_in_memory(&self, in_memory: bool) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats
+            .source_in_memory = in_memory;
     }
 
     /// The device's parameters.
@@ -562,6 +584,7 @@ mod tests {
             modelled_ns: 1_000,
             excess_ns: 10,
             late_ns: 2,
+            source_in_memory: false,
         };
         let b = DeviceStats {
             requests: 110,
@@ -571,6 +594,7 @@ mod tests {
             modelled_ns: 101_000,
             excess_ns: 20_010,
             late_ns: 3,
+            source_in_memory: false,
         };
         let d = b.since(&a);
         assert_eq!((d.requests, d.bytes, d.real_slower), (100, 8000, 30));
@@ -578,6 +602,19 @@ mod tests {
         assert_eq!(d.excess_share(), Some(0.2));
         assert!(d.unfaithful());
         assert!(d.to_string().contains("NOT FAITHFUL"), "{d}");
+        assert!(d.to_string().contains("faster storage"), "{d}");
+        // From a tmpfs the storage is not what is slow: the message says so.
+        let m = DeviceStats {
+            source_in_memory: true,
+            ..d
+        };
+        assert!(m.to_string().contains("NOT FAITHFUL"), "{m}");
+        assert!(
+            m.to_string().contains("a lower bound for the device")
+                && !m.to_string().contains("faster storage"),
+            "{m}"
+        );
+        assert!(b.since(&a).source_in_memory == b.source_in_memory);
         // Many reads a little slow: faithful (the added time is what matters).
         let ok = DeviceStats {
             requests: 100,

@@ -222,6 +222,32 @@ pub fn fadvise(file: &File, offset: u64, len: u64, advice: Advice) -> std::io::R
     }
 }
 
+/// Whether `file` is on a filesystem held in memory (Linux tmpfs or ramfs, by `fstatfs`'s
+/// magic number); false where that cannot be told.
+pub fn is_in_memory_fs(file: &File) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const TMPFS_MAGIC: u64 = 0x0102_1994;
+        const RAMFS_MAGIC: u64 = 0x8584_58f6;
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+        // SAFETY: `fstatfs` writes a `statfs` into the buffer it is given, which is large enough
+        // and writable; the descriptor is open for the lifetime of `file`. The buffer is read
+        // only when the call succeeded.
+        let rc = unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return false;
+        }
+        // SAFETY: `fstatfs` returned 0, so it initialised `st`.
+        let magic = unsafe { st.assume_init() }.f_type as u64;
+        magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        false
+    }
+}
+
 /// Sets the calling thread's timer slack (Linux `PR_SET_TIMERSLACK`) so sleeps wake close to
 /// their deadline; storage emulation uses it. Errors are ignored (the default slack is 50 µs).
 pub fn set_thread_timer_slack_ns(ns: u64) {
@@ -270,6 +296,19 @@ mod tests {
         assert!(v[0].as_slice().iter().all(|&x| x == 1));
         assert!(last.as_slice().iter().all(|&x| x == 5));
         assert!(AlignedBuf::slab(0, 4096).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tmpfs_files_are_in_memory_and_disk_files_are_not() {
+        let shm = std::path::Path::new("/dev/shm");
+        if cfg!(target_os = "linux") && shm.is_dir() {
+            let f = tempfile::tempfile_in(shm).unwrap();
+            assert!(is_in_memory_fs(&f));
+        }
+        // procfs is not a memory filesystem in this sense (and always there on Linux).
+        if let Ok(f) = File::open("/proc/self/stat") {
+            assert!(!is_in_memory_fs(&f));
+        }
     }
 
     #[test]
