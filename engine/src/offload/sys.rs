@@ -79,7 +79,7 @@ impl AlignedBuf {
         #[cfg(target_os = "linux")]
         // Advisory: without THP support the slots simply stay in small pages.
         let _ = map.advise_range(memmap2::Advice::HugePage, skew, total);
-        populate(&mut map, skew, total);
+        populate(&mut map, skew, total).map_err(|_| oom())?;
         // SAFETY: `skew < HUGE`, so `skew + total` bytes lie inside the `total + HUGE` mapping.
         let base = unsafe { map.as_mut_ptr().add(skew) };
         let map = Arc::new(map);
@@ -123,8 +123,10 @@ impl AlignedBuf {
 
 /// Faults in `len` bytes of `map` from `start` (a multiple of [`ALIGN`]), split over up to
 /// `POPULATE_THREADS` threads: `MADV_POPULATE_WRITE` where the kernel has it (Linux 5.14+),
-/// else one write per page. The bytes stay zero.
-fn populate(map: &mut memmap2::MmapMut, start: usize, len: usize) {
+/// else one write per page. The bytes stay zero. Fails only if the kernel reports it is out of
+/// memory (a cgroup limit below the plan); a thread that cannot be started leaves its part to
+/// the calling thread.
+fn populate(map: &mut memmap2::MmapMut, start: usize, len: usize) -> std::io::Result<()> {
     const POPULATE_THREADS: usize = 4;
     const HUGE: usize = 2 << 20;
     let threads = std::thread::available_parallelism()
@@ -140,37 +142,55 @@ fn populate(map: &mut memmap2::MmapMut, start: usize, len: usize) {
         .step_by(chunk)
         .map(|at| (at, chunk.min(start + len - at)))
         .collect();
-    let refused: Vec<(usize, usize)> = {
+    let outcomes: Vec<(usize, usize, std::io::Result<()>)> = {
         let shared: &memmap2::MmapMut = map;
         std::thread::scope(|s| {
             let handles: Vec<_> = ranges
                 .iter()
-                .map(|&(at, n)| s.spawn(move || (at, n, populate_advice(shared, at, n))))
+                .map(|&(at, n)| {
+                    let h = std::thread::Builder::new()
+                        .name("populate".into())
+                        .spawn_scoped(s, move || populate_advice(shared, at, n))
+                        .ok();
+                    (at, n, h)
+                })
                 .collect();
             handles
                 .into_iter()
-                .filter_map(|h| h.join().ok())
-                .filter(|&(_, _, ok)| !ok)
-                .map(|(at, n, _)| (at, n))
+                .map(|(at, n, h)| {
+                    let r = match h.map(|h| h.join()) {
+                        Some(Ok(r)) => r,
+                        // Not started (or, impossibly, panicked): done here instead.
+                        _ => populate_advice(shared, at, n),
+                    };
+                    (at, n, r)
+                })
                 .collect()
         })
     };
-    for (at, n) in refused {
-        for page in map[at..at + n].chunks_mut(ALIGN) {
-            page[0] = 0;
+    for (at, n, r) in outcomes {
+        match r {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => return Err(e),
+            // Not supported by this kernel (EINVAL) or refused otherwise: touch every page.
+            Err(_) => {
+                for page in map[at..at + n].chunks_mut(ALIGN) {
+                    page[0] = 0;
+                }
+            }
         }
     }
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]
-fn populate_advice(map: &memmap2::MmapMut, at: usize, n: usize) -> bool {
+fn populate_advice(map: &memmap2::MmapMut, at: usize, n: usize) -> std::io::Result<()> {
     map.advise_range(memmap2::Advice::PopulateWrite, at, n)
-        .is_ok()
 }
 
 #[cfg(not(target_os = "linux"))]
-fn populate_advice(_: &memmap2::MmapMut, _: usize, _: usize) -> bool {
-    false
+fn populate_advice(_: &memmap2::MmapMut, _: usize, _: usize) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 impl Drop for AlignedBuf {
