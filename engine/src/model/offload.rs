@@ -379,8 +379,11 @@ fn plan_with_layout(
     } else {
         0
     };
+    // The gate is repacked eight rows at a time.
     let gate_tmp = if gates_x8_of(weights, mode).iter().any(|&b| b) {
-        first.map_or(0, |e| e.gate.data.len() as u64)
+        first.map_or(0, |e| {
+            (e.gate.data.len() / (e.gate.rows / X8_ROWS).max(1)) as u64
+        })
     } else {
         0
     };
@@ -405,7 +408,8 @@ fn plan_with_layout(
 }
 
 thread_local! {
-    /// Per I/O thread: the down matrix as read, while it is repacked in place.
+    /// Per I/O thread: the down matrix as read, or eight rows of the gate, while it is repacked
+    /// in place.
     static REPACK_TMP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -424,15 +428,29 @@ fn repack_transform(
             let dst = buf
                 .get_mut(r)
                 .ok_or_else(|| Error::Model(format!("{key}: gate range outside its cache slot")))?;
+            // Eight rows at a time, in place: a group of x8 blocks takes exactly the bytes of
+            // the eight rows it interleaves, so only those rows are copied aside (a few KiB,
+            // in L1) instead of the whole matrix.
+            let nb = h / crate::quant::QK;
+            let group = X8_ROWS * nb * std::mem::size_of::<crate::quant::BlockQ4_0>();
+            if group == 0 || !dst.len().is_multiple_of(group) {
+                return Err(Error::Model(format!(
+                    "{key}: gate of {} B is not whole groups of {X8_ROWS} rows",
+                    dst.len()
+                )));
+            }
             REPACK_TMP.with(|t| -> Result<()> {
                 let mut t = t.borrow_mut();
-                t.clear();
-                t.extend_from_slice(dst);
-                let src: &[crate::quant::BlockQ4_0] = crate::quant::blocks::as_blocks(&t)
-                    .ok_or_else(|| Error::Model(format!("{key}: gate is not Q4_0 blocks")))?;
-                let out: &mut [BlockQ4_0x8] = bytemuck::try_cast_slice_mut(dst)
-                    .map_err(|_| Error::Model(format!("{key}: gate slot not x8 blocks")))?;
-                repack_q4_0x8(src, h / crate::quant::QK, out)
+                for rows in dst.chunks_exact_mut(group) {
+                    t.clear();
+                    t.extend_from_slice(rows);
+                    let src: &[crate::quant::BlockQ4_0] = crate::quant::blocks::as_blocks(&t)
+                        .ok_or_else(|| Error::Model(format!("{key}: gate is not Q4_0 blocks")))?;
+                    let out: &mut [BlockQ4_0x8] = bytemuck::try_cast_slice_mut(rows)
+                        .map_err(|_| Error::Model(format!("{key}: gate slot not x8 blocks")))?;
+                    repack_q4_0x8(src, nb, out)?;
+                }
+                Ok(())
             })?;
         }
         let Some(kind) = planes.get(l).copied().flatten() else {
