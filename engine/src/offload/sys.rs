@@ -247,8 +247,9 @@ pub fn fadvise(file: &File, offset: u64, len: u64, advice: Advice) -> std::io::R
 pub fn is_in_memory_fs(file: &File) -> bool {
     #[cfg(target_os = "linux")]
     {
-        const TMPFS_MAGIC: u64 = 0x0102_1994;
-        const RAMFS_MAGIC: u64 = 0x8584_58f6;
+        // Filesystem magic numbers are 32-bit; `f_type`'s type and sign vary by target.
+        const TMPFS_MAGIC: u32 = 0x0102_1994;
+        const RAMFS_MAGIC: u32 = 0x8584_58f6;
         let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
         // SAFETY: `fstatfs` writes a `statfs` into the buffer it is given, which is large enough
         // and writable; the descriptor is open for the lifetime of `file`. The buffer is read
@@ -258,7 +259,7 @@ pub fn is_in_memory_fs(file: &File) -> bool {
             return false;
         }
         // SAFETY: `fstatfs` returned 0, so it initialised `st`.
-        let magic = unsafe { st.assume_init() }.f_type as u64;
+        let magic = unsafe { st.assume_init() }.f_type as u32;
         magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
     }
     #[cfg(not(target_os = "linux"))]
