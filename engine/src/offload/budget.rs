@@ -249,9 +249,7 @@ impl Plan {
     pub fn per_layer_feasible(&self) -> bool {
         self.cache_slots >= u64::from(self.input.n_layers) * u64::from(self.input.top_k.max(1))
     }
-}
 
-impl Plan {
     /// Bytes the plan holds: the budget less what it leaves unused.
     pub fn planned_bytes(&self) -> u64 {
         self.input.budget_bytes - self.unused_bytes
