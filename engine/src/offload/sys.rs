@@ -142,7 +142,10 @@ fn populate(map: &mut memmap2::MmapMut, start: usize, len: usize) -> std::io::Re
         .step_by(chunk)
         .map(|at| (at, chunk.min(start + len - at)))
         .collect();
-    let outcomes: Vec<(usize, usize, std::io::Result<()>)> = {
+    let outcomes: Vec<(usize, usize, std::io::Result<()>)> = if let [(at, n)] = ranges[..] {
+        // One chunk (a small cache, or one core): no thread.
+        vec![(at, n, populate_advice(map, at, n))]
+    } else {
         let shared: &memmap2::MmapMut = map;
         std::thread::scope(|s| {
             let handles: Vec<_> = ranges
