@@ -99,7 +99,8 @@ fn repack_q8_avx2(h: usize, f: usize, src: &[u8], scales: &mut [u8], planes: &mu
     for r0 in (0..h).step_by(16) {
         for b in 0..nb {
             let block_planes = &mut planes[b * QK * pb..(b + 1) * QK * pb];
-            let mut sc = [0u8; 32];
+            // Scales straight to the output (see `repack_q4_avx2`).
+            let sc = &mut scales[(b * h + r0) * 2..(b * h + r0) * 2 + 32];
             let mut r = [_mm256_setzero_si256(); 16];
             for (k, rk) in r.iter_mut().enumerate() {
                 let at = (r0 + k) * rb + b * bb;
@@ -109,8 +110,6 @@ fn repack_q8_avx2(h: usize, f: usize, src: &[u8], scales: &mut [u8], planes: &mu
                 // requirement.
                 *rk = unsafe { _mm256_loadu_si256(q.as_ptr().cast()) };
             }
-            let at = (b * h + r0) * 2;
-            scales[at..at + 32].copy_from_slice(&sc);
             transpose16_lanes(&mut r);
             store_tile(&r, block_planes, pb, r0);
         }
@@ -140,15 +139,14 @@ fn repack_q4_avx2(h: usize, f: usize, src: &[u8], scales: &mut [u8], planes: &mu
     for g in 0..h / QK {
         for b in 0..nb {
             let block_planes = &mut planes[b * QK * pb..(b + 1) * QK * pb];
-            // The tile's 32 scales (`[F/32][H]`: contiguous for its rows), read beside the
-            // nibbles they precede and written at once.
-            let mut sc = [0u8; 2 * QK];
-            for (k, d) in sc.chunks_exact_mut(2).enumerate() {
-                let at = (g * QK + k) * rb + b * bb;
-                d.copy_from_slice(&src[at..at + 2]);
-            }
+            // The tile's 32 scales (`[F/32][H]`: contiguous for its rows), copied straight to
+            // the output: gathered into a stack buffer and copied on as one vector, the 2-byte
+            // stores could not forward to the vector load, which stalled on every tile.
             let at = (b * h + g * QK) * 2;
-            scales[at..at + 2 * QK].copy_from_slice(&sc);
+            for (k, d) in scales[at..at + 2 * QK].chunks_exact_mut(2).enumerate() {
+                let from = (g * QK + k) * rb + b * bb;
+                d.copy_from_slice(&src[from..from + 2]);
+            }
             let mut r = [_mm256_setzero_si256(); 16];
             for (k, rk) in r.iter_mut().enumerate() {
                 let x = load(g * QK + k, b);
