@@ -38,14 +38,7 @@ impl Machine {
             .and_then(|l| l.split(':').nth(1))
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let mem_total_bytes = meminfo
-            .lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or(0);
+        let mem_total_bytes = machine_memory_bytes().unwrap_or(0);
         Machine {
             cpu_model,
             cores: std::thread::available_parallelism()
@@ -160,7 +153,7 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-pub use engine::offload::budget::cgroup_memory_limit;
+pub use engine::offload::budget::{cgroup_memory_limit, machine_memory_bytes, meminfo_bytes};
 
 /// A digest naming the model file (or Hugging Face directory) in records: `sha256:` of the
 /// GGUF header, the metadata and tensor table (the bytes before the tensor data), followed by

@@ -24,6 +24,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use bench_suite::machine::meminfo_bytes;
 
 /// Memory left free beyond the staged file and the scenario's budget.
 pub const HEADROOM: u64 = 2 << 30;
@@ -89,13 +90,6 @@ pub(crate) fn mount_of(path: &Path, mounts: &str) -> Option<(String, String)> {
 /// The filesystem type of the mount holding `path` ([`mount_of`]).
 fn fs_type(path: &Path, mounts: &str) -> Option<String> {
     mount_of(path, mounts).map(|(_, ty)| ty)
-}
-
-/// `MemAvailable` from `/proc/meminfo`, bytes.
-fn mem_available(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Free bytes on the filesystem holding `dir` (`df`; no `statvfs` binding here).
@@ -204,7 +198,7 @@ impl Stager {
             )));
         };
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let Some(available) = mem_available(&meminfo) else {
+        let Some(available) = meminfo_bytes(&meminfo, "MemAvailable") else {
             return Ok(Staging::Unstaged(
                 "cannot read MemAvailable from /proc/meminfo".into(),
             ));
@@ -306,8 +300,8 @@ mod tests {
     #[test]
     fn reads_mem_available() {
         let m = "MemTotal: 100 kB\nMemAvailable:   2048 kB\n";
-        assert_eq!(mem_available(m), Some(2 << 20));
-        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(meminfo_bytes(m, "MemAvailable"), Some(2 << 20));
+        assert_eq!(meminfo_bytes("MemTotal: 1 kB\n", "MemAvailable"), None);
     }
 
     #[test]

@@ -309,23 +309,28 @@ pub fn memory_ceiling() -> Option<MemoryCeiling> {
         bytes,
         source: CeilingSource::Cgroup,
     });
-    let machine = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| mem_total(&t))
-        .map(|bytes| MemoryCeiling {
-            bytes,
-            source: CeilingSource::Machine,
-        });
+    let machine = machine_memory_bytes().map(|bytes| MemoryCeiling {
+        bytes,
+        source: CeilingSource::Machine,
+    });
     [cgroup, machine]
         .into_iter()
         .flatten()
         .min_by_key(|c| c.bytes)
 }
 
-/// `MemTotal` from the text of `/proc/meminfo`, bytes.
-fn mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let mut f = line["MemTotal:".len()..].split_whitespace();
+/// The machine's memory, bytes: `MemTotal` in `/proc/meminfo` (`None` where unreadable).
+pub fn machine_memory_bytes() -> Option<u64> {
+    meminfo_bytes(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal")
+}
+
+/// The value of `field` (e.g. `MemTotal`, `MemAvailable`) in the text of `/proc/meminfo`,
+/// bytes (the file gives kB).
+pub fn meminfo_bytes(meminfo: &str, field: &str) -> Option<u64> {
+    let rest = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    let mut f = rest.split_whitespace();
     let n: u64 = f.next()?.parse().ok()?;
     match f.next() {
         Some("kB") => n.checked_mul(1024),
@@ -560,10 +565,12 @@ mod tests {
     #[test]
     fn mem_total_is_read_in_kib() {
         let t = "MemTotal:       24683520 kB\nMemFree:        1 kB\n";
-        assert_eq!(mem_total(t), Some(24_683_520 * 1024));
-        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
-        assert_eq!(mem_total("MemTotal: x kB\n"), None);
-        assert_eq!(mem_total("MemTotal: 5 MB\n"), None);
+        assert_eq!(meminfo_bytes(t, "MemTotal"), Some(24_683_520 * 1024));
+        assert_eq!(meminfo_bytes(t, "MemFree"), Some(1024));
+        assert_eq!(meminfo_bytes("MemFree: 1 kB\n", "MemTotal"), None);
+        assert_eq!(meminfo_bytes("MemTotal: x kB\n", "MemTotal"), None);
+        assert_eq!(meminfo_bytes("MemTotal: 5 MB\n", "MemTotal"), None);
+        assert_eq!(meminfo_bytes("MemTotalX: 5 kB\n", "MemTotal"), None);
         // This machine's ceiling, if readable, is positive.
         assert!(memory_ceiling().is_none_or(|c| c.bytes > 0));
     }
