@@ -379,11 +379,8 @@ fn plan_with_layout(
     } else {
         0
     };
-    // The gate is repacked eight rows at a time.
     let gate_tmp = if gates_x8_of(weights, mode).iter().any(|&b| b) {
-        first.map_or(0, |e| {
-            (e.gate.data.len() / (e.gate.rows / X8_ROWS).max(1)) as u64
-        })
+        first.map_or(0, |e| x8_group_bytes(e.gate.cols) as u64)
     } else {
         0
     };
@@ -405,6 +402,12 @@ fn plan_with_layout(
         top_k: config.n_experts_used as u32,
         n_layers: layout.n_layers(),
     })
+}
+
+/// Bytes of one group of [`X8_ROWS`] Q4_0 rows of `cols` columns: the unit the gate is
+/// repacked in, in place, inside its cache slot.
+fn x8_group_bytes(cols: usize) -> usize {
+    X8_ROWS * (cols / crate::quant::QK) * std::mem::size_of::<crate::quant::BlockQ4_0>()
 }
 
 thread_local! {
@@ -432,7 +435,7 @@ fn repack_transform(
             // the eight rows it interleaves, so only those rows are copied aside (a few KiB,
             // in L1) instead of the whole matrix.
             let nb = h / crate::quant::QK;
-            let group = X8_ROWS * nb * std::mem::size_of::<crate::quant::BlockQ4_0>();
+            let group = x8_group_bytes(h);
             if group == 0 || !dst.len().is_multiple_of(group) {
                 return Err(Error::Model(format!(
                     "{key}: gate of {} B is not whole groups of {X8_ROWS} rows",

@@ -63,7 +63,8 @@ fn store_tile(r: &[__m256i; 16], block_planes: &mut [u8], pb: usize, off: usize)
 /// [`super::repack`] with AVX2, if the kernels' level has it (returns `false` otherwise, writing
 /// nothing): `scales` and `planes` are the two parts of the packed output (lengths checked by the
 /// caller). The slot transform after every offloaded expert read, and the load-time layout of
-/// resident experts: 1.9× (Q4) and 1.5× (Q8) the scalar form at the 4B shape.
+/// resident experts. At the 4B shape, in cache (criterion `repack`, 2026-12-07): Q4 72 µs
+/// against the scalar form's 108 µs; Q8 203 µs against 196 µs, no faster.
 pub(super) fn repack(
     kind: PlaneKind,
     h: usize,
