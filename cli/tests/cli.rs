@@ -254,27 +254,26 @@ fn gen_writes_reuses_and_measures_a_synthetic_model() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--preset must be one of"));
 }
 
+/// `thinker profile` of the tiny Q4_0 model (prompt `1,2,3,4,5`, one thread) decoding `n`
+/// tokens into `dir`, with `extra` arguments.
+fn profile_tiny_q4(dir: &std::path::Path, n: usize, extra: &[&str]) {
+    let model = fixture("tiny-t1-gguf/tiny-t1-Q4_0.gguf");
+    let n = n.to_string();
+    let mut args = vec!["profile", "-m", model.to_str().unwrap()];
+    args.extend(["--tokens", "1,2,3,4,5", "-n", &n, "-t", "1"]);
+    args.extend(["--out", dir.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let o = thinker(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// `thinker profile` on a real model writes `kv.csv` from the engine's own per-layer KV events:
 /// one row per step, context growing by one per decode step, bytes never shrinking, and the
 /// per-kind columns adding up to the total.
 #[test]
 fn profile_writes_kv_csv_from_the_engines_allocations() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fixture("tiny-t1-gguf/tiny-t1-Q4_0.gguf");
-    let o = thinker(&[
-        "profile",
-        "-m",
-        model.to_str().unwrap(),
-        "--tokens",
-        "1,2,3,4,5",
-        "-n",
-        "4",
-        "-t",
-        "1",
-        "--out",
-        dir.path().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    profile_tiny_q4(dir.path(), 4, &[]);
     let kv = std::fs::read_to_string(dir.path().join("kv.csv")).unwrap();
     let mut lines = kv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -300,5 +299,58 @@ fn profile_writes_kv_csv_from_the_engines_allocations() {
             r[col("total_bytes")],
             "{kv}"
         );
+    }
+}
+
+/// `thinker profile` writes the stall analysis into `metrics.json`: over the decode steps, the
+/// storage's idle time split by compute phase adds up to the time no read was in flight, and the
+/// waits' causes add up to the waits. Offloaded, the experts are read while the model decodes;
+/// in memory nothing is read and the storage is idle throughout.
+#[test]
+fn profile_metrics_split_idle_storage_and_waits_consistently() {
+    for budget in [Some("70200KiB"), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = budget
+            .map(|b| vec!["--memory-budget", b])
+            .unwrap_or_default();
+        profile_tiny_q4(dir.path(), 12, &extra);
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap())
+                .unwrap();
+        let st = &m["stalls"];
+        let n = |v: &serde_json::Value| v.as_u64().unwrap();
+        assert_eq!(
+            n(&st["tokens"]),
+            n(&m["latency"]["n_decode_tokens"]),
+            "{st}"
+        );
+        assert!(n(&st["steps"]) >= 1, "{st}");
+        let idle: u64 = st["storage_idle_ns"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(n)
+            .sum();
+        assert_eq!(idle, n(&st["wall_ns"]) - n(&st["io_busy_ns"]), "{st}");
+        let causes: u64 = [
+            "wait_queued_ns",
+            "wait_reading_ns",
+            "wait_repacking_ns",
+            "wait_after_ns",
+        ]
+        .iter()
+        .map(|k| n(&st[*k]))
+        .sum();
+        assert_eq!(causes, n(&st["wait_ns"]), "{st}");
+        let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        let offloaded_io = n(&st["io_busy_ns"]) > 0 || n(&st["waits"]) > 0;
+        assert_eq!(summary.contains("why it waits"), offloaded_io, "{summary}");
+        if budget.is_none() {
+            assert_eq!((n(&st["io_busy_ns"]), n(&st["waits"])), (0, 0), "{st}");
+            assert!(
+                st["storage_idle_ns"]["compute.lm_head"].as_u64().unwrap() > 0,
+                "{st}"
+            );
+        }
     }
 }

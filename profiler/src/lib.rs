@@ -19,6 +19,7 @@ pub mod overlap;
 pub mod recording;
 pub mod routing;
 pub mod sparsity;
+pub mod stalls;
 pub mod summary;
 
 pub use artefacts::{Artefacts, write_artefacts};

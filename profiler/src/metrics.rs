@@ -10,6 +10,7 @@ use crate::overlap::{self, OverlapReport};
 use crate::recording::Recording;
 use crate::routing::{self, RoutingAnalysis, RoutingTrace};
 use crate::sparsity::{self, SparsityReport};
+use crate::stalls::{self, StallReport};
 
 /// Version of the `metrics.json` layout; bumped on incompatible changes.
 pub const METRICS_SCHEMA_VERSION: u32 = 1;
@@ -58,6 +59,10 @@ pub struct Metrics {
     pub kv: Vec<KvSample>,
     /// ReGLU sparsity.
     pub sparsity: SparsityReport,
+    /// Decode steps under offloading: idle storage and waits by cause (absent from files written
+    /// before it existed).
+    #[serde(default)]
+    pub stalls: StallReport,
 }
 
 /// Runs every analysis; the routing trace is read from the recording's events.
@@ -98,5 +103,6 @@ pub fn analyze_with_trace(
         cache_curves,
         kv: kv::kv_samples(rec),
         sparsity: sparsity::sparsity(rec),
+        stalls: stalls::stalls(rec),
     })
 }

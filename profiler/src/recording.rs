@@ -30,6 +30,8 @@ pub mod names {
     pub const IO_EXPERT_READ: &str = "io.expert_read";
     /// The compute thread blocked waiting for an expert read.
     pub const IO_WAIT: &str = "io.wait";
+    /// An expert repacked in its cache slot after its read (I/O thread).
+    pub const IO_REPACK: &str = "io.repack";
     /// K/V written into the cache.
     pub const KV_APPEND: &str = "kv.append";
     /// A global layer's KV cache grew its allocation.

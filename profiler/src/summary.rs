@@ -9,6 +9,7 @@ use crate::cache::{CapacityMode, HitRatioCurves, Policy};
 use crate::kv::KvSample;
 use crate::metrics::Metrics;
 use crate::routing::Locality;
+use crate::stalls::StallReport;
 
 /// Hit ratio of each policy at one capacity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,6 +73,10 @@ pub struct Summary {
     pub kv_last: Option<KvSample>,
     /// Share of zero ReGLU activations and bytes skipped.
     pub sparsity: Option<(f64, u64)>,
+    /// Decode under offloading: idle storage and waits by cause (`None` without expert reads or
+    /// waits in decode steps).
+    #[serde(default)]
+    pub stalls: Option<StallReport>,
 }
 
 fn ms(ns: u64) -> f64 {
@@ -110,6 +115,17 @@ fn cache_rows(curves: &HitRatioCurves) -> Vec<CacheRow> {
                 .collect(),
         })
         .collect()
+}
+
+/// The storage-idle labels, largest first.
+fn stall_idle_rows(st: &StallReport) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = st
+        .storage_idle_ns
+        .iter()
+        .map(|(k, &v)| (k.clone(), v))
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
 }
 
 fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
@@ -174,6 +190,8 @@ impl Summary {
             kv_last: m.kv.last().cloned(),
             sparsity: (m.sparsity.total.n_neurons > 0)
                 .then_some((m.sparsity.total.zero_share, m.sparsity.total.bytes_skipped)),
+            stalls: (m.stalls.tokens > 0 && (m.stalls.io_busy_ns > 0 || m.stalls.waits > 0))
+                .then(|| m.stalls.clone()),
         }
     }
 
@@ -216,6 +234,29 @@ impl Summary {
             self.cache_hits_misses.0,
             self.cache_hits_misses.1
         );
+        if let Some(st) = &self.stalls {
+            let per = |ns: u64| ms(ns) / st.tokens as f64;
+            let idle: Vec<String> = stall_idle_rows(st)
+                .iter()
+                .take(4)
+                .map(|(k, v)| format!("{} {:.1}", k.trim_start_matches("compute."), per(*v)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "decode, ms/token: storage idle {:.1} ({})",
+                per(st.storage_idle_total_ns()),
+                idle.join(", ")
+            );
+            let _ = writeln!(
+                s,
+                "  waits {:.1}: expert queued {:.1}, reading {:.1}, repacking {:.1}, after {:.1}",
+                per(st.wait_ns),
+                per(st.wait_queued_ns),
+                per(st.wait_reading_ns),
+                per(st.wait_repacking_ns),
+                per(st.wait_after_ns)
+            );
+        }
         let ops: Vec<String> = self
             .ops_ms
             .iter()
@@ -339,6 +380,47 @@ impl Summary {
             for (k, v) in &self.ops_ms {
                 let _ = writeln!(s, "| `{k}` | {v:.3} |");
             }
+        }
+        if let Some(st) = &self.stalls {
+            let per = |ns: u64| ms(ns) / st.tokens as f64;
+            let share = |ns: u64, of: u64| {
+                if of == 0 {
+                    "n/a".to_owned()
+                } else {
+                    format!("{:.0}%", ns as f64 * 100.0 / of as f64)
+                }
+            };
+            let _ = writeln!(
+                s,
+                "\n## Decode under offloading: why it waits\n\n{} decode steps, {} tokens, {:.2} ms/token; \
+                 an expert read in flight {:.2} ms/token.\n",
+                st.steps,
+                st.tokens,
+                per(st.wall_ns),
+                per(st.io_busy_ns)
+            );
+            s.push_str(
+                "| storage idle (no expert read in flight) while the compute side was in | ms/token | share |\n|---|---|---|\n",
+            );
+            let idle = st.storage_idle_total_ns();
+            for (k, v) in stall_idle_rows(st) {
+                let _ = writeln!(s, "| `{k}` | {:.2} | {} |", per(v), share(v, idle));
+            }
+            let _ = writeln!(s, "| total | {:.2} | |", per(idle));
+            let _ = writeln!(
+                s,
+                "\n| waits ({} `io.wait`), the awaited expert was | ms/token | share |\n|---|---|---|",
+                st.waits
+            );
+            for (k, v) in [
+                ("queued (its read had not started)", st.wait_queued_ns),
+                ("being read", st.wait_reading_ns),
+                ("being repacked", st.wait_repacking_ns),
+                ("ready (hand-off to the waiting thread)", st.wait_after_ns),
+            ] {
+                let _ = writeln!(s, "| {k} | {:.2} | {} |", per(v), share(v, st.wait_ns));
+            }
+            let _ = writeln!(s, "| total | {:.2} | |", per(st.wait_ns));
         }
         if self.mean_gini.is_some() {
             s.push_str("\n## Routing\n\n");
