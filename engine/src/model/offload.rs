@@ -13,10 +13,12 @@
 //!    dropped from the map and the page cache, as are any cached expert bytes: afterwards the map
 //!    is never touched, so it holds nothing, and a model file truncated or removed mid-run can
 //!    only fail an expert read (a clear, sticky error), never fault the process. Experts are only
-//!    ever read by the I/O threads into cache slots (`O_DIRECT` where the filesystem allows it);
+//!    ever read by the I/O threads (`O_DIRECT` where the filesystem allows it), into cache slots
+//!    or, for a down matrix about to be repacked, into a buffer of the I/O thread;
 //! 4. in fast mode, each expert's down matrix is repacked into the sparse planes layout inside
-//!    its slot by the I/O thread right after the read (same size, lossless), so the fast kernels
-//!    run on slot bytes exactly as they run on the in-memory planes: bit-identical results.
+//!    its slot by the I/O thread right after the read (same size, lossless), from the copy it
+//!    read aside, and its Q4_0 gate into the x8 layout in place, so the fast kernels run on slot
+//!    bytes exactly as they run on the in-memory weights: bit-identical results.
 //!
 //! The forward pass then requests each layer's experts as soon as its router has run (before
 //! attention), optionally guesses the next layer's experts from the same residual and prefetches
@@ -374,18 +376,23 @@ fn plan_with_layout(
     let threads = opts.io_threads.max(1) as u64;
     let slot = layout.slot_bytes() as u64;
     let first = weights.layers.first().and_then(|l| l.experts.first());
-    let down_tmp = if planes_of(weights, mode).iter().any(Option::is_some) {
-        first.map_or(0, |e| e.down.data.len() as u64)
+    // The down matrix is read aside, into a buffer of each I/O thread, and repacked from there
+    // into its slot: its aligned read covers at most one more page than it rounds up to.
+    let down_stage = if planes_of(weights, mode).iter().any(Option::is_some) {
+        first.map_or(0, |e| {
+            let align = ALIGN as u64;
+            (e.down.data.len() as u64).div_ceil(align) * align + align
+        })
     } else {
         0
     };
+    // Eight gate rows at a time are copied aside for the x8 repack.
     let gate_tmp = if gates_x8_of(weights, mode).iter().any(|&b| b) {
         first.map_or(0, |e| x8_group_bytes(e.gate.cols) as u64)
     } else {
         0
     };
-    // One thread-local buffer serves both repacks.
-    let repack_tmp = down_tmp.max(gate_tmp);
+    let repack_tmp = down_stage + gate_tmp;
     // Buffered reads pass through the page cache before they are dropped.
     let page_cache = if io_mode.is_direct() { 0 } else { slot };
     let metadata = gguf.map_or(0, |g| g.data_offset());
@@ -411,20 +418,21 @@ fn x8_group_bytes(cols: usize) -> usize {
 }
 
 thread_local! {
-    /// Per I/O thread: the down matrix as read, or eight rows of the gate, while it is repacked
-    /// in place.
+    /// Per I/O thread: eight rows of the gate while they are repacked in place (or a down matrix
+    /// that was not read aside).
     static REPACK_TMP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The post-read transform repacking each expert's down matrix into planes and its gate into
-/// the x8 layout, inside its slot.
+/// The post-read transform repacking each expert's down matrix into planes (from the copy the
+/// I/O thread read aside into the slot) and its gate into the x8 layout (in place).
 fn repack_transform(
     planes: Vec<Option<PlaneKind>>,
     gate_x8: Vec<bool>,
     h: usize,
     f: usize,
 ) -> SlotTransform {
-    Arc::new(move |key: ExpertKey, layout: &SlotLayout, buf: &mut [u8]| {
+    let staged = planes.iter().any(Option::is_some).then_some(Part::Down);
+    let apply = move |key: ExpertKey, layout: &SlotLayout, buf: &mut [u8], down: Option<&[u8]>| {
         let l = key.layer as usize;
         if gate_x8.get(l).copied().unwrap_or(false) {
             let r = layout.parts[Part::Gate as usize].slot_range();
@@ -456,20 +464,41 @@ fn repack_transform(
                 Ok(())
             })?;
         }
-        let Some(kind) = planes.get(l).copied().flatten() else {
-            return Ok(());
-        };
         let r = layout.parts[Part::Down as usize].slot_range();
         let dst = buf
             .get_mut(r)
             .ok_or_else(|| Error::Model(format!("{key}: down range outside its cache slot")))?;
-        REPACK_TMP.with(|t| {
-            let mut t = t.borrow_mut();
-            t.clear();
-            t.extend_from_slice(dst);
-            sparse_down::repack(kind, h, f, &t, dst)
-        })
-    })
+        match (planes.get(l).copied().flatten(), down) {
+            (Some(kind), Some(src)) => {
+                // Written whole first, the destination's lines come into the cache without being
+                // read from memory; the repack's scattered 16-byte stores would read each one.
+                dst.fill(0);
+                sparse_down::repack(kind, h, f, src, dst)
+            }
+            (Some(kind), None) => REPACK_TMP.with(|t| {
+                let mut t = t.borrow_mut();
+                t.clear();
+                t.extend_from_slice(dst);
+                sparse_down::repack(kind, h, f, &t, dst)
+            }),
+            (None, Some(src)) => {
+                if src.len() != dst.len() {
+                    return Err(Error::Model(format!(
+                        "{key}: down matrix of {} B read aside for a slot range of {} B",
+                        src.len(),
+                        dst.len()
+                    )));
+                }
+                dst.copy_from_slice(src);
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
+    };
+    SlotTransform {
+        apply: Arc::new(apply),
+        staged,
+    }
 }
 
 impl Offload {
@@ -714,4 +743,49 @@ fn take_resident(weights: &mut Weights, file: &ExpertFile, mode: ComputeMode) ->
         len: blob.len() as u64,
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The down matrix the I/O thread read aside is repacked into the slot for a layer with
+    /// planes and copied in as read for one without; without staged bytes the slot's own copy
+    /// is repacked in place, to the same bytes.
+    #[test]
+    fn the_transform_fills_the_down_range_from_the_staged_copy() {
+        let (h, f) = (64usize, 96usize);
+        let bytes = h * (f / 32) * 18;
+        let src: Vec<u8> = (0..bytes).map(|i| (i * 7 % 253) as u8).collect();
+        let mut want = vec![0u8; bytes];
+        sparse_down::repack(PlaneKind::Q4, h, f, &src, &mut want).unwrap();
+        let range = |offset: u64| FileRange {
+            offset,
+            len: bytes as u64,
+        };
+        let layout = SlotLayout::new(&[range(100), range(100 + 5000), range(100 + 10_000)]);
+        let down = layout.parts[Part::Down as usize].slot_range();
+        let t = repack_transform(vec![Some(PlaneKind::Q4), None], vec![false; 2], h, f);
+        assert_eq!(t.staged, Some(Part::Down));
+
+        let mut slot = vec![0u8; layout.used_bytes];
+        (t.apply)(ExpertKey::new(0, 3), &layout, &mut slot, Some(&src)).unwrap();
+        assert_eq!(&slot[down.clone()], &want[..]);
+
+        let mut slot = vec![0u8; layout.used_bytes];
+        (t.apply)(ExpertKey::new(1, 3), &layout, &mut slot, Some(&src)).unwrap();
+        assert_eq!(&slot[down.clone()], &src[..]);
+
+        let mut slot = vec![0u8; layout.used_bytes];
+        slot[down.clone()].copy_from_slice(&src);
+        (t.apply)(ExpertKey::new(0, 3), &layout, &mut slot, None).unwrap();
+        assert_eq!(&slot[down.clone()], &want[..]);
+
+        let short = &src[..bytes - 1];
+        let err = (t.apply)(ExpertKey::new(1, 3), &layout, &mut slot, Some(short)).unwrap_err();
+        assert!(err.to_string().contains("read aside"), "{err}");
+
+        let none = repack_transform(vec![None, None], vec![false; 2], h, f);
+        assert_eq!(none.staged, None);
+    }
 }

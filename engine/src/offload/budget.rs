@@ -2,8 +2,9 @@
 //! between what must stay resident and the expert cache.
 //!
 //! Everything the process holds counts: resident weights (embeddings, attention, norms,
-//! routers, LM head), the KV cache, scratch buffers, I/O buffers (page-cache slack for buffered
-//! reads; none with `O_DIRECT`, where reads land in cache slots), a reserve for the process
+//! routers, LM head), the KV cache, scratch buffers, I/O buffers (per I/O thread, what a repack
+//! needs beside the slot: the down matrix read aside, eight gate rows; and page-cache slack for
+//! buffered reads, none with `O_DIRECT`), a reserve for the process
 //! itself (code, thread stacks, allocator slack), and the expert cache, which gets the rest.
 //! The smallest workable budget holds everything but the cache plus one layer's active
 //! experts (top-k slots); below it the planner fails with [`Error::BudgetTooSmall`] stating
@@ -145,7 +146,8 @@ pub struct PlanInput {
     pub kv_bytes: u64,
     /// Activations and other scratch.
     pub scratch_bytes: u64,
-    /// I/O staging beyond the cache slots (page-cache slack for buffered reads; 0 with
+    /// I/O staging beyond the cache slots: per I/O thread, the repack's buffers (the down
+    /// matrix read aside, eight gate rows) and page-cache slack for buffered reads (none with
     /// `O_DIRECT`).
     pub io_buffer_bytes: u64,
     /// Reads in flight (I/O threads); they land in cache slots.
@@ -193,7 +195,7 @@ pub struct Plan {
     pub cache_slots: u64,
     /// Bytes of the expert cache.
     pub cache_bytes: u64,
-    /// Reads in flight (into cache slots).
+    /// Reads in flight (I/O threads).
     pub io_buffers: u32,
     /// Whether every expert fits (no offloading needed).
     pub all_resident: bool,
@@ -400,7 +402,7 @@ impl fmt::Display for Plan {
             f,
             "I/O buffers",
             i.io_buffer_bytes,
-            &format!("  ({} reads in flight, into cache slots)", self.io_buffers),
+            &format!("  ({} reads in flight)", self.io_buffers),
         )?;
         row(f, "reserve", i.reserve_bytes, "")?;
         row(

@@ -29,11 +29,33 @@ use crate::error::{Error, Result};
 /// contended; it makes the hand-over safe without `unsafe`.
 pub type SlotBuf = Arc<RwLock<AlignedBuf>>;
 
+/// The function of a [`SlotTransform`]: `(key, layout, slot bytes, staged part's bytes)`.
+pub type SlotTransformFn =
+    dyn Fn(ExpertKey, &SlotLayout, &mut [u8], Option<&[u8]>) -> Result<()> + Send + Sync;
+
 /// A transformation applied to a slot right after its expert was read, on the I/O thread, before
-/// the slot is handed to readers: `(key, layout, slot bytes)`. Used to repack an expert's down
-/// matrix into the layout the fast kernels read ([`crate::moe::sparse_down`]). An error fails the
-/// read.
-pub type SlotTransform = Arc<dyn Fn(ExpertKey, &SlotLayout, &mut [u8]) -> Result<()> + Send + Sync>;
+/// the slot is handed to readers. Used to repack an expert's matrices into the layouts the fast
+/// kernels read ([`crate::moe::sparse_down`], the x8 gate). An error fails the read.
+///
+/// With `staged` set, that part is read into a buffer of the I/O thread instead of into the
+/// slot, and `apply` receives its bytes (the matrix's, without the alignment around them): it
+/// must write the part's [`slot_range`](super::layout::PartPlacement::slot_range) itself. A
+/// repack out of place then needs no copy of the matrix first.
+#[derive(Clone)]
+pub struct SlotTransform {
+    /// The transformation.
+    pub apply: Arc<SlotTransformFn>,
+    /// The part read aside, if any.
+    pub staged: Option<Part>,
+}
+
+impl std::fmt::Debug for SlotTransform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotTransform")
+            .field("staged", &self.staged)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Request priority: demand reads (the layer needs them now) are served before prefetches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -461,6 +483,9 @@ impl Drop for IoPool {
 }
 
 fn io_thread(sh: &Shared) {
+    // The staged part's bytes as read (see `SlotTransform::staged`); grown on first use.
+    let mut stage: Option<AlignedBuf> = None;
+    let staged = sh.transform.as_ref().and_then(|t| t.staged);
     loop {
         let p = {
             let mut q = lock(&sh.queues);
@@ -485,7 +510,7 @@ fn io_thread(sh: &Shared) {
                 prefetch = p.req.priority == Priority::Prefetch
             )
             .entered();
-            read_expert(sh, &p.req, p.submitted)
+            read_expert(sh, &p.req, p.submitted, staged, &mut stage)
         };
         let t1 = Instant::now();
         lock(&sh.busy).stop(t1);
@@ -499,7 +524,13 @@ fn io_thread(sh: &Shared) {
             )
             .entered();
             let mut buf = p.req.buf.write().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = f(p.req.key, &p.req.layout, buf.as_mut_slice()) {
+            let staged_bytes = staged.and_then(|part| {
+                let pl = &p.req.layout.parts[part as usize];
+                let at = (pl.data.offset - pl.read.offset) as usize;
+                let s = stage.as_ref()?.as_slice();
+                (pl.data.len > 0).then(|| &s[at..at + pl.data.len as usize])
+            });
+            if let Err(e) = (f.apply)(p.req.key, &p.req.layout, buf.as_mut_slice(), staged_bytes) {
                 outcome = Outcome::Failed(e);
             }
             transform_ns = super::saturating_nanos(t1.elapsed());
@@ -528,7 +559,15 @@ fn io_thread(sh: &Shared) {
     }
 }
 
-fn read_expert(sh: &Shared, req: &ReadRequest, submitted: Instant) -> Outcome {
+/// Reads the expert's parts into its slot, except `staged`, which goes into `stage` (grown as
+/// needed).
+fn read_expert(
+    sh: &Shared,
+    req: &ReadRequest,
+    submitted: Instant,
+    staged: Option<Part>,
+    stage: &mut Option<AlignedBuf>,
+) -> Outcome {
     // The only writer of a loading slot; a poisoned lock just means an earlier fill panicked, and
     // the buffer is overwritten now anyway.
     let mut buf = req.buf.write().unwrap_or_else(|p| p.into_inner());
@@ -545,7 +584,19 @@ fn read_expert(sh: &Shared, req: &ReadRequest, submitted: Instant) -> Outcome {
         if pl.data.len == 0 {
             continue;
         }
-        let region = &mut dst[pl.buf_offset..pl.buf_offset + pl.read.len as usize];
+        let len = pl.read.len as usize;
+        let region = if staged == Some(*part) {
+            let b = match stage.take() {
+                Some(b) if b.len() >= len => stage.insert(b),
+                _ => match AlignedBuf::new(len) {
+                    Ok(b) => stage.insert(b),
+                    Err(e) => return Outcome::Failed(with_context(e, req.key, *part)),
+                },
+            };
+            &mut b.as_mut_slice()[..len]
+        } else {
+            &mut dst[pl.buf_offset..pl.buf_offset + len]
+        };
         let res = match &sh.device {
             Some(dev) => dev.emulate(pl.read.len, Some(submitted), || {
                 sh.file.read_into(pl.data, region)
@@ -613,12 +664,11 @@ mod tests {
         Arc::new(RwLock::new(AlignedBuf::new(n).unwrap()))
     }
 
-    #[test]
-    fn reads_complete_with_the_right_bytes() {
-        let (_d, f, data) = setup(200_000);
-        let pool = IoPool::new(f, IoConfig::default()).unwrap();
-        for i in 0..8u32 {
-            let l = layout(u64::from(i) * 7000 + 13, 5000);
+    /// Demand reads of experts `0..n` of layer 0, expert `i` placed by `layout_of(i)` into a
+    /// fresh slot and tagged `i`.
+    fn submit_demands(pool: &IoPool, n: u32, layout_of: impl Fn(u64) -> SlotLayout) {
+        for i in 0..n {
+            let l = layout_of(u64::from(i));
             pool.submit(ReadRequest {
                 key: ExpertKey::new(0, i),
                 layout: l,
@@ -627,6 +677,13 @@ mod tests {
                 tag: u64::from(i),
             });
         }
+    }
+
+    #[test]
+    fn reads_complete_with_the_right_bytes() {
+        let (_d, f, data) = setup(200_000);
+        let pool = IoPool::new(f, IoConfig::default()).unwrap();
+        submit_demands(&pool, 8, |i| layout(i * 7000 + 13, 5000));
         let mut seen = 0;
         while let Some(c) = pool.recv() {
             assert!(matches!(c.outcome, Outcome::Done { .. }), "{:?}", c.outcome);
@@ -641,6 +698,60 @@ mod tests {
         assert_eq!(seen, 8);
         assert_eq!(pool.stats().reads, 8);
         assert_eq!(pool.outstanding(), 0);
+    }
+
+    /// A staged part is read aside, not into the slot: the transform gets exactly its bytes
+    /// (without the alignment around them) and the slot's range for it is what the transform
+    /// wrote there; the other parts are read in place as usual, with two threads and lengths
+    /// that grow (the staging buffer is reallocated).
+    #[test]
+    fn a_staged_part_reaches_the_transform_and_not_the_slot() {
+        let (_d, f, data) = setup(200_000);
+        let seen_staged = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&seen_staged);
+        let apply = move |_: ExpertKey, l: &SlotLayout, slot: &mut [u8], staged: Option<&[u8]>| {
+            let down = &l.parts[Part::Down as usize];
+            let src = staged.ok_or_else(|| Error::Model("no staged bytes".into()))?;
+            if src.len() != down.data.len as usize {
+                return Err(Error::Model(format!("staged {} B", src.len())));
+            }
+            // The slot's range for the staged part was not written by the read.
+            if slot[down.slot_range()].iter().any(|&b| b != 0) {
+                return Err(Error::Model("the staged part reached the slot".into()));
+            }
+            // Write it reversed, to see that the transform's bytes are what readers get.
+            for (d, s) in slot[down.slot_range()].iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+            seen.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        };
+        let t = SlotTransform {
+            apply: Arc::new(apply),
+            staged: Some(Part::Down),
+        };
+        let cfg = IoConfig {
+            threads: 2,
+            ..IoConfig::default()
+        };
+        let pool = IoPool::with_transform(f, cfg, Some(t)).unwrap();
+        let lens = |i: u64| 3000 + 2500 * i;
+        submit_demands(&pool, 6, |i| layout(i * 9000 + 13, lens(i)));
+        let mut n = 0;
+        while let Some(c) = pool.recv() {
+            assert!(matches!(c.outcome, Outcome::Done { .. }), "{:?}", c.outcome);
+            let l = layout(c.tag * 9000 + 13, lens(c.tag));
+            let b = c.buf.read().unwrap();
+            for (k, p) in l.parts.iter().enumerate() {
+                let mut want = data[p.data.offset as usize..p.data.end() as usize].to_vec();
+                if k == Part::Down as usize {
+                    want.reverse();
+                }
+                assert_eq!(&b.as_slice()[p.slot_range()], &want[..], "part {k}");
+            }
+            n += 1;
+        }
+        assert_eq!((n, seen_staged.load(Ordering::Relaxed)), (6, 6));
     }
 
     #[test]

@@ -137,8 +137,18 @@ fn repack_q4_avx2(h: usize, f: usize, src: &[u8], scales: &mut [u8], planes: &mu
     };
     // Output groups outermost: a group's 32 source rows stay in the L1 while its tiles are
     // written.
+    let group_bytes = QK * rb;
+    // The next group's rows (contiguous) are prefetched a slice per block, so a source read
+    // straight from storage into memory arrives while this group is transposed.
+    let slice = group_bytes.div_ceil(nb.max(1));
     for g in 0..h / QK {
+        let next = src
+            .get((g + 1) * group_bytes..(g + 2) * group_bytes)
+            .unwrap_or(&[]);
         for b in 0..nb {
+            if let Some(part) = next.get(b * slice..((b + 1) * slice).min(next.len())) {
+                prefetch_l2(part);
+            }
             let block_planes = &mut planes[b * QK * pb..(b + 1) * QK * pb];
             // The tile's 32 scales (`[F/32][H]`: contiguous for its rows), copied straight to
             // the output: gathered into a stack buffer and copied on as one vector, the 2-byte
