@@ -160,15 +160,6 @@ pub fn main(a: Args) -> Result<()> {
         .bytes(model.config.tied_embeddings, model.config.n_experts_used);
     // Peak RSS of the model run, before the bandwidth probe allocates its buffer.
     let peak = peak_rss_bytes();
-    let bw = if a.bandwidth_mib > 0 {
-        Some(bench_suite::membw::read_bandwidth(
-            a.bandwidth_mib << 20,
-            model.threads(),
-            5,
-        )?)
-    } else {
-        None
-    };
     let label = a.label.clone().unwrap_or_else(|| {
         a.model
             .model
@@ -203,6 +194,23 @@ pub fn main(a: Args) -> Result<()> {
             )
         }
     };
+    let threads = model.threads();
+    let mode = model.mode();
+    let offloaded = off.is_some();
+    let budget_bytes = off.map(|o| o.options().budget.bytes());
+    // The probe's buffer comes after the model is gone: under a memory budget the model holds
+    // the whole budget, and the probe on top of it would break the budget (and, in a cgroup
+    // sized to it, get the process killed after the tests).
+    drop(model);
+    let bw = if a.bandwidth_mib > 0 {
+        Some(bench_suite::membw::read_bandwidth(
+            a.bandwidth_mib << 20,
+            threads,
+            5,
+        )?)
+    } else {
+        None
+    };
     let mut records = Vec::new();
     for r in &results {
         let (mean, sd, median) = record::stats(&r.samples_tps);
@@ -221,14 +229,14 @@ pub fn main(a: Args) -> Result<()> {
             kernel: machine.kernel.clone(),
             cgroup_limit_bytes: cgroup_limit,
             model_digest: digest.clone(),
-            threads: model.threads() as u32,
+            threads: threads as u32,
             engine: "smallthinker-rs".into(),
             model: label.clone(),
             model_size: Some(wb.total),
             model_n_params: Some(wb.params),
             quant: quant.clone(),
             storage: storage.clone(),
-            budget_bytes: off.map(|o| o.options().budget.bytes()),
+            budget_bytes,
             hit_rate: opt.map(|o| o.hit_rate),
             ready_rate: opt.map(|o| o.ready_rate),
             belady_hit_rate: r.belady_hit_rate,
@@ -294,7 +302,7 @@ pub fn main(a: Args) -> Result<()> {
                     human_params(wb.params),
                     r.quant,
                     r.threads,
-                    model.mode(),
+                    mode,
                     r.test,
                     r.mean_tps,
                     r.sd_tps,
@@ -306,7 +314,7 @@ pub fn main(a: Args) -> Result<()> {
                     println!("\n{}: {}", r.test, c.describe());
                 }
             }
-            if off.is_some() {
+            if offloaded {
                 println!(
                     "\n| test | hit rate | Belady | ready | MiB read/token | I/O ms/token | exposed ms/token | compute ms/token | overlap | real-storage excess |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
                 );

@@ -99,5 +99,18 @@ pub fn main(a: Args) -> Result<()> {
     if let Some(line) = offload_summary(&model) {
         eprintln!("{line}");
     }
+    if let (Some(o), Some(peak)) = (model.offload(), crate::gen_loop::peak_rss_bytes()) {
+        // The budget plans the engine; the recording and its analysis come on top.
+        let budget = o.options().budget.bytes();
+        eprintln!(
+            "memory: peak RSS {:.1} MiB against the {:.1} MiB budget; the profiler's recording \
+             ({} spans, {} events) and its analysis are not part of the budget, so give a \
+             cgroup limit room for them",
+            peak as f64 / f64::from(1 << 20),
+            budget as f64 / f64::from(1 << 20),
+            rec.spans.len(),
+            rec.events.len()
+        );
+    }
     Ok(())
 }
