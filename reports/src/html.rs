@@ -264,6 +264,7 @@ fn profile_charts(id: &str, p: &ProfileData) -> Vec<Chart> {
         charts::kv::kv_memory(&c("kv"), &p.kv),
         charts::latency::latency(&c("latency"), &p.latency_ms),
         charts::popularity::sparsity(&c("sparsity"), &p.sparsity_per_layer),
+        charts::stalls::why_it_waits(&c("stalls"), p.stalls.as_ref()),
     ]
 }
 

@@ -35,7 +35,7 @@ pub mod tables;
 use std::path::{Path, PathBuf};
 
 pub use error::{Error, Result};
-pub use profile::{HitCurve, KvPoint, ProfileData, Span, load_profile};
+pub use profile::{HitCurve, KvPoint, ProfileData, Span, Stalls, load_profile};
 pub use record::{Machine, Record, TestKind, load_records};
 
 /// Renders the report of `records` (and optional `profiles` and `baseline`) into

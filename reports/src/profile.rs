@@ -31,6 +31,22 @@ pub struct ProfileData {
     pub latency_ms: Vec<f64>,
     /// Share of FFN neurons skipped, per layer, 0..1.
     pub sparsity_per_layer: Vec<f64>,
+    /// Why decoding under a memory budget waits (absent for a run without expert reads).
+    pub stalls: Option<Stalls>,
+}
+
+/// Where a decoded token's time went under offloading, ms per token (the profiler's `stalls`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stalls {
+    /// Wall time per decoded token.
+    pub ms_per_token: f64,
+    /// Time no expert read was in flight, by what the compute side was doing (`"LM head"`,
+    /// `"attention"`, ...).
+    pub storage_idle: Vec<(String, f64)>,
+    /// Time the compute side waited for an expert, by what that expert was doing (`"being
+    /// read"`, `"being repacked"`, ...).
+    pub waits: Vec<(String, f64)>,
 }
 
 /// One span of the timeline: a named piece of work on one thread.

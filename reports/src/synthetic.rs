@@ -3,7 +3,7 @@
 //! baseline, and profile data. The numbers follow a simple model (compute plus exposed I/O per
 //! token), not measurements.
 
-use crate::profile::{HitCurve, KvPoint, ProfileData, Span};
+use crate::profile::{HitCurve, KvPoint, ProfileData, Span, Stalls};
 use crate::record::{Machine, OUR_ENGINE, PEER_ENGINE, Record, SCHEMA_VERSION};
 
 const GIB: u64 = 1 << 30;
@@ -379,6 +379,25 @@ pub fn profiles(seed: u64) -> Vec<ProfileData> {
         })
         .collect();
 
+    // The token time of the latency model split as a disk-bound decode splits it.
+    let token_ms = 95.0;
+    let stalls = Some(Stalls {
+        ms_per_token: token_ms,
+        storage_idle: [("LM head", 0.09), ("experts", 0.07), ("attention", 0.04)]
+            .into_iter()
+            .map(|(k, share)| (k.to_string(), token_ms * share))
+            .collect(),
+        waits: [
+            ("being read", 0.36),
+            ("being repacked", 0.06),
+            ("queued", 0.01),
+            ("ready (hand-off)", 0.01),
+        ]
+        .into_iter()
+        .map(|(k, share)| (k.to_string(), token_ms * share))
+        .collect(),
+    });
+
     vec![ProfileData {
         name: "nvme-gen4 · q4_0 · 1 GiB · tg64".into(),
         timeline,
@@ -388,6 +407,7 @@ pub fn profiles(seed: u64) -> Vec<ProfileData> {
         kv,
         latency_ms,
         sparsity_per_layer,
+        stalls,
     }]
 }
 

@@ -551,7 +551,8 @@ pub fn main(a: Args) -> Result<()> {
         started.elapsed().as_secs_f64() / 60.0
     );
 
-    // One profiled run of the first in-memory scenario.
+    // One profiled run of the first in-memory scenario, and one of the smallest budget on the
+    // real disk (under the same limits as its scenario): why decoding waits there.
     let mut profiles = Vec::new();
     let report_dir = root.join("target/reports").join(&run_id);
     if !a.no_profile
@@ -561,6 +562,50 @@ pub fn main(a: Args) -> Result<()> {
         match profile_data::profile(&thinker, &s.model_path, threads, &dir, tiny) {
             Ok(p) => profiles.push(p),
             Err(e) => failures.push(format!("profile: {e:#}")),
+        }
+    }
+    if !a.no_profile
+        && caps.offload
+        && let Some(s) = scenarios
+            .iter()
+            .filter(|s| s.budget.is_some() && s.storage == "real")
+            .min_by_key(|s| s.budget)
+        && let Some(b) = s.budget
+    {
+        let dir = report_dir.join(format!(
+            "profile-{}-{}-{}",
+            s.model_label, s.quant, s.budget_label
+        ));
+        let mut cmd = profile_data::command(&thinker, &s.model_path, threads, &dir, tiny);
+        cmd.args(["--memory-budget", &b.to_string(), "--storage", &s.storage]);
+        let name = format!(
+            "{} · {} · {}",
+            profile_data::model_name(&s.model_path),
+            s.budget_label,
+            s.storage
+        );
+        // Cold, as its scenario, but outside the cgroup: the profiler's recording is not part
+        // of the budget (`thinker profile` prints its peak against it).
+        if !drop_caches() {
+            println!(
+                "  profile under {}: could not drop the page cache",
+                s.budget_label
+            );
+        }
+        let run = cmd
+            .stdout(Stdio::null())
+            .status()
+            .context("running thinker profile")
+            .and_then(|st| {
+                if st.success() {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("thinker profile failed ({st})"))
+                }
+            });
+        match run.and_then(|()| profile_data::from_artefacts(&dir, &name)) {
+            Ok(p) => profiles.push(p),
+            Err(e) => failures.push(format!("profile under {}: {e:#}", s.budget_label)),
         }
     }
 

@@ -6,26 +6,21 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use reports::{HitCurve, KvPoint, ProfileData, Span};
+use reports::{HitCurve, KvPoint, ProfileData, Span, Stalls};
 use serde_json::Value;
 
 /// Spans of the timeline excerpt (the first tokens of the decode).
 const TIMELINE_SPANS: usize = 4000;
 
-/// Profiles `model` (32 prompt + 64 generated tokens; fewer with `tiny`) into `dir`.
-pub fn profile(
-    thinker: &Path,
-    model: &Path,
-    threads: usize,
-    dir: &Path,
-    tiny: bool,
-) -> Result<ProfileData> {
+/// The `thinker profile` command for `model` (32 prompt + 64 generated tokens; fewer with
+/// `tiny`) writing into `dir`; callers add flags (a memory budget) and run it.
+pub fn command(thinker: &Path, model: &Path, threads: usize, dir: &Path, tiny: bool) -> Command {
     let n_prompt = if tiny { 8 } else { 32 };
     let tokens: Vec<String> = (0..n_prompt)
         .map(|i| ((i * 7919 + 13) % 500).to_string())
         .collect();
-    let st = Command::new(thinker)
-        .arg("profile")
+    let mut cmd = Command::new(thinker);
+    cmd.arg("profile")
         .arg("-m")
         .arg(model)
         .args([
@@ -37,22 +32,98 @@ pub fn profile(
         ])
         .arg(if tiny { "16" } else { "64" })
         .arg("--out")
-        .arg(dir)
+        .arg(dir);
+    cmd
+}
+
+/// The model's file name without extension, naming its profile.
+pub fn model_name(model: &Path) -> String {
+    model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Profiles `model` in memory (see [`command`]) into `dir`.
+pub fn profile(
+    thinker: &Path,
+    model: &Path,
+    threads: usize,
+    dir: &Path,
+    tiny: bool,
+) -> Result<ProfileData> {
+    let st = command(thinker, model, threads, dir, tiny)
         .stdout(std::process::Stdio::null())
         .status()
         .context("running thinker profile")?;
     if !st.success() {
         bail!("thinker profile failed");
     }
-    let name = model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    from_artefacts(dir, &name)
+    from_artefacts(dir, &model_name(model))
 }
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// The profiler's `stalls` (ns over the decode steps) as ms per decoded token, labels in
+/// words; `None` without decode tokens or without expert reads and waits.
+fn stalls(st: &Value) -> Option<Stalls> {
+    let tokens = st["tokens"].as_u64().filter(|&t| t > 0)? as f64;
+    let per = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1e6 / tokens;
+    if st["io_busy_ns"].as_u64().unwrap_or(0) == 0 && st["waits"].as_u64().unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut idle: Vec<(String, f64)> = st["storage_idle_ns"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let label = match k.as_str() {
+                        "compute.lm_head" => "LM head".to_string(),
+                        "compute.experts" | "compute.expert" => "experts".to_string(),
+                        "io.wait" => "waiting (repack after the read)".to_string(),
+                        other => other.trim_start_matches("compute.").replace('_', " "),
+                    };
+                    (label, per(v))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // One row per label (both expert spans are "experts"), largest first.
+    idle.sort_by(|a, b| a.0.cmp(&b.0));
+    idle.dedup_by(|b, a| {
+        if a.0 == b.0 {
+            a.1 += b.1;
+            true
+        } else {
+            false
+        }
+    });
+    // Labels under 2% of the idle time go to "other".
+    let total: f64 = idle.iter().map(|e| e.1).sum();
+    let (mut idle, small): (Vec<_>, Vec<_>) = idle
+        .into_iter()
+        .partition(|e| e.0 != "other" && e.1 >= 0.02 * total);
+    let rest: f64 = small.iter().map(|e| e.1).sum();
+    idle.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if rest > 0.0 {
+        idle.push(("other".to_string(), rest));
+    }
+    let waits = [
+        ("being read", "wait_reading_ns"),
+        ("being repacked", "wait_repacking_ns"),
+        ("queued", "wait_queued_ns"),
+        ("ready (hand-off)", "wait_after_ns"),
+    ]
+    .into_iter()
+    .map(|(label, k)| (label.to_string(), per(&st[k])))
+    .collect();
+    Some(Stalls {
+        ms_per_token: per(&st["wall_ns"]),
+        storage_idle: idle,
+        waits,
+    })
 }
 
 /// Reads a profiler artefact directory.
@@ -128,6 +199,7 @@ pub fn from_artefacts(dir: &Path, name: &str) -> Result<ProfileData> {
     {
         p.latency_ms = steps.iter().map(|v| f(v) / 1e6).collect();
     }
+    p.stalls = stalls(&m["stalls"]);
     if let Some(layers) = m.pointer("/sparsity/layers").and_then(Value::as_array) {
         p.sparsity_per_layer = layers.iter().map(|l| f(&l["zero_share"])).collect();
     }
@@ -172,4 +244,53 @@ pub fn from_artefacts(dir: &Path, name: &str) -> Result<ProfileData> {
             .collect();
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    #[test]
+    fn stalls_become_ms_per_token_with_expert_spans_merged_and_small_labels_in_other() {
+        let m = serde_json::json!({
+            "tokens": 2, "wall_ns": 100_000_000u64, "io_busy_ns": 60_000_000u64, "waits": 3,
+            "storage_idle_ns": {
+                "compute.lm_head": 20_000_000u64,
+                "compute.expert": 8_000_000u64,
+                "compute.experts": 2_000_000u64,
+                "io.wait": 9_000_000u64,
+                "kv.append": 400_000u64,
+                "other": 600_000u64
+            },
+            "wait_ns": 30_000_000u64,
+            "wait_queued_ns": 1_000_000u64,
+            "wait_reading_ns": 24_000_000u64,
+            "wait_repacking_ns": 4_000_000u64,
+            "wait_after_ns": 1_000_000u64
+        });
+        let st = stalls(&m).expect("offloaded");
+        assert_eq!(st.ms_per_token, 50.0);
+        let idle: Vec<(&str, f64)> = st
+            .storage_idle
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(
+            idle,
+            vec![
+                ("LM head", 10.0),
+                ("experts", 5.0),
+                ("waiting (repack after the read)", 4.5),
+                ("other", 0.5),
+            ]
+        );
+        let waits: Vec<f64> = st.waits.iter().map(|w| w.1).collect();
+        assert_eq!(waits, vec![12.0, 2.0, 0.5, 0.5]);
+        let in_memory = serde_json::json!({
+            "tokens": 2, "wall_ns": 1u64, "io_busy_ns": 0u64, "waits": 0,
+            "storage_idle_ns": {"compute.lm_head": 1u64}
+        });
+        assert!(stalls(&in_memory).is_none());
+        assert!(stalls(&serde_json::json!({})).is_none());
+    }
 }

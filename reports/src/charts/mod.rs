@@ -15,6 +15,7 @@ pub mod kv;
 pub mod latency;
 pub mod popularity;
 pub mod reuse;
+pub mod stalls;
 pub mod timeline;
 
 use plotters::coord::Shift;

@@ -9,7 +9,7 @@ use reports::{Machine, ProfileData, Record, load_records, render_report, synthet
 use crate::html_check;
 
 /// Chart titles every report shows (drawn or as a "not measured" note).
-const TITLES: [&str; 15] = [
+const TITLES: [&str; 16] = [
     "Decode speed by storage profile and quantisation",
     "Prefill speed by storage profile and quantisation",
     "Decode speed against memory budget",
@@ -25,6 +25,7 @@ const TITLES: [&str; 15] = [
     "KV cache memory against context",
     "Per-token latency",
     "Neuron sparsity per layer",
+    "Why decoding waits",
 ];
 
 fn render(
@@ -63,8 +64,8 @@ fn full_synthetic_report_is_well_formed_and_complete() {
     assert!(summary.text.contains("Decode speed across machines"));
     assert!(summary.text.contains("Machine 2: Rockchip RK3588 (demo)"));
     // Every chart of this complete input is drawn: two machine sections of six, one
-    // cross-machine chart, two comparisons, seven profile charts.
-    assert_eq!(summary.svg_count, 6 + 6 + 1 + 2 + 7, "charts drawn");
+    // cross-machine chart, two comparisons, eight profile charts.
+    assert_eq!(summary.svg_count, 6 + 6 + 1 + 2 + 8, "charts drawn");
     assert!(
         !summary.text.contains("Not measured in this run"),
         "nothing should be missing"
@@ -93,9 +94,9 @@ fn empty_input_explains_every_missing_chart() {
     for title in TITLES {
         assert!(summary.text.contains(title), "missing chart {title:?}");
     }
-    // 6 record charts, 2 comparisons, 7 profile charts.
+    // 6 record charts, 2 comparisons, 8 profile charts.
     let notes = summary.text.matches("Not measured in this run (").count();
-    assert_eq!(notes, 6 + 2 + 7, "{}", summary.text);
+    assert_eq!(notes, 6 + 2 + 8, "{}", summary.text);
     assert!(summary.text.contains("no scenario was profiled"));
     assert!(summary.text.contains("No result records were given."));
 }
