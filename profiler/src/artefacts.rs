@@ -89,22 +89,53 @@ fn category(name: &str) -> &str {
     name.split('.').next().unwrap_or(name)
 }
 
-/// The Chrome trace-event JSON value of a recording (see the module docs for the layout).
+/// The Chrome trace-event JSON value of a recording (see the module docs for the layout): what
+/// [`write_chrome_trace`] writes, parsed back.
 pub fn chrome_trace(rec: &Recording) -> Value {
-    let mut ev: Vec<Value> = Vec::with_capacity(rec.spans.len() + rec.events.len() + 8);
-    ev.push(json!({
-        "name": "process_name", "ph": "M", "pid": TRACE_PID, "tid": 0,
-        "args": {"name": "smallthinker"}
-    }));
+    let mut buf = Vec::new();
+    match write_chrome_trace(rec, &mut buf).map(|()| serde_json::from_slice(&buf)) {
+        Ok(Ok(v)) => v,
+        _ => json!({"traceEvents": [], "displayTimeUnit": "ms"}),
+    }
+}
+
+/// Writes the Chrome trace-event JSON of a recording (see the module docs for the layout) one
+/// event at a time: memory stays flat however long the recording (a JSON value of the whole
+/// trace took about 1 MiB per decoded token of the 4B model).
+pub fn write_chrome_trace(rec: &Recording, w: &mut impl Write) -> Result<()> {
+    let raw = |w: &mut dyn Write, b: &[u8]| w.write_all(b).map_err(|e| Error::io("trace.json", e));
+    let mut first = true;
+    let mut put = |w: &mut dyn Write, v: Value| -> Result<()> {
+        if !first {
+            raw(w, b",")?;
+        }
+        first = false;
+        serde_json::to_writer(&mut *w, &v)?;
+        Ok(())
+    };
+    raw(w, b"{\"traceEvents\":[")?;
+    put(
+        w,
+        json!({
+            "name": "process_name", "ph": "M", "pid": TRACE_PID, "tid": 0,
+            "args": {"name": "smallthinker"}
+        }),
+    )?;
     for t in &rec.threads {
-        ev.push(json!({
-            "name": "thread_name", "ph": "M", "pid": TRACE_PID, "tid": trace_tid(t.tid),
-            "args": {"name": t.name}
-        }));
-        ev.push(json!({
-            "name": "thread_sort_index", "ph": "M", "pid": TRACE_PID, "tid": trace_tid(t.tid),
-            "args": {"sort_index": t.tid}
-        }));
+        put(
+            w,
+            json!({
+                "name": "thread_name", "ph": "M", "pid": TRACE_PID, "tid": trace_tid(t.tid),
+                "args": {"name": t.name}
+            }),
+        )?;
+        put(
+            w,
+            json!({
+                "name": "thread_sort_index", "ph": "M", "pid": TRACE_PID, "tid": trace_tid(t.tid),
+                "args": {"sort_index": t.tid}
+            }),
+        )?;
     }
     // Parents before children on equal start (the Recording's order) keeps viewers' nesting.
     let mut spans: Vec<_> = rec.spans.iter().collect();
@@ -116,29 +147,40 @@ pub fn chrome_trace(rec: &Recording) -> Value {
         ))
     });
     for s in spans {
-        ev.push(json!({
-            "name": s.name, "cat": category(&s.name), "ph": "X",
-            "ts": us(s.start_ns), "dur": us(s.dur_ns()),
-            "pid": TRACE_PID, "tid": trace_tid(s.tid), "args": args(&s.fields)
-        }));
+        put(
+            w,
+            json!({
+                "name": s.name, "cat": category(&s.name), "ph": "X",
+                "ts": us(s.start_ns), "dur": us(s.dur_ns()),
+                "pid": TRACE_PID, "tid": trace_tid(s.tid), "args": args(&s.fields)
+            }),
+        )?;
         if s.name == names::FORWARD {
             let label = s
                 .u64("token")
                 .map_or_else(|| "token".to_owned(), |t| format!("token {t}"));
-            ev.push(json!({
-                "name": label, "cat": "token", "ph": "i", "s": "g",
-                "ts": us(s.start_ns), "pid": TRACE_PID, "tid": trace_tid(s.tid),
-                "args": args(&s.fields)
-            }));
+            put(
+                w,
+                json!({
+                    "name": label, "cat": "token", "ph": "i", "s": "g",
+                    "ts": us(s.start_ns), "pid": TRACE_PID, "tid": trace_tid(s.tid),
+                    "args": args(&s.fields)
+                }),
+            )?;
         }
     }
     for e in &rec.events {
-        ev.push(json!({
-            "name": e.name, "cat": e.target, "ph": "i", "s": "t",
-            "ts": us(e.ts_ns), "pid": TRACE_PID, "tid": trace_tid(e.tid), "args": args(&e.fields)
-        }));
+        put(
+            w,
+            json!({
+                "name": e.name, "cat": e.target, "ph": "i", "s": "t",
+                "ts": us(e.ts_ns), "pid": TRACE_PID, "tid": trace_tid(e.tid),
+                "args": args(&e.fields)
+            }),
+        )?;
     }
-    json!({"traceEvents": ev, "displayTimeUnit": "ms"})
+    raw(w, b"],\"displayTimeUnit\":\"ms\"}")?;
+    Ok(())
 }
 
 fn to_json_bytes(v: &impl Serialize) -> Result<Vec<u8>> {
@@ -203,7 +245,9 @@ pub fn write_artefacts(dir: &Path, rec: &Recording, cfg: &AnalysisConfig) -> Res
     write_kv_csv(&metrics.kv, &mut buf)?;
     write_atomic(&paths.kv_csv, &buf)?;
 
-    write_atomic(&paths.trace_json, &serde_json::to_vec(&chrome_trace(rec))?)?;
+    let mut buf = Vec::new();
+    write_chrome_trace(rec, &mut buf)?;
+    write_atomic(&paths.trace_json, &buf)?;
     write_atomic(&paths.metrics_json, &to_json_bytes(&metrics)?)?;
     let summary = Summary::from_metrics(&metrics);
     write_atomic(&paths.summary_md, summary.render_markdown().as_bytes())?;
