@@ -308,7 +308,8 @@ fn profile_writes_kv_csv_from_the_engines_allocations() {
 /// in memory nothing is read and the storage is idle throughout.
 #[test]
 fn profile_metrics_split_idle_storage_and_waits_consistently() {
-    for budget in [Some("70200KiB"), None] {
+    // 69,900,000 B leaves the tiny model's cache 9 slots for its 32 experts: decoding reads.
+    for budget in [Some("69900000"), None] {
         let dir = tempfile::tempdir().unwrap();
         let extra = budget
             .map(|b| vec!["--memory-budget", b])
@@ -345,7 +346,9 @@ fn profile_metrics_split_idle_storage_and_waits_consistently() {
         let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
         let offloaded_io = n(&st["io_busy_ns"]) > 0 || n(&st["waits"]) > 0;
         assert_eq!(summary.contains("why it waits"), offloaded_io, "{summary}");
-        if budget.is_none() {
+        if budget.is_some() {
+            assert!(n(&st["io_busy_ns"]) > 0, "{st}");
+        } else {
             assert_eq!((n(&st["io_busy_ns"]), n(&st["waits"])), (0, 0), "{st}");
             assert!(
                 st["storage_idle_ns"]["compute.lm_head"].as_u64().unwrap() > 0,

@@ -11,9 +11,10 @@
 //!   `other` when it was between spans). The compute side is every thread that carries a
 //!   `forward` or an `io.wait` span (not the I/O threads, not the helper threads of a parallel
 //!   kernel). Idle storage during `compute.lm_head` cannot be filled (the next token's experts are
-//!   not known before it is sampled); idle storage during `io.wait` means the awaited expert was
-//!   read but not yet ready (its repack was running); idle storage during the layers' own work
-//!   means nothing was predicted far enough ahead to read.
+//!   not known before it is sampled); idle storage during `io.wait` means the compute side waited
+//!   with no read in flight (a repack after a read was running, or the hand-off of a finished
+//!   read); idle storage during the layers' own work means nothing was predicted far enough ahead
+//!   to read.
 //! - **Waits by cause**: each `io.wait` span, split by what the expert it names (`layer`,
 //!   `expert`) was doing meanwhile. The read is the first `io.expert_read` of that expert ending
 //!   after the wait began (else the last one before it); its repack is the `io.repack` of the same
@@ -226,21 +227,33 @@ pub fn stalls(rec: &Recording) -> StallReport {
         }
         r.waits += 1;
         r.wait_ns += total;
+        // The repack that followed a read of the same expert on the same thread, if any.
+        let repack_of = |read: &SpanRecord| {
+            key_of(read)
+                .and_then(|k| repacks.get(&(k, read.tid)))
+                .and_then(|v| v.get(v.partition_point(|s| s.start_ns < read.end_ns)))
+                .copied()
+        };
         let read = key_of(w).and_then(|k| {
             let v = reads.get(&k)?;
             let i = v.partition_point(|s| s.end_ns <= w.start_ns);
-            v.get(i).or_else(|| i.checked_sub(1).and_then(|j| v.get(j)))
+            // The read in progress when the wait began, or the next one if it starts in time.
+            if let Some(next) = v.get(i).filter(|s| s.start_ns < w.end_ns) {
+                return Some(*next);
+            }
+            // Else the last read before the wait: the one waited for if it had no successor
+            // (the hand-off) or its repack was still running when the wait began. A read that
+            // finished, repack and all, before a wait that a later read ended belongs to an
+            // earlier residency.
+            let prev = *i.checked_sub(1).and_then(|j| v.get(j))?;
+            let repack_end = repack_of(prev).map_or(prev.end_ns, |p| p.end_ns);
+            (v.get(i).is_none() || repack_end > w.start_ns).then_some(prev)
         });
-        let Some(read) = read.filter(|s| s.start_ns < w.end_ns) else {
+        let Some(read) = read else {
             r.wait_queued_ns += total;
             continue;
         };
-        let repack = key_of(read)
-            .and_then(|k| repacks.get(&(k, read.tid)))
-            .and_then(|v| {
-                let i = v.partition_point(|s| s.start_ns < read.end_ns);
-                v.get(i)
-            });
+        let repack = repack_of(read);
         let span = |a: u64, b: u64| IntervalSet::from_intervals([(a, b)]);
         let queued = wait.intersect(&span(0, read.start_ns)).total();
         let reading = wait.intersect(&span(read.start_ns, read.end_ns)).total();
@@ -359,6 +372,28 @@ mod tests {
         assert_eq!(r.steps, 1);
         assert_eq!(r.storage_idle_ns["io.wait"], 20 + 5 + 10);
         assert_eq!(r.storage_idle_total_ns(), 100 - 5 - 15 - 10);
+    }
+
+    /// The expert was read, then evicted and read again later: a wait during the first read's
+    /// repack belongs to that read, and a wait after an earlier residency ended, before a
+    /// later read, is queued.
+    #[test]
+    fn a_later_residency_does_not_take_a_wait_from_the_repack_before_it() {
+        let mut b = RecordingBuilder::new();
+        let c = b.thread("main");
+        let io = b.thread("io-0");
+        b.span(c, "forward", 0, 100, &[]);
+        b.span(io, "io.expert_read", 0, 10, &le(0, 5));
+        b.span(io, "io.repack", 10, 20, &le(0, 5));
+        b.span(c, "io.wait", 12, 22, &le(0, 5));
+        b.span(c, "io.wait", 30, 40, &le(0, 5));
+        b.span(io, "io.expert_read", 50, 60, &le(0, 5));
+        let r = stalls(&b.build());
+        assert_eq!((r.waits, r.wait_ns), (2, 20));
+        assert_eq!(r.wait_repacking_ns, 8);
+        assert_eq!(r.wait_after_ns, 2);
+        assert_eq!(r.wait_queued_ns, 10);
+        assert_eq!(r.wait_reading_ns, 0);
     }
 
     #[test]

@@ -552,7 +552,7 @@ pub fn main(a: Args) -> Result<()> {
     );
 
     // One profiled run of the first in-memory scenario, and one of the smallest budget on the
-    // real disk (under the same limits as its scenario): why decoding waits there.
+    // real disk (cold, as its scenario, but outside its cgroup): why decoding waits there.
     let mut profiles = Vec::new();
     let report_dir = root.join("target/reports").join(&run_id);
     if !a.no_profile

@@ -82,7 +82,7 @@ fn stalls(st: &Value) -> Option<Stalls> {
                     let label = match k.as_str() {
                         "compute.lm_head" => "LM head".to_string(),
                         "compute.experts" | "compute.expert" => "experts".to_string(),
-                        "io.wait" => "waiting (repack after the read)".to_string(),
+                        "io.wait" => "waiting (no read in flight)".to_string(),
                         other => other.trim_start_matches("compute.").replace('_', " "),
                     };
                     (label, per(v))
@@ -280,7 +280,7 @@ mod stall_tests {
             vec![
                 ("LM head", 10.0),
                 ("experts", 5.0),
-                ("waiting (repack after the read)", 4.5),
+                ("waiting (no read in flight)", 4.5),
                 ("other", 0.5),
             ]
         );

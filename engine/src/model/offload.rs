@@ -376,13 +376,18 @@ fn plan_with_layout(
     let threads = opts.io_threads.max(1) as u64;
     let slot = layout.slot_bytes() as u64;
     let first = weights.layers.first().and_then(|l| l.experts.first());
-    // The down matrix is read aside, into a buffer of each I/O thread, and repacked from there
-    // into its slot: its aligned read covers at most one more page than it rounds up to.
+    // With planes in any layer, every down matrix is read aside into a buffer of each I/O
+    // thread (and repacked from there into its slot): the buffer grows to the longest aligned
+    // read of a down matrix.
     let down_stage = if planes_of(weights, mode).iter().any(Option::is_some) {
-        first.map_or(0, |e| {
-            let align = ALIGN as u64;
-            (e.down.data.len() as u64).div_ceil(align) * align + align
-        })
+        let mut longest = 0u64;
+        for l in 0..layout.n_layers() {
+            for e in 0..layout.n_experts() {
+                let sl = layout.slot_layout(ExpertKey::new(l, e))?;
+                longest = longest.max(sl.parts[Part::Down as usize].read.len);
+            }
+        }
+        longest
     } else {
         0
     };
