@@ -592,18 +592,7 @@ pub fn main(a: Args) -> Result<()> {
                 s.budget_label
             );
         }
-        let run = cmd
-            .stdout(Stdio::null())
-            .status()
-            .context("running thinker profile")
-            .and_then(|st| {
-                if st.success() {
-                    Ok(())
-                } else {
-                    Err(anyhow::anyhow!("thinker profile failed ({st})"))
-                }
-            });
-        match run.and_then(|()| profile_data::from_artefacts(&dir, &name)) {
+        match profile_data::run(&mut cmd, &dir, &name) {
             Ok(p) => profiles.push(p),
             Err(e) => failures.push(format!("profile under {}: {e:#}", s.budget_label)),
         }

@@ -52,14 +52,21 @@ pub fn profile(
     dir: &Path,
     tiny: bool,
 ) -> Result<ProfileData> {
-    let st = command(thinker, model, threads, dir, tiny)
+    let mut cmd = command(thinker, model, threads, dir, tiny);
+    run(&mut cmd, dir, &model_name(model))
+}
+
+/// Runs a [`command`] (its output discarded) and reads the artefacts it wrote into `dir` as the
+/// profile `name`.
+pub fn run(cmd: &mut Command, dir: &Path, name: &str) -> Result<ProfileData> {
+    let st = cmd
         .stdout(std::process::Stdio::null())
         .status()
         .context("running thinker profile")?;
     if !st.success() {
-        bail!("thinker profile failed");
+        bail!("thinker profile failed ({st})");
     }
-    from_artefacts(dir, &model_name(model))
+    from_artefacts(dir, name)
 }
 
 fn f(v: &Value) -> f64 {

@@ -423,8 +423,7 @@ fn x8_group_bytes(cols: usize) -> usize {
 }
 
 thread_local! {
-    /// Per I/O thread: eight rows of the gate while they are repacked in place (or a down matrix
-    /// that was not read aside).
+    /// Per I/O thread: eight rows of the gate while they are repacked in place.
     static REPACK_TMP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -480,12 +479,12 @@ fn repack_transform(
                 dst.fill(0);
                 sparse_down::repack(kind, h, f, src, dst)
             }
-            (Some(kind), None) => REPACK_TMP.with(|t| {
-                let mut t = t.borrow_mut();
-                t.clear();
-                t.extend_from_slice(dst);
-                sparse_down::repack(kind, h, f, &t, dst)
-            }),
+            // `staged` is `Down` whenever a layer has planes, so the I/O thread always passes
+            // the copy it read aside (the plan counts that buffer, and no other for the down
+            // matrix).
+            (Some(_), None) => Err(Error::Model(format!(
+                "{key}: down matrix not read aside for its repack"
+            ))),
             (None, Some(src)) => {
                 if src.len() != dst.len() {
                     return Err(Error::Model(format!(
@@ -755,8 +754,8 @@ mod tests {
     use super::*;
 
     /// The down matrix the I/O thread read aside is repacked into the slot for a layer with
-    /// planes and copied in as read for one without; without staged bytes the slot's own copy
-    /// is repacked in place, to the same bytes.
+    /// planes and copied in as read for one without; a layer with planes and no staged bytes
+    /// is an error.
     #[test]
     fn the_transform_fills_the_down_range_from_the_staged_copy() {
         let (h, f) = (64usize, 96usize);
@@ -782,9 +781,8 @@ mod tests {
         assert_eq!(&slot[down.clone()], &src[..]);
 
         let mut slot = vec![0u8; layout.used_bytes];
-        slot[down.clone()].copy_from_slice(&src);
-        (t.apply)(ExpertKey::new(0, 3), &layout, &mut slot, None).unwrap();
-        assert_eq!(&slot[down.clone()], &want[..]);
+        let err = (t.apply)(ExpertKey::new(0, 3), &layout, &mut slot, None).unwrap_err();
+        assert!(err.to_string().contains("not read aside"), "{err}");
 
         let short = &src[..bytes - 1];
         let err = (t.apply)(ExpertKey::new(1, 3), &layout, &mut slot, Some(short)).unwrap_err();
