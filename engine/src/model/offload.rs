@@ -42,6 +42,7 @@ use crate::offload::{
     ALIGN, AlignedBuf, CacheConfig, CacheScope, Capacity, ExpertFile, ExpertKey, ExpertLayout,
     FileRange, HotSet, IoConfig, IoMode, MemoryBudget, OffloadStats, OpenMode, Part, Plan,
     PlanInput, PolicyKind, PrefetchConfig, Prefetcher, SlotLayout, SlotTransform, StorageProfile,
+    io::{InSlotFn, StagedPart},
     sim::SlotShares,
 };
 
@@ -428,79 +429,80 @@ thread_local! {
 }
 
 /// The post-read transform repacking each expert's down matrix into planes (from the copy the
-/// I/O thread read aside into the slot) and its gate into the x8 layout (in place).
+/// I/O thread read aside, beside the reads of gate and up) and its gate into the x8 layout (in
+/// place, once the slot is filled).
 fn repack_transform(
     planes: Vec<Option<PlaneKind>>,
     gate_x8: Vec<bool>,
     h: usize,
     f: usize,
 ) -> SlotTransform {
-    let staged = planes.iter().any(Option::is_some).then_some(Part::Down);
-    let apply = move |key: ExpertKey, layout: &SlotLayout, buf: &mut [u8], down: Option<&[u8]>| {
-        let l = key.layer as usize;
-        if gate_x8.get(l).copied().unwrap_or(false) {
-            let r = layout.parts[Part::Gate as usize].slot_range();
-            let dst = buf
-                .get_mut(r)
-                .ok_or_else(|| Error::Model(format!("{key}: gate range outside its cache slot")))?;
-            // Eight rows at a time, in place: a group of x8 blocks takes exactly the bytes of
-            // the eight rows it interleaves, so only those rows are copied aside (a few KiB,
-            // in L1) instead of the whole matrix.
-            let nb = h / crate::quant::QK;
-            let group = x8_group_bytes(h);
-            if group == 0 || !dst.len().is_multiple_of(group) {
+    let any_x8 = gate_x8.iter().any(|&b| b);
+    let in_slot = move |key: ExpertKey, layout: &SlotLayout, buf: &mut [u8]| -> Result<()> {
+        if !gate_x8.get(key.layer as usize).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        let r = layout.parts[Part::Gate as usize].slot_range();
+        let dst = buf
+            .get_mut(r)
+            .ok_or_else(|| Error::Model(format!("{key}: gate range outside its cache slot")))?;
+        // Eight rows at a time, in place: a group of x8 blocks takes exactly the bytes of the
+        // eight rows it interleaves, so only those rows are copied aside (a few KiB, in L1)
+        // instead of the whole matrix.
+        let nb = h / crate::quant::QK;
+        let group = x8_group_bytes(h);
+        if group == 0 || !dst.len().is_multiple_of(group) {
+            return Err(Error::Model(format!(
+                "{key}: gate of {} B is not whole groups of {X8_ROWS} rows",
+                dst.len()
+            )));
+        }
+        REPACK_TMP.with(|t| -> Result<()> {
+            let mut t = t.borrow_mut();
+            for rows in dst.chunks_exact_mut(group) {
+                t.clear();
+                t.extend_from_slice(rows);
+                let src: &[crate::quant::BlockQ4_0] = crate::quant::blocks::as_blocks(&t)
+                    .ok_or_else(|| Error::Model(format!("{key}: gate is not Q4_0 blocks")))?;
+                let out: &mut [BlockQ4_0x8] = bytemuck::try_cast_slice_mut(rows)
+                    .map_err(|_| Error::Model(format!("{key}: gate slot not x8 blocks")))?;
+                repack_q4_0x8(src, nb, out)?;
+            }
+            Ok(())
+        })
+    };
+    let staged = planes.iter().any(Option::is_some).then(|| {
+        // The down matrix is read aside whenever a layer has planes (the plan counts that
+        // buffer): repacked into the slot for those layers, copied in as read for the others.
+        let apply = move |key: ExpertKey, _: &SlotLayout, dst: &mut [u8], src: &[u8]| {
+            if src.len() != dst.len() {
                 return Err(Error::Model(format!(
-                    "{key}: gate of {} B is not whole groups of {X8_ROWS} rows",
+                    "{key}: down matrix of {} B read aside for a slot range of {} B",
+                    src.len(),
                     dst.len()
                 )));
             }
-            REPACK_TMP.with(|t| -> Result<()> {
-                let mut t = t.borrow_mut();
-                for rows in dst.chunks_exact_mut(group) {
-                    t.clear();
-                    t.extend_from_slice(rows);
-                    let src: &[crate::quant::BlockQ4_0] = crate::quant::blocks::as_blocks(&t)
-                        .ok_or_else(|| Error::Model(format!("{key}: gate is not Q4_0 blocks")))?;
-                    let out: &mut [BlockQ4_0x8] = bytemuck::try_cast_slice_mut(rows)
-                        .map_err(|_| Error::Model(format!("{key}: gate slot not x8 blocks")))?;
-                    repack_q4_0x8(src, nb, out)?;
+            match planes.get(key.layer as usize).copied().flatten() {
+                Some(kind) => {
+                    // Written whole first, the destination's lines come into the cache without
+                    // being read from memory; the repack's scattered 16-byte stores would read
+                    // each one.
+                    dst.fill(0);
+                    sparse_down::repack(kind, h, f, src, dst)
                 }
-                Ok(())
-            })?;
-        }
-        let r = layout.parts[Part::Down as usize].slot_range();
-        let dst = buf
-            .get_mut(r)
-            .ok_or_else(|| Error::Model(format!("{key}: down range outside its cache slot")))?;
-        match (planes.get(l).copied().flatten(), down) {
-            (Some(kind), Some(src)) => {
-                // Written whole first, the destination's lines come into the cache without being
-                // read from memory; the repack's scattered 16-byte stores would read each one.
-                dst.fill(0);
-                sparse_down::repack(kind, h, f, src, dst)
-            }
-            // `staged` is `Down` whenever a layer has planes, so the I/O thread always passes
-            // the copy it read aside (the plan counts that buffer, and no other for the down
-            // matrix).
-            (Some(_), None) => Err(Error::Model(format!(
-                "{key}: down matrix not read aside for its repack"
-            ))),
-            (None, Some(src)) => {
-                if src.len() != dst.len() {
-                    return Err(Error::Model(format!(
-                        "{key}: down matrix of {} B read aside for a slot range of {} B",
-                        src.len(),
-                        dst.len()
-                    )));
+                None => {
+                    dst.copy_from_slice(src);
+                    Ok(())
                 }
-                dst.copy_from_slice(src);
-                Ok(())
             }
-            (None, None) => Ok(()),
+        };
+        StagedPart {
+            part: Part::Down,
+            apply: Arc::new(apply),
         }
-    };
+    });
     SlotTransform {
-        apply: Arc::new(apply),
+        in_slot: any_x8.then(|| Arc::new(in_slot) as Arc<InSlotFn>),
         staged,
     }
 }
@@ -753,9 +755,9 @@ fn take_resident(weights: &mut Weights, file: &ExpertFile, mode: ComputeMode) ->
 mod tests {
     use super::*;
 
-    /// The down matrix the I/O thread read aside is repacked into the slot for a layer with
-    /// planes and copied in as read for one without; a layer with planes and no staged bytes
-    /// is an error.
+    /// The down matrix the I/O thread read aside is repacked into its slot range for a layer
+    /// with planes and copied in as read for one without; a length that does not match the
+    /// range is an error. The gate is repacked in place only for layers with an x8 gate.
     #[test]
     fn the_transform_fills_the_down_range_from_the_staged_copy() {
         let (h, f) = (64usize, 96usize);
@@ -768,27 +770,75 @@ mod tests {
             len: bytes as u64,
         };
         let layout = SlotLayout::new(&[range(100), range(100 + 5000), range(100 + 10_000)]);
-        let down = layout.parts[Part::Down as usize].slot_range();
         let t = repack_transform(vec![Some(PlaneKind::Q4), None], vec![false; 2], h, f);
-        assert_eq!(t.staged, Some(Part::Down));
+        let staged = t.staged.as_ref().expect("down is staged");
+        assert_eq!(staged.part, Part::Down);
+        assert!(t.in_slot.is_none(), "no layer has an x8 gate");
 
-        let mut slot = vec![0u8; layout.used_bytes];
-        (t.apply)(ExpertKey::new(0, 3), &layout, &mut slot, Some(&src)).unwrap();
-        assert_eq!(&slot[down.clone()], &want[..]);
+        let mut dst = vec![0xaau8; bytes];
+        (staged.apply)(ExpertKey::new(0, 3), &layout, &mut dst, &src).unwrap();
+        assert_eq!(dst, want);
 
-        let mut slot = vec![0u8; layout.used_bytes];
-        (t.apply)(ExpertKey::new(1, 3), &layout, &mut slot, Some(&src)).unwrap();
-        assert_eq!(&slot[down.clone()], &src[..]);
-
-        let mut slot = vec![0u8; layout.used_bytes];
-        let err = (t.apply)(ExpertKey::new(0, 3), &layout, &mut slot, None).unwrap_err();
-        assert!(err.to_string().contains("not read aside"), "{err}");
+        let mut dst = vec![0xaau8; bytes];
+        (staged.apply)(ExpertKey::new(1, 3), &layout, &mut dst, &src).unwrap();
+        assert_eq!(dst, src);
 
         let short = &src[..bytes - 1];
-        let err = (t.apply)(ExpertKey::new(1, 3), &layout, &mut slot, Some(short)).unwrap_err();
+        let err = (staged.apply)(ExpertKey::new(1, 3), &layout, &mut dst, short).unwrap_err();
         assert!(err.to_string().contains("read aside"), "{err}");
 
         let none = repack_transform(vec![None, None], vec![false; 2], h, f);
-        assert_eq!(none.staged, None);
+        assert!(none.staged.is_none() && none.in_slot.is_none());
+    }
+
+    /// The in-slot function repacks the gate of a layer with an x8 gate into the layout
+    /// `Matrix::pack_x8_into` gives, leaves other layers' gates and the other parts as they are.
+    #[test]
+    fn the_transform_repacks_x8_gates_in_place() {
+        let (h, f) = (64usize, 16usize);
+        let gate_bytes = f * (h / 32) * 18;
+        let gate: Vec<u8> = (0..gate_bytes)
+            .map(|i| {
+                if i % 18 == 1 {
+                    0x3c
+                } else {
+                    (i * 13 % 251) as u8
+                }
+            })
+            .collect();
+        let m = crate::model::weights::Matrix::new(
+            "gate",
+            crate::quant::GgmlType::Q4_0,
+            f,
+            h,
+            crate::model::weights::TensorBytes::owned(gate.clone()),
+        )
+        .unwrap();
+        let mut want = vec![0u8; gate_bytes];
+        m.pack_x8_into(&mut want).unwrap();
+        let range = |offset: u64, len: usize| FileRange {
+            offset,
+            len: len as u64,
+        };
+        let layout = SlotLayout::new(&[
+            range(100, gate_bytes),
+            range(9000, gate_bytes),
+            range(20_000, 64 * 18),
+        ]);
+        let t = repack_transform(vec![None, None], vec![true, false], h, 32);
+        let in_slot = t.in_slot.as_ref().expect("layer 0 has an x8 gate");
+        let fill = |slot: &mut [u8]| {
+            slot[layout.parts[Part::Gate as usize].slot_range()].copy_from_slice(&gate);
+        };
+        let mut slot = vec![7u8; layout.used_bytes];
+        fill(&mut slot);
+        let before = slot.clone();
+        in_slot(ExpertKey::new(0, 1), &layout, &mut slot).unwrap();
+        let g = layout.parts[Part::Gate as usize].slot_range();
+        assert_eq!(&slot[g.clone()], &want[..]);
+        assert_eq!(&slot[g.end..], &before[g.end..]);
+        let mut slot = before.clone();
+        in_slot(ExpertKey::new(1, 1), &layout, &mut slot).unwrap();
+        assert_eq!(slot, before);
     }
 }

@@ -29,31 +29,47 @@ use crate::error::{Error, Result};
 /// contended; it makes the hand-over safe without `unsafe`.
 pub type SlotBuf = Arc<RwLock<AlignedBuf>>;
 
-/// The function of a [`SlotTransform`]: `(key, layout, slot bytes, staged part's bytes)`.
-pub type SlotTransformFn =
-    dyn Fn(ExpertKey, &SlotLayout, &mut [u8], Option<&[u8]>) -> Result<()> + Send + Sync;
+/// The in-slot function of a [`SlotTransform`]: `(key, layout, slot bytes)`.
+pub type InSlotFn = dyn Fn(ExpertKey, &SlotLayout, &mut [u8]) -> Result<()> + Send + Sync;
 
-/// A transformation applied to a slot right after its expert was read, on the I/O thread, before
-/// the slot is handed to readers. Used to repack an expert's matrices into the layouts the fast
-/// kernels read ([`crate::moe::sparse_down`], the x8 gate). An error fails the read.
-///
-/// With `staged` set, that part is read into a buffer of the I/O thread instead of into the
-/// slot, and `apply` receives its bytes (the matrix's, without the alignment around them): it
-/// must write the part's [`slot_range`](super::layout::PartPlacement::slot_range) itself. A
-/// repack out of place then needs no copy of the matrix first.
+/// The staged function of a [`SlotTransform`]: `(key, layout, the staged part's slot range, its
+/// bytes as read)`.
+pub type StagedFn = dyn Fn(ExpertKey, &SlotLayout, &mut [u8], &[u8]) -> Result<()> + Send + Sync;
+
+/// A part read aside into a buffer of the I/O thread instead of into the slot, and the function
+/// that writes the part's [`slot_range`](super::layout::PartPlacement::slot_range) from its bytes
+/// (the matrix's, without the alignment around them). A repack out of place then needs no copy
+/// of the matrix first.
 #[derive(Clone)]
+pub struct StagedPart {
+    /// The part.
+    pub part: Part,
+    /// Writes the part's slot range (exactly its length) from the staged bytes.
+    pub apply: Arc<StagedFn>,
+}
+
+/// A transformation applied to a slot right after its expert was read, on the I/O threads,
+/// before the slot is handed to readers. Used to repack an expert's matrices into the layouts
+/// the fast kernels read ([`crate::moe::sparse_down`], the x8 gate). An error fails the read.
+///
+/// The staged part is read first; its function then runs on a repack thread while the I/O
+/// thread reads the other parts into the slot (they write disjoint ranges), so the repack's
+/// time hides behind the rest of the read. `in_slot` runs last, on the I/O thread, over the
+/// whole slot.
+#[derive(Clone, Default)]
 pub struct SlotTransform {
-    /// The transformation.
-    pub apply: Arc<SlotTransformFn>,
+    /// Applied to the slot once every part is in place (e.g. the gate's x8 repack, in place).
+    pub in_slot: Option<Arc<InSlotFn>>,
     /// The part read aside, if any.
-    pub staged: Option<Part>,
+    pub staged: Option<StagedPart>,
 }
 
 impl std::fmt::Debug for SlotTransform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SlotTransform")
-            .field("staged", &self.staged)
-            .finish_non_exhaustive()
+            .field("in_slot", &self.in_slot.is_some())
+            .field("staged", &self.staged.as_ref().map(|s| s.part))
+            .finish()
     }
 }
 
@@ -206,6 +222,8 @@ struct Shared {
     file: Arc<ExpertFile>,
     device: Option<DeviceModel>,
     transform: Option<SlotTransform>,
+    /// Runs the staged parts' functions beside the reads of the other parts.
+    repack: Option<rayon::ThreadPool>,
     busy: Mutex<BusyClock>,
     queues: Mutex<Queues>,
     work: Condvar,
@@ -239,6 +257,9 @@ impl std::fmt::Debug for IoPool {
     }
 }
 
+/// Threads that run staged parts' functions (each I/O thread hands at most one at a time).
+const REPACK_THREADS_MAX: usize = 2;
+
 /// Initial capacity of the queues, so steady-state operation does not allocate.
 const QUEUE_CAPACITY: usize = 256;
 
@@ -256,12 +277,23 @@ impl IoPool {
     ) -> Result<IoPool> {
         let threads = cfg.threads.max(1);
         let in_memory = file.in_memory();
+        let repack = match transform.as_ref().and_then(|t| t.staged.as_ref()) {
+            Some(_) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads.min(REPACK_THREADS_MAX))
+                    .thread_name(|i| format!("repack-{i}"))
+                    .build()
+                    .map_err(|e| Error::Model(format!("cannot start repack threads: {e}")))?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             file,
             device: cfg.storage.model().inspect(|m| {
                 m.set_source_in_memory(in_memory);
             }),
             transform,
+            repack,
             busy: Mutex::new(BusyClock::default()),
             queues: Mutex::new(Queues {
                 demand: VecDeque::with_capacity(QUEUE_CAPACITY),
@@ -485,7 +517,6 @@ impl Drop for IoPool {
 fn io_thread(sh: &Shared) {
     // The staged part's bytes as read (see `SlotTransform::staged`); grown on first use.
     let mut stage: Option<AlignedBuf> = None;
-    let staged = sh.transform.as_ref().and_then(|t| t.staged);
     loop {
         let p = {
             let mut q = lock(&sh.queues);
@@ -501,40 +532,54 @@ fn io_thread(sh: &Shared) {
         };
         let t0 = Instant::now();
         lock(&sh.busy).start(t0);
-        let mut outcome = {
-            let _span = tracing::trace_span!(
-                "io.expert_read",
-                layer = p.req.key.layer,
-                expert = p.req.key.expert,
-                bytes = p.req.layout.data_bytes(),
-                prefetch = p.req.priority == Priority::Prefetch
-            )
-            .entered();
-            read_expert(sh, &p.req, p.submitted, staged, &mut stage)
+        // The only writer of a loading slot; a poisoned lock just means an earlier fill
+        // panicked, and the buffer is overwritten now anyway.
+        let mut buf = p.req.buf.write().unwrap_or_else(|p| p.into_inner());
+        let (key, layout) = (p.req.key, &p.req.layout);
+        let read_span = tracing::trace_span!(
+            "io.expert_read",
+            layer = key.layer,
+            expert = key.expert,
+            bytes = layout.data_bytes(),
+            prefetch = p.req.priority == Priority::Prefetch
+        )
+        .entered();
+        // When the reads end: the device is no longer busy with this expert, and what is left
+        // (a staged part's function still running, the in-slot function) is the repack.
+        let mut busy = Duration::ZERO;
+        let mut repack_span = None;
+        let reads_done = || {
+            drop(read_span);
+            let t1 = Instant::now();
+            lock(&sh.busy).stop(t1);
+            busy = t1 - t0;
+            if sh.transform.is_some() {
+                repack_span = Some(
+                    tracing::trace_span!("io.repack", layer = key.layer, expert = key.expert)
+                        .entered(),
+                );
+            }
         };
-        let t1 = Instant::now();
-        lock(&sh.busy).stop(t1);
-        let busy = t1 - t0;
-        let mut transform_ns = 0;
-        if let (Outcome::Done { .. }, Some(f)) = (&outcome, &sh.transform) {
-            let _span = tracing::trace_span!(
-                "io.repack",
-                layer = p.req.key.layer,
-                expert = p.req.key.expert
-            )
-            .entered();
-            let mut buf = p.req.buf.write().unwrap_or_else(|p| p.into_inner());
-            let staged_bytes = staged.and_then(|part| {
-                let pl = &p.req.layout.parts[part as usize];
-                let at = (pl.data.offset - pl.read.offset) as usize;
-                let s = stage.as_ref()?.as_slice();
-                (pl.data.len > 0).then(|| &s[at..at + pl.data.len as usize])
-            });
-            if let Err(e) = (f.apply)(p.req.key, &p.req.layout, buf.as_mut_slice(), staged_bytes) {
+        let (mut outcome, mut transform_ns) = read_expert(
+            sh,
+            &p.req,
+            p.submitted,
+            buf.as_mut_slice(),
+            &mut stage,
+            reads_done,
+        );
+        if let (Outcome::Done { .. }, Some(f)) = (
+            &outcome,
+            sh.transform.as_ref().and_then(|t| t.in_slot.as_ref()),
+        ) {
+            let t = Instant::now();
+            if let Err(e) = f(key, layout, buf.as_mut_slice()) {
                 outcome = Outcome::Failed(e);
             }
-            transform_ns = super::saturating_nanos(t1.elapsed());
+            transform_ns += super::saturating_nanos(t.elapsed());
         }
+        drop(repack_span);
+        drop(buf);
         let mut d = lock(&sh.done);
         d.stats.transform_ns += transform_ns;
         match &outcome {
@@ -559,57 +604,161 @@ fn io_thread(sh: &Shared) {
     }
 }
 
-/// Reads the expert's parts into its slot, except `staged`, which goes into `stage` (grown as
-/// needed).
+/// Reads the expert's parts into `dst` (its slot). A staged part (see [`SlotTransform`]) is read
+/// first, into `stage` (grown as needed); its function then writes its slot range on a repack
+/// thread while this thread reads the other parts. Returns the outcome and the staged
+/// function's own time (nanoseconds).
 fn read_expert(
     sh: &Shared,
     req: &ReadRequest,
     submitted: Instant,
-    staged: Option<Part>,
+    dst: &mut [u8],
     stage: &mut Option<AlignedBuf>,
-) -> Outcome {
-    // The only writer of a loading slot; a poisoned lock just means an earlier fill panicked, and
-    // the buffer is overwritten now anyway.
-    let mut buf = req.buf.write().unwrap_or_else(|p| p.into_inner());
-    let dst = buf.as_mut_slice();
+    reads_done: impl FnOnce(),
+) -> (Outcome, u64) {
     if dst.len() < req.layout.used_bytes {
-        return Outcome::Failed(Error::InvalidInput(format!(
-            "{}: slot of {} B cannot hold {} B",
-            req.key,
-            dst.len(),
-            req.layout.used_bytes
-        )));
+        reads_done();
+        return (
+            Outcome::Failed(Error::InvalidInput(format!(
+                "{}: slot of {} B cannot hold {} B",
+                req.key,
+                dst.len(),
+                req.layout.used_bytes
+            ))),
+            0,
+        );
     }
-    for (part, pl) in Part::ALL.iter().zip(&req.layout.parts) {
-        if pl.data.len == 0 {
+    let done = Outcome::Done {
+        bytes: req.layout.used_bytes as u64,
+    };
+    let staged = sh.transform.as_ref().and_then(|t| t.staged.as_ref());
+    let Some(staged) = staged.filter(|s| req.layout.parts[s.part as usize].data.len > 0) else {
+        let reads = read_parts(sh, req, submitted, None, dst, 0);
+        reads_done();
+        return match reads {
+            Ok(()) => (done, 0),
+            Err(e) => (Outcome::Failed(e), 0),
+        };
+    };
+    let sp = &req.layout.parts[staged.part as usize];
+    let len = sp.read.len as usize;
+    let b = match stage.take() {
+        Some(b) if b.len() >= len => stage.insert(b),
+        _ => match AlignedBuf::new(len) {
+            Ok(b) => stage.insert(b),
+            Err(e) => {
+                reads_done();
+                return (Outcome::Failed(with_context(e, req.key, staged.part)), 0);
+            }
+        },
+    };
+    let region = &mut b.as_mut_slice()[..len];
+    if let Err(e) = read_part(sh, req.key, staged.part, sp, submitted, region) {
+        reads_done();
+        return (Outcome::Failed(e), 0);
+    }
+    let at = (sp.data.offset - sp.read.offset) as usize;
+    let src = &region[at..at + sp.data.len as usize];
+    let range = sp.slot_range();
+    // The other parts' reads must land outside the staged part's slot range to run beside its
+    // function; a layout where they do not (none is built so) runs the two in turn.
+    let disjoint = Part::ALL.iter().zip(&req.layout.parts).all(|(&part, pl)| {
+        part == staged.part
+            || pl.data.len == 0
+            || pl.buf_offset + pl.read.len as usize <= range.start
+            || pl.buf_offset >= range.end
+    });
+    let run_staged = |out: &mut [u8]| -> (Result<()>, u64) {
+        let _span = tracing::trace_span!(
+            "io.repack_staged",
+            layer = req.key.layer,
+            expert = req.key.expert
+        )
+        .entered();
+        let t = Instant::now();
+        let r = (staged.apply)(req.key, &req.layout, out, src);
+        (r, super::saturating_nanos(t.elapsed()))
+    };
+    let (reads, (applied, ns)) = match (&sh.repack, disjoint) {
+        (Some(pool), true) => {
+            let (lo, rest) = dst.split_at_mut(range.start);
+            let (mid, hi) = rest.split_at_mut(range.len());
+            let mut applied = (Ok(()), 0);
+            let reads = pool.in_place_scope(|s| {
+                s.spawn(|_| applied = run_staged(mid));
+                let reads =
+                    read_parts(sh, req, submitted, Some(staged.part), lo, 0).and_then(|()| {
+                        read_parts(sh, req, submitted, Some(staged.part), hi, range.end)
+                    });
+                reads_done();
+                // The scope waits here for the staged function.
+                reads
+            });
+            (reads, applied)
+        }
+        _ => {
+            let reads = read_parts(sh, req, submitted, Some(staged.part), dst, 0);
+            reads_done();
+            let applied = match reads {
+                Ok(()) => run_staged(&mut dst[range]),
+                Err(_) => (Ok(()), 0),
+            };
+            (reads, applied)
+        }
+    };
+    match reads.and(applied) {
+        Ok(()) => (done, ns),
+        Err(e) => (Outcome::Failed(e), ns),
+    }
+}
+
+/// Reads every part but `skip` whose read lands in `dst`, a piece of the slot starting at slot
+/// offset `base` (parts outside the piece are left to another call).
+fn read_parts(
+    sh: &Shared,
+    req: &ReadRequest,
+    submitted: Instant,
+    skip: Option<Part>,
+    dst: &mut [u8],
+    base: usize,
+) -> Result<()> {
+    for (&part, pl) in Part::ALL.iter().zip(&req.layout.parts) {
+        if pl.data.len == 0 || Some(part) == skip {
             continue;
         }
-        let len = pl.read.len as usize;
-        let region = if staged == Some(*part) {
-            let b = match stage.take() {
-                Some(b) if b.len() >= len => stage.insert(b),
-                _ => match AlignedBuf::new(len) {
-                    Ok(b) => stage.insert(b),
-                    Err(e) => return Outcome::Failed(with_context(e, req.key, *part)),
-                },
-            };
-            &mut b.as_mut_slice()[..len]
-        } else {
-            &mut dst[pl.buf_offset..pl.buf_offset + len]
-        };
-        let res = match &sh.device {
-            Some(dev) => dev.emulate(pl.read.len, Some(submitted), || {
-                sh.file.read_into(pl.data, region)
-            }),
-            None => sh.file.read_into(pl.data, region),
-        };
-        if let Err(e) = res {
-            return Outcome::Failed(with_context(e, req.key, *part));
+        let (start, end) = (pl.buf_offset, pl.buf_offset + pl.read.len as usize);
+        if start < base || end > base + dst.len() {
+            continue;
         }
+        read_part(
+            sh,
+            req.key,
+            part,
+            pl,
+            submitted,
+            &mut dst[start - base..end - base],
+        )?;
     }
-    Outcome::Done {
-        bytes: req.layout.used_bytes as u64,
-    }
+    Ok(())
+}
+
+/// Reads one part's aligned range into `region` (exactly its length), through the emulated
+/// device if there is one.
+fn read_part(
+    sh: &Shared,
+    key: ExpertKey,
+    part: Part,
+    pl: &super::layout::PartPlacement,
+    submitted: Instant,
+    region: &mut [u8],
+) -> Result<()> {
+    let res = match &sh.device {
+        Some(dev) => dev.emulate(pl.read.len, Some(submitted), || {
+            sh.file.read_into(pl.data, region)
+        }),
+        None => sh.file.read_into(pl.data, region),
+    };
+    res.map(|_| ()).map_err(|e| with_context(e, key, part))
 }
 
 fn with_context(e: Error, key: ExpertKey, part: Part) -> Error {
@@ -700,35 +849,60 @@ mod tests {
         assert_eq!(pool.outstanding(), 0);
     }
 
-    /// A staged part is read aside, not into the slot: the transform gets exactly its bytes
-    /// (without the alignment around them) and the slot's range for it is what the transform
-    /// wrote there; the other parts are read in place as usual, with two threads and lengths
-    /// that grow (the staging buffer is reallocated).
+    /// A staged part is read aside, not into the slot: its function gets exactly its bytes
+    /// (without the alignment around them) and its slot range, and what it wrote there is what
+    /// readers get; the other parts are read in place as usual (beside the staged function, on
+    /// a repack thread). The in-slot function runs last and sees every part in place. Two
+    /// threads and lengths that grow (the staging buffer is reallocated).
     #[test]
-    fn a_staged_part_reaches_the_transform_and_not_the_slot() {
+    fn a_staged_part_reaches_its_function_and_not_the_slot() {
         let (_d, f, data) = setup(200_000);
-        let seen_staged = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::clone(&seen_staged);
-        let apply = move |_: ExpertKey, l: &SlotLayout, slot: &mut [u8], staged: Option<&[u8]>| {
+        let staged_calls = Arc::new(AtomicUsize::new(0));
+        let in_slot_calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&staged_calls);
+        let apply = move |_: ExpertKey, l: &SlotLayout, dst: &mut [u8], src: &[u8]| {
             let down = &l.parts[Part::Down as usize];
-            let src = staged.ok_or_else(|| Error::Model("no staged bytes".into()))?;
-            if src.len() != down.data.len as usize {
-                return Err(Error::Model(format!("staged {} B", src.len())));
+            if src.len() != down.data.len as usize || dst.len() != src.len() {
+                return Err(Error::Model(format!(
+                    "staged {} B into {} B",
+                    src.len(),
+                    dst.len()
+                )));
             }
             // The slot's range for the staged part was not written by the read.
-            if slot[down.slot_range()].iter().any(|&b| b != 0) {
+            if dst.iter().any(|&b| b != 0) {
                 return Err(Error::Model("the staged part reached the slot".into()));
             }
-            // Write it reversed, to see that the transform's bytes are what readers get.
-            for (d, s) in slot[down.slot_range()].iter_mut().zip(src.iter().rev()) {
+            // Write it reversed, to see that the function's bytes are what readers get.
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
                 *d = *s;
             }
             seen.fetch_add(1, Ordering::Relaxed);
             Ok(())
         };
+        let file_data = data.clone();
+        let seen = Arc::clone(&in_slot_calls);
+        let in_slot = move |_: ExpertKey, l: &SlotLayout, slot: &mut [u8]| {
+            for (k, p) in l.parts.iter().enumerate() {
+                let mut want = file_data[p.data.offset as usize..p.data.end() as usize].to_vec();
+                if k == Part::Down as usize {
+                    want.reverse();
+                }
+                if slot[p.slot_range()] != want[..] {
+                    return Err(Error::Model(format!(
+                        "part {k} not in place before in_slot"
+                    )));
+                }
+            }
+            seen.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        };
         let t = SlotTransform {
-            apply: Arc::new(apply),
-            staged: Some(Part::Down),
+            in_slot: Some(Arc::new(in_slot)),
+            staged: Some(StagedPart {
+                part: Part::Down,
+                apply: Arc::new(apply),
+            }),
         };
         let cfg = IoConfig {
             threads: 2,
@@ -751,7 +925,48 @@ mod tests {
             }
             n += 1;
         }
-        assert_eq!((n, seen_staged.load(Ordering::Relaxed)), (6, 6));
+        assert_eq!(n, 6);
+        assert_eq!(staged_calls.load(Ordering::Relaxed), 6);
+        assert_eq!(in_slot_calls.load(Ordering::Relaxed), 6);
+        assert_eq!(pool.stats().reads, 6);
+    }
+
+    /// A staged function's error fails the read, naming what it said, and the in-slot function
+    /// does not run on that slot.
+    #[test]
+    fn a_staged_function_error_fails_the_read() {
+        let (_d, f, _) = setup(100_000);
+        let in_slot_calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&in_slot_calls);
+        let t = SlotTransform {
+            in_slot: Some(Arc::new(
+                move |_: ExpertKey, _: &SlotLayout, _: &mut [u8]| {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                },
+            )),
+            staged: Some(StagedPart {
+                part: Part::Down,
+                apply: Arc::new(|k: ExpertKey, _: &SlotLayout, _: &mut [u8], _: &[u8]| {
+                    Err(Error::Model(format!("{k}: cannot repack")))
+                }),
+            }),
+        };
+        let pool = IoPool::with_transform(f, IoConfig::default(), Some(t)).unwrap();
+        submit_demands(&pool, 2, |i| layout(i * 9000 + 13, 4000));
+        let mut failed = 0;
+        while let Some(c) = pool.recv() {
+            match c.outcome {
+                Outcome::Failed(e) => {
+                    assert!(e.to_string().contains("cannot repack"), "{e}");
+                    failed += 1;
+                }
+                o => panic!("expected a failure, got {o:?}"),
+            }
+        }
+        assert_eq!(failed, 2);
+        assert_eq!(in_slot_calls.load(Ordering::Relaxed), 0);
+        assert_eq!(pool.stats().failed, 2);
     }
 
     #[test]
