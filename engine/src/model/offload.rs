@@ -42,7 +42,7 @@ use crate::offload::{
     ALIGN, AlignedBuf, CacheConfig, CacheScope, Capacity, ExpertFile, ExpertKey, ExpertLayout,
     FileRange, HotSet, IoConfig, IoMode, MemoryBudget, OffloadStats, OpenMode, Part, Plan,
     PlanInput, PolicyKind, PrefetchConfig, Prefetcher, SlotLayout, SlotTransform, StorageProfile,
-    io::{InSlotFn, StagedPart},
+    io::{InPlacePart, StagedPart},
     sim::SlotShares,
 };
 
@@ -429,8 +429,8 @@ thread_local! {
 }
 
 /// The post-read transform repacking each expert's down matrix into planes (from the copy the
-/// I/O thread read aside, beside the reads of gate and up) and its gate into the x8 layout (in
-/// place, once the slot is filled).
+/// I/O thread read aside) and its gate into the x8 layout (in place), both beside the read of
+/// the up matrix.
 fn repack_transform(
     planes: Vec<Option<PlaneKind>>,
     gate_x8: Vec<bool>,
@@ -438,14 +438,10 @@ fn repack_transform(
     f: usize,
 ) -> SlotTransform {
     let any_x8 = gate_x8.iter().any(|&b| b);
-    let in_slot = move |key: ExpertKey, layout: &SlotLayout, buf: &mut [u8]| -> Result<()> {
+    let in_place = move |key: ExpertKey, _: &SlotLayout, dst: &mut [u8]| -> Result<()> {
         if !gate_x8.get(key.layer as usize).copied().unwrap_or(false) {
             return Ok(());
         }
-        let r = layout.parts[Part::Gate as usize].slot_range();
-        let dst = buf
-            .get_mut(r)
-            .ok_or_else(|| Error::Model(format!("{key}: gate range outside its cache slot")))?;
         // Eight rows at a time, in place: a group of x8 blocks takes exactly the bytes of the
         // eight rows it interleaves, so only those rows are copied aside (a few KiB, in L1)
         // instead of the whole matrix.
@@ -502,8 +498,11 @@ fn repack_transform(
         }
     });
     SlotTransform {
-        in_slot: any_x8.then(|| Arc::new(in_slot) as Arc<InSlotFn>),
         staged,
+        in_place: any_x8.then(|| InPlacePart {
+            part: Part::Gate,
+            apply: Arc::new(in_place),
+        }),
     }
 }
 
@@ -773,7 +772,7 @@ mod tests {
         let t = repack_transform(vec![Some(PlaneKind::Q4), None], vec![false; 2], h, f);
         let staged = t.staged.as_ref().expect("down is staged");
         assert_eq!(staged.part, Part::Down);
-        assert!(t.in_slot.is_none(), "no layer has an x8 gate");
+        assert!(t.in_place.is_none(), "no layer has an x8 gate");
 
         let mut dst = vec![0xaau8; bytes];
         (staged.apply)(ExpertKey::new(0, 3), &layout, &mut dst, &src).unwrap();
@@ -788,11 +787,11 @@ mod tests {
         assert!(err.to_string().contains("read aside"), "{err}");
 
         let none = repack_transform(vec![None, None], vec![false; 2], h, f);
-        assert!(none.staged.is_none() && none.in_slot.is_none());
+        assert!(none.staged.is_none() && none.in_place.is_none());
     }
 
-    /// The in-slot function repacks the gate of a layer with an x8 gate into the layout
-    /// `Matrix::pack_x8_into` gives, leaves other layers' gates and the other parts as they are.
+    /// The in-place function repacks the gate of a layer with an x8 gate into the layout
+    /// `Matrix::pack_x8_into` gives and leaves other layers' gates as they are.
     #[test]
     fn the_transform_repacks_x8_gates_in_place() {
         let (h, f) = (64usize, 16usize);
@@ -826,19 +825,15 @@ mod tests {
             range(20_000, 64 * 18),
         ]);
         let t = repack_transform(vec![None, None], vec![true, false], h, 32);
-        let in_slot = t.in_slot.as_ref().expect("layer 0 has an x8 gate");
-        let fill = |slot: &mut [u8]| {
-            slot[layout.parts[Part::Gate as usize].slot_range()].copy_from_slice(&gate);
-        };
-        let mut slot = vec![7u8; layout.used_bytes];
-        fill(&mut slot);
-        let before = slot.clone();
-        in_slot(ExpertKey::new(0, 1), &layout, &mut slot).unwrap();
-        let g = layout.parts[Part::Gate as usize].slot_range();
-        assert_eq!(&slot[g.clone()], &want[..]);
-        assert_eq!(&slot[g.end..], &before[g.end..]);
-        let mut slot = before.clone();
-        in_slot(ExpertKey::new(1, 1), &layout, &mut slot).unwrap();
-        assert_eq!(slot, before);
+        let p = t.in_place.as_ref().expect("layer 0 has an x8 gate");
+        assert_eq!(p.part, Part::Gate);
+        let mut g = gate.clone();
+        (p.apply)(ExpertKey::new(0, 1), &layout, &mut g).unwrap();
+        assert_eq!(g, want);
+        let mut g = gate.clone();
+        (p.apply)(ExpertKey::new(1, 1), &layout, &mut g).unwrap();
+        assert_eq!(g, gate);
+        let err = (p.apply)(ExpertKey::new(0, 1), &layout, &mut g[..gate_bytes - 18]).unwrap_err();
+        assert!(err.to_string().contains("whole groups"), "{err}");
     }
 }

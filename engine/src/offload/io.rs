@@ -12,6 +12,7 @@
 //! through the shared [`DeviceModel`].
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
@@ -29,11 +30,10 @@ use crate::error::{Error, Result};
 /// contended; it makes the hand-over safe without `unsafe`.
 pub type SlotBuf = Arc<RwLock<AlignedBuf>>;
 
-/// The in-slot function of a [`SlotTransform`]: `(key, layout, slot bytes)`.
-pub type InSlotFn = dyn Fn(ExpertKey, &SlotLayout, &mut [u8]) -> Result<()> + Send + Sync;
+/// The function of an [`InPlacePart`]: `(key, layout, the part's slot range)`.
+pub type InPlaceFn = dyn Fn(ExpertKey, &SlotLayout, &mut [u8]) -> Result<()> + Send + Sync;
 
-/// The staged function of a [`SlotTransform`]: `(key, layout, the staged part's slot range, its
-/// bytes as read)`.
+/// The function of a [`StagedPart`]: `(key, layout, the part's slot range, its bytes as read)`.
 pub type StagedFn = dyn Fn(ExpertKey, &SlotLayout, &mut [u8], &[u8]) -> Result<()> + Send + Sync;
 
 /// A part read aside into a buffer of the I/O thread instead of into the slot, and the function
@@ -48,27 +48,36 @@ pub struct StagedPart {
     pub apply: Arc<StagedFn>,
 }
 
+/// A part read into the slot and then rewritten there by its function (given exactly the part's
+/// slot range).
+#[derive(Clone)]
+pub struct InPlacePart {
+    /// The part.
+    pub part: Part,
+    /// Rewrites the part's slot range in place.
+    pub apply: Arc<InPlaceFn>,
+}
+
 /// A transformation applied to a slot right after its expert was read, on the I/O threads,
 /// before the slot is handed to readers. Used to repack an expert's matrices into the layouts
 /// the fast kernels read ([`crate::moe::sparse_down`], the x8 gate). An error fails the read.
 ///
-/// The staged part is read first; its function then runs on a repack thread while the I/O
-/// thread reads the other parts into the slot (they write disjoint ranges), so the repack's
-/// time hides behind the rest of the read. `in_slot` runs last, on the I/O thread, over the
-/// whole slot.
+/// The staged part is read first, then the in-place part; their functions then run on the repack
+/// threads while the I/O thread reads the remaining parts into the slot (every one writes its
+/// own range of the slot), so the repacks' time hides behind the rest of the read.
 #[derive(Clone, Default)]
 pub struct SlotTransform {
-    /// Applied to the slot once every part is in place (e.g. the gate's x8 repack, in place).
-    pub in_slot: Option<Arc<InSlotFn>>,
     /// The part read aside, if any.
     pub staged: Option<StagedPart>,
+    /// The part rewritten in place, if any (another part than the staged one).
+    pub in_place: Option<InPlacePart>,
 }
 
 impl std::fmt::Debug for SlotTransform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SlotTransform")
-            .field("in_slot", &self.in_slot.is_some())
             .field("staged", &self.staged.as_ref().map(|s| s.part))
+            .field("in_place", &self.in_place.as_ref().map(|s| s.part))
             .finish()
     }
 }
@@ -222,7 +231,7 @@ struct Shared {
     file: Arc<ExpertFile>,
     device: Option<DeviceModel>,
     transform: Option<SlotTransform>,
-    /// Runs the staged parts' functions beside the reads of the other parts.
+    /// Runs the transform's functions beside the reads of the other parts.
     repack: Option<rayon::ThreadPool>,
     busy: Mutex<BusyClock>,
     queues: Mutex<Queues>,
@@ -257,7 +266,7 @@ impl std::fmt::Debug for IoPool {
     }
 }
 
-/// Threads that run staged parts' functions (each I/O thread hands at most one at a time).
+/// Threads that run the transform's functions (each I/O thread hands them two per read).
 const REPACK_THREADS_MAX: usize = 2;
 
 /// Initial capacity of the queues, so steady-state operation does not allocate.
@@ -277,15 +286,15 @@ impl IoPool {
     ) -> Result<IoPool> {
         let threads = cfg.threads.max(1);
         let in_memory = file.in_memory();
-        let repack = match transform.as_ref().and_then(|t| t.staged.as_ref()) {
-            Some(_) => Some(
+        let repack = match &transform {
+            Some(t) if t.staged.is_some() || t.in_place.is_some() => Some(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads.min(REPACK_THREADS_MAX))
                     .thread_name(|i| format!("repack-{i}"))
                     .build()
                     .map_err(|e| Error::Model(format!("cannot start repack threads: {e}")))?,
             ),
-            None => None,
+            _ => None,
         };
         let shared = Arc::new(Shared {
             file,
@@ -545,7 +554,7 @@ fn io_thread(sh: &Shared) {
         )
         .entered();
         // When the reads end: the device is no longer busy with this expert, and what is left
-        // (a staged part's function still running, the in-slot function) is the repack.
+        // (the transform's functions still running) is the repack.
         let mut busy = Duration::ZERO;
         let mut repack_span = None;
         let reads_done = || {
@@ -560,7 +569,7 @@ fn io_thread(sh: &Shared) {
                 );
             }
         };
-        let (mut outcome, mut transform_ns) = read_expert(
+        let (outcome, transform_ns) = read_expert(
             sh,
             &p.req,
             p.submitted,
@@ -568,16 +577,6 @@ fn io_thread(sh: &Shared) {
             &mut stage,
             reads_done,
         );
-        if let (Outcome::Done { .. }, Some(f)) = (
-            &outcome,
-            sh.transform.as_ref().and_then(|t| t.in_slot.as_ref()),
-        ) {
-            let t = Instant::now();
-            if let Err(e) = f(key, layout, buf.as_mut_slice()) {
-                outcome = Outcome::Failed(e);
-            }
-            transform_ns += super::saturating_nanos(t.elapsed());
-        }
         drop(repack_span);
         drop(buf);
         let mut d = lock(&sh.done);
@@ -604,10 +603,9 @@ fn io_thread(sh: &Shared) {
     }
 }
 
-/// Reads the expert's parts into `dst` (its slot). A staged part (see [`SlotTransform`]) is read
-/// first, into `stage` (grown as needed); its function then writes its slot range on a repack
-/// thread while this thread reads the other parts. Returns the outcome and the staged
-/// function's own time (nanoseconds).
+/// Reads the expert's parts into `dst` (its slot) and applies the transform (see
+/// [`SlotTransform`]), calling `reads_done` once the reads are over (before waiting for the
+/// transform). Returns the outcome and the transform functions' own time (nanoseconds).
 fn read_expert(
     sh: &Shared,
     req: &ReadRequest,
@@ -616,114 +614,178 @@ fn read_expert(
     stage: &mut Option<AlignedBuf>,
     reads_done: impl FnOnce(),
 ) -> (Outcome, u64) {
-    if dst.len() < req.layout.used_bytes {
-        reads_done();
-        return (
-            Outcome::Failed(Error::InvalidInput(format!(
-                "{}: slot of {} B cannot hold {} B",
-                req.key,
-                dst.len(),
-                req.layout.used_bytes
-            ))),
-            0,
-        );
-    }
-    let done = Outcome::Done {
-        bytes: req.layout.used_bytes as u64,
-    };
-    let staged = sh.transform.as_ref().and_then(|t| t.staged.as_ref());
-    let Some(staged) = staged.filter(|s| req.layout.parts[s.part as usize].data.len > 0) else {
-        let reads = read_parts(sh, req, submitted, None, dst, 0);
-        reads_done();
-        return match reads {
-            Ok(()) => (done, 0),
-            Err(e) => (Outcome::Failed(e), 0),
-        };
-    };
-    let sp = &req.layout.parts[staged.part as usize];
-    let len = sp.read.len as usize;
-    let b = match stage.take() {
-        Some(b) if b.len() >= len => stage.insert(b),
-        _ => match AlignedBuf::new(len) {
-            Ok(b) => stage.insert(b),
-            Err(e) => {
-                reads_done();
-                return (Outcome::Failed(with_context(e, req.key, staged.part)), 0);
-            }
-        },
-    };
-    let region = &mut b.as_mut_slice()[..len];
-    if let Err(e) = read_part(sh, req.key, staged.part, sp, submitted, region) {
-        reads_done();
-        return (Outcome::Failed(e), 0);
-    }
-    let at = (sp.data.offset - sp.read.offset) as usize;
-    let src = &region[at..at + sp.data.len as usize];
-    let range = sp.slot_range();
-    // The other parts' reads must land outside the staged part's slot range to run beside its
-    // function; a layout where they do not (none is built so) runs the two in turn.
-    let disjoint = Part::ALL.iter().zip(&req.layout.parts).all(|(&part, pl)| {
-        part == staged.part
-            || pl.data.len == 0
-            || pl.buf_offset + pl.read.len as usize <= range.start
-            || pl.buf_offset >= range.end
-    });
-    let run_staged = |out: &mut [u8]| -> (Result<()>, u64) {
-        let _span = tracing::trace_span!(
-            "io.repack_staged",
-            layer = req.key.layer,
-            expert = req.key.expert
-        )
-        .entered();
-        let t = Instant::now();
-        let r = (staged.apply)(req.key, &req.layout, out, src);
-        (r, super::saturating_nanos(t.elapsed()))
-    };
-    let (reads, (applied, ns)) = match (&sh.repack, disjoint) {
-        (Some(pool), true) => {
-            let (lo, rest) = dst.split_at_mut(range.start);
-            let (mid, hi) = rest.split_at_mut(range.len());
-            let mut applied = (Ok(()), 0);
-            let reads = pool.in_place_scope(|s| {
-                s.spawn(|_| applied = run_staged(mid));
-                let reads =
-                    read_parts(sh, req, submitted, Some(staged.part), lo, 0).and_then(|()| {
-                        read_parts(sh, req, submitted, Some(staged.part), hi, range.end)
-                    });
-                reads_done();
-                // The scope waits here for the staged function.
-                reads
-            });
-            (reads, applied)
-        }
-        _ => {
-            let reads = read_parts(sh, req, submitted, Some(staged.part), dst, 0);
-            reads_done();
-            let applied = match reads {
-                Ok(()) => run_staged(&mut dst[range]),
-                Err(_) => (Ok(()), 0),
-            };
-            (reads, applied)
+    let mut reads_done = Some(reads_done);
+    let mut finish = || {
+        if let Some(f) = reads_done.take() {
+            f();
         }
     };
-    match reads.and(applied) {
-        Ok(()) => (done, ns),
+    let mut ns = 0;
+    let r = fill_slot(sh, req, submitted, dst, stage, &mut finish, &mut ns);
+    finish();
+    match r {
+        Ok(()) => (
+            Outcome::Done {
+                bytes: req.layout.used_bytes as u64,
+            },
+            ns,
+        ),
         Err(e) => (Outcome::Failed(e), ns),
     }
 }
 
-/// Reads every part but `skip` whose read lands in `dst`, a piece of the slot starting at slot
-/// offset `base` (parts outside the piece are left to another call).
+/// A transform function bound to its bytes, run on the slot range it writes.
+type Job<'a> = Box<dyn FnOnce(&mut [u8]) -> (Result<()>, u64) + Send + 'a>;
+
+/// [`read_expert`]'s work.
+fn fill_slot(
+    sh: &Shared,
+    req: &ReadRequest,
+    submitted: Instant,
+    dst: &mut [u8],
+    stage: &mut Option<AlignedBuf>,
+    reads_done: &mut dyn FnMut(),
+    transform_ns: &mut u64,
+) -> Result<()> {
+    let (key, l) = (req.key, &req.layout);
+    if dst.len() < l.used_bytes {
+        return Err(Error::InvalidInput(format!(
+            "{key}: slot of {} B cannot hold {} B",
+            dst.len(),
+            l.used_bytes
+        )));
+    }
+    let live = |p: Part| l.parts[p as usize].data.len > 0;
+    let t = sh.transform.as_ref();
+    let staged = t.and_then(|t| t.staged.as_ref()).filter(|s| live(s.part));
+    let in_place = t
+        .and_then(|t| t.in_place.as_ref())
+        .filter(|s| live(s.part) && Some(s.part) != staged.map(|s| s.part));
+    let timed = |part: Part, f: &dyn Fn(&mut [u8]) -> Result<()>, out: &mut [u8]| {
+        let _span = tracing::trace_span!(
+            "io.repack_part",
+            layer = key.layer,
+            expert = key.expert,
+            part = part.name()
+        )
+        .entered();
+        let t = Instant::now();
+        let r = f(out);
+        (r, super::saturating_nanos(t.elapsed()))
+    };
+    // The staged part first, into the stage buffer; then the in-place part, into the slot.
+    let mut jobs: Vec<(Range<usize>, Job<'_>)> = Vec::with_capacity(2);
+    if let Some(s) = staged {
+        let pl = &l.parts[s.part as usize];
+        let len = pl.read.len as usize;
+        let b = match stage.take() {
+            Some(b) if b.len() >= len => stage.insert(b),
+            _ => stage.insert(AlignedBuf::new(len).map_err(|e| with_context(e, key, s.part))?),
+        };
+        let region = &mut b.as_mut_slice()[..len];
+        read_part(sh, key, s.part, pl, submitted, region)?;
+        let at = (pl.data.offset - pl.read.offset) as usize;
+        let src = &region[at..at + pl.data.len as usize];
+        let job: Job<'_> =
+            Box::new(move |out: &mut [u8]| timed(s.part, &|o| (s.apply)(key, l, o, src), out));
+        jobs.push((pl.slot_range(), job));
+    }
+    if let Some(p) = in_place {
+        let pl = &l.parts[p.part as usize];
+        let region = &mut dst[pl.buf_offset..pl.buf_offset + pl.read.len as usize];
+        read_part(sh, key, p.part, pl, submitted, region)?;
+        let job: Job<'_> =
+            Box::new(move |out: &mut [u8]| timed(p.part, &|o| (p.apply)(key, l, o), out));
+        jobs.push((pl.slot_range(), job));
+    }
+    let skip = [staged.map(|s| s.part), in_place.map(|p| p.part)];
+    let ranges: Vec<Range<usize>> = jobs.iter().map(|(r, _)| r.clone()).collect();
+    // The remaining reads must land outside the ranges the functions write to run beside them;
+    // a layout where they do not (none is built so) runs them in turn.
+    let beside = Part::ALL.iter().zip(&l.parts).all(|(&part, pl)| {
+        let read = pl.buf_offset..pl.buf_offset + pl.read.len as usize;
+        skip.contains(&Some(part))
+            || pl.data.len == 0
+            || ranges
+                .iter()
+                .all(|r| read.end <= r.start || read.start >= r.end)
+    });
+    let split = if beside {
+        split_out(dst, &ranges)
+    } else {
+        None
+    };
+    match (&sh.repack, split) {
+        (Some(pool), Some((pieces, outs))) if !jobs.is_empty() => {
+            let mut results: Vec<(Result<()>, u64)> = jobs.iter().map(|_| (Ok(()), 0)).collect();
+            let reads = pool.in_place_scope(|sc| {
+                for (((_, job), out), res) in jobs.into_iter().zip(outs).zip(results.iter_mut()) {
+                    sc.spawn(move |_| *res = job(out));
+                }
+                let reads = pieces.into_iter().try_for_each(|(base, piece)| {
+                    read_parts(sh, req, submitted, &skip, piece, base)
+                });
+                reads_done();
+                // The scope waits here for the functions.
+                reads
+            });
+            *transform_ns += results.iter().map(|r| r.1).sum::<u64>();
+            reads?;
+            results.into_iter().try_for_each(|r| r.0)
+        }
+        _ => {
+            read_parts(sh, req, submitted, &skip, dst, 0)?;
+            reads_done();
+            for (range, job) in jobs {
+                let (r, ns) = job(&mut dst[range]);
+                *transform_ns += ns;
+                r?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Splits `buf` around `ranges` (disjoint, inside `buf`, in any order): the pieces between them
+/// with their offsets in `buf`, and the ranges' slices in the order given. `None` when ranges
+/// overlap or leave `buf`.
+#[allow(clippy::type_complexity)]
+fn split_out<'a>(
+    buf: &'a mut [u8],
+    ranges: &[Range<usize>],
+) -> Option<(Vec<(usize, &'a mut [u8])>, Vec<&'a mut [u8]>)> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].start);
+    let mut pieces = Vec::with_capacity(ranges.len() + 1);
+    let mut outs: Vec<Option<&'a mut [u8]>> = ranges.iter().map(|_| None).collect();
+    let (mut rest, mut at) = (buf, 0usize);
+    for i in order {
+        let r = &ranges[i];
+        if r.start < at || r.end < r.start || r.end - at > rest.len() {
+            return None;
+        }
+        let (before, tail) = rest.split_at_mut(r.start - at);
+        let (out, tail) = tail.split_at_mut(r.len());
+        pieces.push((at, before));
+        outs[i] = Some(out);
+        (rest, at) = (tail, r.end);
+    }
+    pieces.push((at, rest));
+    Some((pieces, outs.into_iter().collect::<Option<Vec<_>>>()?))
+}
+
+/// Reads every part not in `skip` whose read lands in `dst`, a piece of the slot starting at
+/// slot offset `base` (parts outside the piece are left to another call).
 fn read_parts(
     sh: &Shared,
     req: &ReadRequest,
     submitted: Instant,
-    skip: Option<Part>,
+    skip: &[Option<Part>],
     dst: &mut [u8],
     base: usize,
 ) -> Result<()> {
     for (&part, pl) in Part::ALL.iter().zip(&req.layout.parts) {
-        if pl.data.len == 0 || Some(part) == skip {
+        if pl.data.len == 0 || skip.contains(&Some(part)) {
             continue;
         }
         let (start, end) = (pl.buf_offset, pl.buf_offset + pl.read.len as usize);
@@ -851,14 +913,14 @@ mod tests {
 
     /// A staged part is read aside, not into the slot: its function gets exactly its bytes
     /// (without the alignment around them) and its slot range, and what it wrote there is what
-    /// readers get; the other parts are read in place as usual (beside the staged function, on
-    /// a repack thread). The in-slot function runs last and sees every part in place. Two
-    /// threads and lengths that grow (the staging buffer is reallocated).
+    /// readers get. The in-place part's function gets its slot range after its read. The other
+    /// part is read in place as usual (beside the two functions, which run on the repack
+    /// threads). Two threads and lengths that grow (the staging buffer is reallocated).
     #[test]
-    fn a_staged_part_reaches_its_function_and_not_the_slot() {
+    fn staged_and_in_place_parts_reach_their_functions() {
         let (_d, f, data) = setup(200_000);
         let staged_calls = Arc::new(AtomicUsize::new(0));
-        let in_slot_calls = Arc::new(AtomicUsize::new(0));
+        let in_place_calls = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&staged_calls);
         let apply = move |_: ExpertKey, l: &SlotLayout, dst: &mut [u8], src: &[u8]| {
             let down = &l.parts[Part::Down as usize];
@@ -881,27 +943,26 @@ mod tests {
             Ok(())
         };
         let file_data = data.clone();
-        let seen = Arc::clone(&in_slot_calls);
-        let in_slot = move |_: ExpertKey, l: &SlotLayout, slot: &mut [u8]| {
-            for (k, p) in l.parts.iter().enumerate() {
-                let mut want = file_data[p.data.offset as usize..p.data.end() as usize].to_vec();
-                if k == Part::Down as usize {
-                    want.reverse();
-                }
-                if slot[p.slot_range()] != want[..] {
-                    return Err(Error::Model(format!(
-                        "part {k} not in place before in_slot"
-                    )));
-                }
+        let seen = Arc::clone(&in_place_calls);
+        let in_place = move |_: ExpertKey, l: &SlotLayout, dst: &mut [u8]| {
+            let g = &l.parts[Part::Gate as usize];
+            if dst[..] != file_data[g.data.offset as usize..g.data.end() as usize] {
+                return Err(Error::Model(
+                    "the gate was not read before its function".into(),
+                ));
             }
+            dst.reverse();
             seen.fetch_add(1, Ordering::Relaxed);
             Ok(())
         };
         let t = SlotTransform {
-            in_slot: Some(Arc::new(in_slot)),
             staged: Some(StagedPart {
                 part: Part::Down,
                 apply: Arc::new(apply),
+            }),
+            in_place: Some(InPlacePart {
+                part: Part::Gate,
+                apply: Arc::new(in_place),
             }),
         };
         let cfg = IoConfig {
@@ -918,7 +979,7 @@ mod tests {
             let b = c.buf.read().unwrap();
             for (k, p) in l.parts.iter().enumerate() {
                 let mut want = data[p.data.offset as usize..p.data.end() as usize].to_vec();
-                if k == Part::Down as usize {
+                if k != Part::Up as usize {
                     want.reverse();
                 }
                 assert_eq!(&b.as_slice()[p.slot_range()], &want[..], "part {k}");
@@ -927,46 +988,77 @@ mod tests {
         }
         assert_eq!(n, 6);
         assert_eq!(staged_calls.load(Ordering::Relaxed), 6);
-        assert_eq!(in_slot_calls.load(Ordering::Relaxed), 6);
+        assert_eq!(in_place_calls.load(Ordering::Relaxed), 6);
         assert_eq!(pool.stats().reads, 6);
     }
 
-    /// A staged function's error fails the read, naming what it said, and the in-slot function
-    /// does not run on that slot.
+    /// An error of either function fails the read, naming what it said.
     #[test]
-    fn a_staged_function_error_fails_the_read() {
-        let (_d, f, _) = setup(100_000);
-        let in_slot_calls = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::clone(&in_slot_calls);
-        let t = SlotTransform {
-            in_slot: Some(Arc::new(
-                move |_: ExpertKey, _: &SlotLayout, _: &mut [u8]| {
-                    seen.fetch_add(1, Ordering::Relaxed);
+    fn a_transform_function_error_fails_the_read() {
+        for failing in [Part::Down, Part::Gate] {
+            let (_d, f, _) = setup(100_000);
+            let fail = move |k: ExpertKey, p: Part| -> Result<()> {
+                if p == failing {
+                    Err(Error::Model(format!("{k}: cannot repack {}", p.name())))
+                } else {
                     Ok(())
-                },
-            )),
-            staged: Some(StagedPart {
-                part: Part::Down,
-                apply: Arc::new(|k: ExpertKey, _: &SlotLayout, _: &mut [u8], _: &[u8]| {
-                    Err(Error::Model(format!("{k}: cannot repack")))
-                }),
-            }),
-        };
-        let pool = IoPool::with_transform(f, IoConfig::default(), Some(t)).unwrap();
-        submit_demands(&pool, 2, |i| layout(i * 9000 + 13, 4000));
-        let mut failed = 0;
-        while let Some(c) = pool.recv() {
-            match c.outcome {
-                Outcome::Failed(e) => {
-                    assert!(e.to_string().contains("cannot repack"), "{e}");
-                    failed += 1;
                 }
-                o => panic!("expected a failure, got {o:?}"),
+            };
+            let t = SlotTransform {
+                staged: Some(StagedPart {
+                    part: Part::Down,
+                    apply: Arc::new(
+                        move |k: ExpertKey, _: &SlotLayout, _: &mut [u8], _: &[u8]| {
+                            fail(k, Part::Down)
+                        },
+                    ),
+                }),
+                in_place: Some(InPlacePart {
+                    part: Part::Gate,
+                    apply: Arc::new(move |k: ExpertKey, _: &SlotLayout, _: &mut [u8]| {
+                        fail(k, Part::Gate)
+                    }),
+                }),
+            };
+            let pool = IoPool::with_transform(f, IoConfig::default(), Some(t)).unwrap();
+            submit_demands(&pool, 2, |i| layout(i * 9000 + 13, 4000));
+            let mut failed = 0;
+            while let Some(c) = pool.recv() {
+                match c.outcome {
+                    Outcome::Failed(e) => {
+                        let want = format!("cannot repack {}", failing.name());
+                        assert!(e.to_string().contains(&want), "{e}");
+                        failed += 1;
+                    }
+                    o => panic!("expected a failure, got {o:?}"),
+                }
             }
+            assert_eq!(failed, 2);
+            assert_eq!(pool.stats().failed, 2);
         }
-        assert_eq!(failed, 2);
-        assert_eq!(in_slot_calls.load(Ordering::Relaxed), 0);
-        assert_eq!(pool.stats().failed, 2);
+    }
+
+    /// `split_out` hands out the ranges in the order given and the pieces around them.
+    #[test]
+    fn split_out_cuts_around_the_ranges() {
+        let mut buf: Vec<u8> = (0..20).collect();
+        let (pieces, outs) = split_out(&mut buf, &[12..15, 2..5]).unwrap();
+        let pieces: Vec<(usize, Vec<u8>)> =
+            pieces.into_iter().map(|(a, p)| (a, p.to_vec())).collect();
+        assert_eq!(
+            pieces,
+            vec![
+                (0, vec![0, 1]),
+                (5, (5..12).collect()),
+                (15, (15..20).collect())
+            ]
+        );
+        assert_eq!(outs[0].to_vec(), vec![12, 13, 14]);
+        assert_eq!(outs[1].to_vec(), vec![2, 3, 4]);
+        assert!(split_out(&mut buf, &[2..6, 5..8]).is_none(), "overlap");
+        assert!(split_out(&mut buf, &[0..1, 15..21]).is_none(), "outside");
+        let (pieces, outs) = split_out(&mut buf, &[]).unwrap();
+        assert_eq!((pieces.len(), pieces[0].1.len(), outs.len()), (1, 20, 0));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub use budget::{MemoryBudget, Plan, PlanInput};
 pub use cache::{CacheConfig, CacheScope, CacheStats, Capacity, ExpertCache};
 pub use file::{ExpertFile, IoMode, OpenMode};
 pub use hotset::HotSet;
-pub use io::{IoConfig, IoPool, IoStats, Priority, SlotTransform, StagedPart};
+pub use io::{InPlacePart, IoConfig, IoPool, IoStats, Priority, SlotTransform, StagedPart};
 pub use layout::{ExpertLayout, FileRange, Part, SlotLayout};
 pub use policy::PolicyKind;
 pub use prefetch::{ExpertGuard, OffloadStats, PrefetchConfig, Prefetcher};
