@@ -557,7 +557,9 @@ fn io_thread(sh: &Shared) {
         // (the transform's functions still running) is the repack.
         let mut busy = Duration::ZERO;
         let mut repack_span = None;
+        let reads_over = std::cell::Cell::new(false);
         let reads_done = || {
+            reads_over.set(true);
             drop(read_span);
             let t1 = Instant::now();
             lock(&sh.busy).stop(t1);
@@ -569,14 +571,32 @@ fn io_thread(sh: &Shared) {
                 );
             }
         };
-        let (outcome, transform_ns) = read_expert(
-            sh,
-            &p.req,
-            p.submitted,
-            buf.as_mut_slice(),
-            &mut stage,
-            reads_done,
-        );
+        // A panic in a read or a transform function (a bug) fails this read instead of ending
+        // the thread, which would leave its request, and whoever waits for it, unanswered.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_expert(
+                sh,
+                &p.req,
+                p.submitted,
+                buf.as_mut_slice(),
+                &mut stage,
+                reads_done,
+            )
+        }));
+        let (outcome, transform_ns) = run.unwrap_or_else(|panic| {
+            if !reads_over.get() {
+                let t1 = Instant::now();
+                lock(&sh.busy).stop(t1);
+                busy = t1 - t0;
+            }
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            let e = Error::Model(format!("{key}: reading the expert panicked: {msg}"));
+            (Outcome::Failed(e), 0)
+        });
         drop(repack_span);
         drop(buf);
         let mut d = lock(&sh.done);
@@ -1036,6 +1056,50 @@ mod tests {
             assert_eq!(failed, 2);
             assert_eq!(pool.stats().failed, 2);
         }
+    }
+
+    /// A panicking transform function fails its read with an error saying so, and the pool goes
+    /// on serving the next requests.
+    #[test]
+    fn a_panic_in_a_transform_fails_the_read_and_the_pool_goes_on() {
+        let (_d, f, _) = setup(100_000);
+        let t = SlotTransform {
+            staged: None,
+            in_place: Some(InPlacePart {
+                part: Part::Gate,
+                apply: Arc::new(|k: ExpertKey, _: &SlotLayout, _: &mut [u8]| {
+                    if k.expert == 0 {
+                        panic!("bug in a repack");
+                    }
+                    Ok(())
+                }),
+            }),
+        };
+        let cfg = IoConfig {
+            threads: 1,
+            ..IoConfig::default()
+        };
+        let pool = IoPool::with_transform(f, cfg, Some(t)).unwrap();
+        submit_demands(&pool, 3, |i| layout(i * 9000 + 13, 4000));
+        let mut outcomes = Vec::new();
+        while let Some(c) = pool.recv() {
+            outcomes.push((c.key.expert, c.outcome));
+        }
+        outcomes.sort_by_key(|o| o.0);
+        assert_eq!(outcomes.len(), 3);
+        match &outcomes[0].1 {
+            Outcome::Failed(e) => {
+                assert!(e.to_string().contains("panicked: bug in a repack"), "{e}")
+            }
+            o => panic!("expected a failure, got {o:?}"),
+        }
+        assert!(
+            outcomes[1..]
+                .iter()
+                .all(|o| matches!(o.1, Outcome::Done { .. }))
+        );
+        let st = pool.stats();
+        assert_eq!((st.failed, st.reads), (1, 2));
     }
 
     /// `split_out` hands out the ranges in the order given and the pieces around them.
