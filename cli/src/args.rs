@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use engine::model::{ComputeMode, Model, ModelOptions, OffloadOptions};
+use engine::offload::budget::Plan;
 use engine::offload::{CacheScope, MemoryBudget, OpenMode, PolicyKind, StorageProfile};
 
 /// Which model and how to run it.
@@ -127,9 +128,34 @@ impl ModelArgs {
             .with_context(|| format!("cannot load model {}", self.model.display()))?;
         if let Some(o) = m.offload() {
             eprintln!("{o}");
+            if let Some(note) = kv_note(o.plan(), o.options().context) {
+                eprintln!("note               {note}");
+            }
         }
         Ok(m)
     }
+}
+
+/// Share of the budget above which the plan's KV cache gets a note: it is planned for the whole
+/// context, and what a shorter context would leave to the expert cache is worth saying.
+const KV_NOTE_SHARE: f64 = 0.125;
+
+/// A note when the KV cache planned for `context` positions takes a large share of the budget
+/// while experts are offloaded: how many expert slots it stands for, and that `-c` trades
+/// context for them.
+pub fn kv_note(plan: &Plan, context: usize) -> Option<String> {
+    let i = &plan.input;
+    let share = i.kv_bytes as f64 / i.budget_bytes.max(1) as f64;
+    if plan.all_resident || share < KV_NOTE_SHARE || i.slot_bytes == 0 {
+        return None;
+    }
+    Some(format!(
+        "the KV cache for {context} positions takes {} ({:.0}% of the budget, the room of {} expert slots next to the {} planned); a shorter context (-c) leaves that room to the expert cache",
+        human_bytes(i.kv_bytes),
+        100.0 * share,
+        i.kv_bytes / i.slot_bytes,
+        plan.cache_slots
+    ))
 }
 
 /// One line of offload counters for stderr, if the model is offloaded.
@@ -171,6 +197,39 @@ pub fn human_bytes(b: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use engine::offload::budget::PlanInput;
+
+    fn plan(budget: u64, kv: u64) -> Plan {
+        Plan::new(PlanInput {
+            budget_bytes: budget,
+            resident_bytes: 226 << 20,
+            kv_bytes: kv,
+            scratch_bytes: 27 << 20,
+            io_buffer_bytes: 3 << 20,
+            io_threads: 4,
+            reserve_bytes: 87 << 20,
+            slot_bytes: 2 << 20,
+            n_experts: 32,
+            top_k: 4,
+            n_layers: 32,
+        })
+        .unwrap()
+    }
+
+    /// The KV note appears when the KV cache takes at least an eighth of the budget, and says
+    /// what it stands for in expert slots.
+    #[test]
+    fn a_large_planned_kv_cache_gets_a_note_in_slots() {
+        let note = kv_note(&plan(1 << 30, 256 << 20), 4096).expect("a quarter of the budget");
+        assert!(
+            note.contains("4096 positions takes 256.00 MiB (25% of the budget"),
+            "{note}"
+        );
+        assert!(note.contains("the room of 128 expert slots"), "{note}");
+        assert_eq!(kv_note(&plan(1 << 30, 16 << 20), 64), None);
+        // Everything resident: nothing to trade.
+        assert_eq!(kv_note(&plan(64 << 30, 16 << 30), 1 << 20), None);
+    }
     use super::*;
 
     #[test]

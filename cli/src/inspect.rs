@@ -202,6 +202,9 @@ pub fn main(a: Args) -> Result<()> {
         println!();
         println!("{plan}");
         println!("expert reads   {io}; context {} positions", o.context);
+        if let Some(note) = crate::args::kv_note(&plan, o.context) {
+            println!("note           {note}");
+        }
         // The plan can be for another machine; here it would fail to load, so say so.
         if let Err(e) = plan.check_ceiling(engine::offload::budget::memory_ceiling()) {
             println!("note           loading with this budget here fails: {e}");
