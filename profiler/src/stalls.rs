@@ -21,7 +21,8 @@
 //!   expert that follows it on the same thread.
 //!   - `queued`: its read had not started;
 //!   - `reading`: its read was in progress (the device, shared with the other reads in flight);
-//!   - `repacking`: its post-read repack was running (CPU work on an I/O thread);
+//!   - `repacking`: its read was over and its repacks were still running (the I/O thread's
+//!     `io.repack` span: waiting for the repack threads, or repacking itself);
 //!   - `after`: read and repack had finished: the hand-off to the waiting thread (wake-up,
 //!     scheduling), or a wait for whichever of several experts came first that ended on another.
 //!

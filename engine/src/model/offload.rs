@@ -16,9 +16,11 @@
 //!    ever read by the I/O threads (`O_DIRECT` where the filesystem allows it), into cache slots
 //!    or, for a down matrix about to be repacked, into a buffer of the I/O thread;
 //! 4. in fast mode, each expert's down matrix is repacked into the sparse planes layout inside
-//!    its slot by the I/O thread right after the read (same size, lossless), from the copy it
-//!    read aside, and its Q4_0 gate into the x8 layout in place, so the fast kernels run on slot
-//!    bytes exactly as they run on the in-memory weights: bit-identical results.
+//!    its slot (same size, lossless), from the copy the I/O thread read aside, and its Q4_0 gate
+//!    into the x8 layout in place; both repacks run on the I/O pool's repack threads while the
+//!    I/O thread reads the up matrix, and the slot is handed over when all are done. The fast
+//!    kernels then run on slot bytes exactly as they run on the in-memory weights:
+//!    bit-identical results.
 //!
 //! The forward pass then requests each layer's experts as soon as its router has run (before
 //! attention), optionally guesses the next layer's experts from the same residual and prefetches
@@ -424,7 +426,9 @@ fn x8_group_bytes(cols: usize) -> usize {
 }
 
 thread_local! {
-    /// Per I/O thread: eight rows of the gate while they are repacked in place.
+    /// Per thread that repacks gates (the I/O pool's repack threads, at most two, or an I/O
+    /// thread when a repack runs in turn): eight rows of the gate while they are repacked in
+    /// place. The plan counts one per I/O thread, which covers both.
     static REPACK_TMP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -756,7 +760,7 @@ mod tests {
 
     /// The down matrix the I/O thread read aside is repacked into its slot range for a layer
     /// with planes and copied in as read for one without; a length that does not match the
-    /// range is an error. The gate is repacked in place only for layers with an x8 gate.
+    /// range is an error.
     #[test]
     fn the_transform_fills_the_down_range_from_the_staged_copy() {
         let (h, f) = (64usize, 96usize);

@@ -10,6 +10,11 @@
 //! Each read is a `tracing` span `io.expert_read` (fields `layer`, `expert`, `bytes`,
 //! `prefetch`) on the I/O thread. With an emulated [`StorageProfile`] every part read goes
 //! through the shared [`DeviceModel`].
+//!
+//! A [`SlotTransform`] (the fast mode's repacks) runs its functions on a small pool of repack
+//! threads (`repack-0`, `repack-1`) beside the read of the expert's remaining part; the I/O
+//! thread's `io.repack` span is the wait left after its reads, each function an
+//! `io.repack_part` span.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -286,6 +291,17 @@ impl IoPool {
     ) -> Result<IoPool> {
         let threads = cfg.threads.max(1);
         let in_memory = file.in_memory();
+        if let Some(SlotTransform {
+            staged: Some(s),
+            in_place: Some(p),
+        }) = &transform
+            && s.part == p.part
+        {
+            return Err(Error::InvalidInput(format!(
+                "a slot transform cannot both stage and rewrite in place the {} part",
+                s.part.name()
+            )));
+        }
         let repack = match &transform {
             Some(t) if t.staged.is_some() || t.in_place.is_some() => Some(
                 rayon::ThreadPoolBuilder::new()
@@ -678,9 +694,7 @@ fn fill_slot(
     let live = |p: Part| l.parts[p as usize].data.len > 0;
     let t = sh.transform.as_ref();
     let staged = t.and_then(|t| t.staged.as_ref()).filter(|s| live(s.part));
-    let in_place = t
-        .and_then(|t| t.in_place.as_ref())
-        .filter(|s| live(s.part) && Some(s.part) != staged.map(|s| s.part));
+    let in_place = t.and_then(|t| t.in_place.as_ref()).filter(|s| live(s.part));
     let timed = |part: Part, f: &dyn Fn(&mut [u8]) -> Result<()>, out: &mut [u8]| {
         let _span = tracing::trace_span!(
             "io.repack_part",
@@ -698,9 +712,13 @@ fn fill_slot(
     if let Some(s) = staged {
         let pl = &l.parts[s.part as usize];
         let len = pl.read.len as usize;
-        let b = match stage.take() {
-            Some(b) if b.len() >= len => stage.insert(b),
-            _ => stage.insert(AlignedBuf::new(len).map_err(|e| with_context(e, key, s.part))?),
+        if stage.as_ref().is_none_or(|b| b.len() < len) {
+            // The old buffer goes first: never two at once.
+            *stage = None;
+            *stage = Some(AlignedBuf::new(len).map_err(|e| with_context(e, key, s.part))?);
+        }
+        let Some(b) = stage.as_mut() else {
+            return Err(Error::Model(format!("{key}: no staging buffer")));
         };
         let region = &mut b.as_mut_slice()[..len];
         read_part(sh, key, s.part, pl, submitted, region)?;
@@ -742,20 +760,21 @@ fn fill_slot(
                 for (((_, job), out), res) in jobs.into_iter().zip(outs).zip(results.iter_mut()) {
                     sc.spawn(move |_| *res = job(out));
                 }
-                let reads = pieces.into_iter().try_for_each(|(base, piece)| {
-                    read_parts(sh, req, submitted, &skip, piece, base)
+                let reads = pieces.into_iter().try_fold(0u8, |read, (base, piece)| {
+                    Ok::<u8, Error>(read | read_parts(sh, req, submitted, &skip, piece, base)?)
                 });
                 reads_done();
                 // The scope waits here for the functions.
                 reads
             });
             *transform_ns += results.iter().map(|r| r.1).sum::<u64>();
-            reads?;
+            check_all_read(req, &skip, reads?)?;
             results.into_iter().try_for_each(|r| r.0)
         }
         _ => {
-            read_parts(sh, req, submitted, &skip, dst, 0)?;
+            let read = read_parts(sh, req, submitted, &skip, dst, 0)?;
             reads_done();
+            check_all_read(req, &skip, read)?;
             for (range, job) in jobs {
                 let (r, ns) = job(&mut dst[range]);
                 *transform_ns += ns;
@@ -795,7 +814,8 @@ fn split_out<'a>(
 }
 
 /// Reads every part not in `skip` whose read lands in `dst`, a piece of the slot starting at
-/// slot offset `base` (parts outside the piece are left to another call).
+/// slot offset `base` (parts outside the piece are left to another call). Returns the parts it
+/// read, as bits `1 << part`.
 fn read_parts(
     sh: &Shared,
     req: &ReadRequest,
@@ -803,7 +823,8 @@ fn read_parts(
     skip: &[Option<Part>],
     dst: &mut [u8],
     base: usize,
-) -> Result<()> {
+) -> Result<u8> {
+    let mut read = 0u8;
     for (&part, pl) in Part::ALL.iter().zip(&req.layout.parts) {
         if pl.data.len == 0 || skip.contains(&Some(part)) {
             continue;
@@ -812,16 +833,29 @@ fn read_parts(
         if start < base || end > base + dst.len() {
             continue;
         }
-        read_part(
-            sh,
-            req.key,
-            part,
-            pl,
-            submitted,
-            &mut dst[start - base..end - base],
-        )?;
+        let region = &mut dst[start - base..end - base];
+        read_part(sh, req.key, part, pl, submitted, region)?;
+        read |= 1 << part as u8;
     }
-    Ok(())
+    Ok(read)
+}
+
+/// An error naming the first part with data that is neither in `skip` nor in `read` (bits
+/// `1 << part`): its read never landed in the slot.
+fn check_all_read(req: &ReadRequest, skip: &[Option<Part>], read: u8) -> Result<()> {
+    let missed = Part::ALL.iter().zip(&req.layout.parts).find(|(part, pl)| {
+        pl.data.len > 0 && !skip.contains(&Some(**part)) && read & (1 << **part as u8) == 0
+    });
+    match missed {
+        Some((&part, pl)) => Err(Error::InvalidInput(format!(
+            "{}: {} read of {} B at slot offset {} does not fit the slot",
+            req.key,
+            part.name(),
+            pl.read.len,
+            pl.buf_offset
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Reads one part's aligned range into `region` (exactly its length), through the emulated
@@ -941,8 +975,21 @@ mod tests {
         let (_d, f, data) = setup(200_000);
         let staged_calls = Arc::new(AtomicUsize::new(0));
         let in_place_calls = Arc::new(AtomicUsize::new(0));
+        // Calls made elsewhere than on a repack thread (the functions must run beside the read).
+        let elsewhere = Arc::new(AtomicUsize::new(0));
+        let on_repack_thread = {
+            let elsewhere = Arc::clone(&elsewhere);
+            move || {
+                let name = std::thread::current().name().map(str::to_owned);
+                if !name.is_some_and(|n| n.starts_with("repack-")) {
+                    elsewhere.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
         let seen = Arc::clone(&staged_calls);
+        let check = on_repack_thread.clone();
         let apply = move |_: ExpertKey, l: &SlotLayout, dst: &mut [u8], src: &[u8]| {
+            check();
             let down = &l.parts[Part::Down as usize];
             if src.len() != down.data.len as usize || dst.len() != src.len() {
                 return Err(Error::Model(format!(
@@ -965,6 +1012,7 @@ mod tests {
         let file_data = data.clone();
         let seen = Arc::clone(&in_place_calls);
         let in_place = move |_: ExpertKey, l: &SlotLayout, dst: &mut [u8]| {
+            on_repack_thread();
             let g = &l.parts[Part::Gate as usize];
             if dst[..] != file_data[g.data.offset as usize..g.data.end() as usize] {
                 return Err(Error::Model(
@@ -1009,7 +1057,48 @@ mod tests {
         assert_eq!(n, 6);
         assert_eq!(staged_calls.load(Ordering::Relaxed), 6);
         assert_eq!(in_place_calls.load(Ordering::Relaxed), 6);
+        assert_eq!(
+            elsewhere.load(Ordering::Relaxed),
+            0,
+            "a function ran off the repack threads"
+        );
         assert_eq!(pool.stats().reads, 6);
+    }
+
+    /// A transform that would stage a part and rewrite the same part in place is refused.
+    #[test]
+    fn a_transform_staging_and_rewriting_one_part_is_refused() {
+        let (_d, f, _) = setup(10_000);
+        let t = SlotTransform {
+            staged: Some(StagedPart {
+                part: Part::Gate,
+                apply: Arc::new(|_: ExpertKey, _: &SlotLayout, _: &mut [u8], _: &[u8]| Ok(())),
+            }),
+            in_place: Some(InPlacePart {
+                part: Part::Gate,
+                apply: Arc::new(|_: ExpertKey, _: &SlotLayout, _: &mut [u8]| Ok(())),
+            }),
+        };
+        let err = IoPool::with_transform(f, IoConfig::default(), Some(t)).unwrap_err();
+        assert!(err.to_string().contains("the gate part"), "{err}");
+    }
+
+    /// A part with data that no read placed in the slot is an error naming it.
+    #[test]
+    fn a_part_left_unread_is_an_error_naming_it() {
+        let l = layout(13, 4000);
+        let req = ReadRequest {
+            key: ExpertKey::new(2, 5),
+            layout: l,
+            buf: buf(l.used_bytes),
+            priority: Priority::Demand,
+            tag: 0,
+        };
+        let all = (1 << Part::Gate as u8) | (1 << Part::Up as u8) | (1 << Part::Down as u8);
+        assert!(check_all_read(&req, &[], all).is_ok());
+        assert!(check_all_read(&req, &[Some(Part::Down)], all & !(1 << Part::Down as u8)).is_ok());
+        let err = check_all_read(&req, &[], all & !(1 << Part::Up as u8)).unwrap_err();
+        assert!(err.to_string().contains("up read"), "{err}");
     }
 
     /// An error of either function fails the read, naming what it said.
@@ -1100,6 +1189,9 @@ mod tests {
         );
         let st = pool.stats();
         assert_eq!((st.failed, st.reads), (1, 2));
+        // The busy clock was stopped for every request, the failed one included.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(pool.stats().busy_wall_ns, st.busy_wall_ns);
     }
 
     /// `split_out` hands out the ranges in the order given and the pieces around them.

@@ -139,8 +139,9 @@ impl Prefetcher {
         Prefetcher::with_transform(file, layout, cfg, None)
     }
 
-    /// [`Prefetcher::new`] with a transformation the I/O threads apply to each slot right after
-    /// its read (see [`SlotTransform`]); guards then expose the transformed bytes.
+    /// [`Prefetcher::new`] with a transformation applied to each slot as part of its read (on the
+    /// I/O pool's repack threads, see [`SlotTransform`]); guards then expose the transformed
+    /// bytes.
     pub fn with_transform(
         file: Arc<ExpertFile>,
         layout: ExpertLayout,
