@@ -48,8 +48,43 @@ pub struct KvCacheConfig {
 }
 
 enum Pages {
-    F32(Vec<Box<[f32]>>),
-    F16(Vec<Box<[f16]>>),
+    F32(Vec<AnonPage<f32>>),
+    F16(Vec<AnonPage<f16>>),
+}
+
+/// A zeroed page of `T`s in an anonymous mapping of its own, returned to the system when
+/// dropped. With `Vec` pages, a session's pages came from the malloc arena of whichever compute
+/// thread ran the step that grew the cache, and freed pages stayed in that arena: sessions whose
+/// steps ran on different threads left one arena each holding a whole KV cache (a 21B
+/// `thinker bench` under a budget sometimes peaked 50 MiB, one KV cache, higher).
+struct AnonPage<T> {
+    map: memmap2::MmapMut,
+    len: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> AnonPage<T> {
+    fn new(len: usize) -> Result<Self> {
+        let bytes = len * std::mem::size_of::<T>();
+        let map = memmap2::MmapMut::map_anon(bytes.max(1)).map_err(|_| Error::OutOfMemory {
+            bytes: bytes as u64,
+            what: "KV cache page",
+        })?;
+        Ok(AnonPage {
+            map,
+            len,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    fn as_slice(&self) -> &[T] {
+        // A mapping starts on a page boundary, aligned for any `T` here.
+        &bytemuck::cast_slice(&self.map[..])[..self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut bytemuck::cast_slice_mut(&mut self.map[..])[..self.len]
+    }
 }
 
 struct LayerKv {
@@ -164,7 +199,10 @@ impl KvCache {
     }
 
     /// Stores position `pos`'s keys and values (`n_kv_heads · head_dim` each) for `layer`.
-    pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] when a new page cannot be mapped.
+    pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<()> {
         let (hd, nkv) = (self.head_dim, self.n_kv_heads);
         debug_assert_eq!(k.len(), nkv * hd);
         let page_elems = self.page_elems();
@@ -175,8 +213,8 @@ impl KvCache {
         };
         let (page, off) = (slot / PAGE, slot % PAGE);
         let before = l.k.len();
-        l.k.ensure(page + 1, page_elems);
-        l.v.ensure(page + 1, page_elems);
+        l.k.ensure(page + 1, page_elems)?;
+        l.v.ensure(page + 1, page_elems)?;
         if l.k.len() != before {
             tracing::trace!(
                 target: "engine::kv",
@@ -190,6 +228,7 @@ impl KvCache {
             l.k.write(page, at, &k[g * hd..(g + 1) * hd]);
             l.v.write(page, at, &v[g * hd..(g + 1) * hd]);
         }
+        Ok(())
     }
 
     /// The positions a query at `pos` may attend to in `layer`: `lo..=pos`.
@@ -227,8 +266,12 @@ impl KvCache {
             let a = (g * PAGE + off) * hd;
             let b = a + n * hd;
             let run = match (&l.k, &l.v) {
-                (Pages::F32(k), Pages::F32(v)) => Run::F32(&k[page][a..b], &v[page][a..b]),
-                (Pages::F16(k), Pages::F16(v)) => Run::F16(&k[page][a..b], &v[page][a..b]),
+                (Pages::F32(k), Pages::F32(v)) => {
+                    Run::F32(&k[page].as_slice()[a..b], &v[page].as_slice()[a..b])
+                }
+                (Pages::F16(k), Pages::F16(v)) => {
+                    Run::F16(&k[page].as_slice()[a..b], &v[page].as_slice()[a..b])
+                }
                 _ => unreachable!("k and v pages share a type"),
             };
             f(p, n, run);
@@ -271,26 +314,30 @@ impl Pages {
         }
     }
 
-    fn ensure(&mut self, n: usize, elems: usize) {
+    fn ensure(&mut self, n: usize, elems: usize) -> Result<()> {
         match self {
             Pages::F32(p) => {
                 while p.len() < n {
-                    p.push(vec![0f32; elems].into_boxed_slice());
+                    p.push(AnonPage::new(elems)?);
                 }
             }
             Pages::F16(p) => {
                 while p.len() < n {
-                    p.push(vec![f16::ZERO; elems].into_boxed_slice());
+                    p.push(AnonPage::new(elems)?);
                 }
             }
         }
+        Ok(())
     }
 
     fn write(&mut self, page: usize, at: usize, src: &[f32]) {
         match self {
-            Pages::F32(p) => p[page][at..at + src.len()].copy_from_slice(src),
+            Pages::F32(p) => p[page].as_mut_slice()[at..at + src.len()].copy_from_slice(src),
             Pages::F16(p) => {
-                for (d, &s) in p[page][at..at + src.len()].iter_mut().zip(src) {
+                for (d, &s) in p[page].as_mut_slice()[at..at + src.len()]
+                    .iter_mut()
+                    .zip(src)
+                {
                     *d = f16::from_f32(s);
                 }
             }
@@ -357,8 +404,8 @@ pub(crate) mod tests {
         let mut c = KvCache::new(&m, kc).unwrap();
         for p in 0..3000 {
             let k = [p as f32; 4];
-            c.store(0, p, &k, &k);
-            c.store(1, p, &k, &k);
+            c.store(0, p, &k, &k).unwrap();
+            c.store(1, p, &k, &k).unwrap();
             c.advance(1);
             assert_eq!(c.layer_bytes(1), c.predicted_layer_bytes(1, p + 1));
             assert_eq!(c.layer_bytes(0), c.predicted_layer_bytes(0, p + 1));

@@ -371,7 +371,8 @@ mod tests {
                             pos0 + t,
                             &k[t * kvd..(t + 1) * kvd],
                             &v[t * kvd..(t + 1) * kvd],
-                        );
+                        )
+                        .unwrap();
                     }
                 }
                 for layer in 0..2 {

@@ -474,7 +474,7 @@ impl<'m> Session<'m> {
                                 pos0 + t,
                                 &s.k[t * kvd..(t + 1) * kvd],
                                 &s.v[t * kvd..(t + 1) * kvd],
-                            );
+                            )?;
                         }
                     }
                     super::attention::attend(
