@@ -31,6 +31,8 @@ pub mod sim;
 pub mod storage;
 mod sys;
 
+pub use sys::pin_malloc_mmap_threshold;
+
 pub use budget::{MemoryBudget, Plan, PlanInput};
 pub use cache::{CacheConfig, CacheScope, CacheStats, Capacity, ExpertCache};
 pub use file::{ExpertFile, IoMode, OpenMode};

@@ -280,6 +280,31 @@ pub fn set_thread_timer_slack_ns(ns: u64) {
     let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0, 0, 0) };
 }
 
+/// Makes glibc's `malloc` serve every request of at least `bytes` with a mapping of its own,
+/// unmapped when freed, instead of letting the threshold grow with the sizes freed (glibc's
+/// default: after a large block is freed, blocks up to its size come from the arenas, which keep
+/// freed memory). Returns whether the setting took (false elsewhere than Linux with glibc).
+///
+/// For a process that must stay inside a memory budget: the compute threads' large temporaries
+/// (prefill's per-expert and attention buffers) otherwise stay in each thread's arena after use,
+/// one peak's worth per thread. The engine never calls this itself; the `thinker` binary does.
+pub fn pin_malloc_mmap_threshold(bytes: usize) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let Ok(v) = libc::c_int::try_from(bytes) else {
+            return false;
+        };
+        // SAFETY: `mallopt` only sets an allocator parameter from plain integers; a value it
+        // does not accept is refused with 0, nothing else changes.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, v) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = bytes;
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
