@@ -315,19 +315,16 @@ impl Pages {
     }
 
     fn ensure(&mut self, n: usize, elems: usize) -> Result<()> {
-        match self {
-            Pages::F32(p) => {
-                while p.len() < n {
-                    p.push(AnonPage::new(elems)?);
-                }
+        fn grow<T: bytemuck::Pod>(p: &mut Vec<AnonPage<T>>, n: usize, elems: usize) -> Result<()> {
+            while p.len() < n {
+                p.push(AnonPage::new(elems)?);
             }
-            Pages::F16(p) => {
-                while p.len() < n {
-                    p.push(AnonPage::new(elems)?);
-                }
-            }
+            Ok(())
         }
-        Ok(())
+        match self {
+            Pages::F32(p) => grow(p, n, elems),
+            Pages::F16(p) => grow(p, n, elems),
+        }
     }
 
     fn write(&mut self, page: usize, at: usize, src: &[f32]) {

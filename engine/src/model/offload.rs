@@ -383,14 +383,7 @@ fn plan_with_layout(
     // thread (and repacked from there into its slot): the buffer grows to the longest aligned
     // read of a down matrix.
     let down_stage = if planes_of(weights, mode).iter().any(Option::is_some) {
-        let mut longest = 0u64;
-        for l in 0..layout.n_layers() {
-            for e in 0..layout.n_experts() {
-                let sl = layout.slot_layout(ExpertKey::new(l, e))?;
-                longest = longest.max(sl.parts[Part::Down as usize].read.len);
-            }
-        }
-        longest
+        layout.max_read_len(Part::Down)
     } else {
         0
     };

@@ -577,9 +577,7 @@ fn io_thread(sh: &Shared) {
         let reads_done = || {
             reads_over.set(true);
             drop(read_span);
-            let t1 = Instant::now();
-            lock(&sh.busy).stop(t1);
-            busy = t1 - t0;
+            busy = stop_busy(sh, t0);
             if sh.transform.is_some() {
                 repack_span = Some(
                     tracing::trace_span!("io.repack", layer = key.layer, expert = key.expert)
@@ -601,9 +599,7 @@ fn io_thread(sh: &Shared) {
         }));
         let (outcome, transform_ns) = run.unwrap_or_else(|panic| {
             if !reads_over.get() {
-                let t1 = Instant::now();
-                lock(&sh.busy).stop(t1);
-                busy = t1 - t0;
+                busy = stop_busy(sh, t0);
             }
             let msg = panic
                 .downcast_ref::<&str>()
@@ -637,6 +633,13 @@ fn io_thread(sh: &Shared) {
         drop(d);
         sh.done_cv.notify_all();
     }
+}
+
+/// Ends a read's busy interval, started at `t0`, and returns its length.
+fn stop_busy(sh: &Shared, t0: Instant) -> Duration {
+    let t1 = Instant::now();
+    lock(&sh.busy).stop(t1);
+    t1 - t0
 }
 
 /// Reads the expert's parts into `dst` (its slot) and applies the transform (see
@@ -712,13 +715,13 @@ fn fill_slot(
     if let Some(s) = staged {
         let pl = &l.parts[s.part as usize];
         let len = pl.read.len as usize;
-        if stage.as_ref().is_none_or(|b| b.len() < len) {
-            // The old buffer goes first: never two at once.
-            *stage = None;
-            *stage = Some(AlignedBuf::new(len).map_err(|e| with_context(e, key, s.part))?);
-        }
-        let Some(b) = stage.as_mut() else {
-            return Err(Error::Model(format!("{key}: no staging buffer")));
+        let b = match stage.take() {
+            Some(b) if b.len() >= len => stage.insert(b),
+            old => {
+                // The old buffer goes first: never two at once.
+                drop(old);
+                stage.insert(AlignedBuf::new(len).map_err(|e| with_context(e, key, s.part))?)
+            }
         };
         let region = &mut b.as_mut_slice()[..len];
         read_part(sh, key, s.part, pl, submitted, region)?;
@@ -730,8 +733,14 @@ fn fill_slot(
     }
     if let Some(p) = in_place {
         let pl = &l.parts[p.part as usize];
-        let region = &mut dst[pl.buf_offset..pl.buf_offset + pl.read.len as usize];
-        read_part(sh, key, p.part, pl, submitted, region)?;
+        read_part(
+            sh,
+            key,
+            p.part,
+            pl,
+            submitted,
+            &mut dst[pl.read_slot_range()],
+        )?;
         let job: Job<'_> =
             Box::new(move |out: &mut [u8]| timed(p.part, &|o| (p.apply)(key, l, o), out));
         jobs.push((pl.slot_range(), job));
@@ -741,7 +750,7 @@ fn fill_slot(
     // The remaining reads must land outside the ranges the functions write to run beside them;
     // a layout where they do not (none is built so) runs them in turn.
     let beside = Part::ALL.iter().zip(&l.parts).all(|(&part, pl)| {
-        let read = pl.buf_offset..pl.buf_offset + pl.read.len as usize;
+        let read = pl.read_slot_range();
         skip.contains(&Some(part))
             || pl.data.len == 0
             || ranges
@@ -829,11 +838,11 @@ fn read_parts(
         if pl.data.len == 0 || skip.contains(&Some(part)) {
             continue;
         }
-        let (start, end) = (pl.buf_offset, pl.buf_offset + pl.read.len as usize);
-        if start < base || end > base + dst.len() {
+        let r = pl.read_slot_range();
+        if r.start < base || r.end > base + dst.len() {
             continue;
         }
-        let region = &mut dst[start - base..end - base];
+        let region = &mut dst[r.start - base..r.end - base];
         read_part(sh, req.key, part, pl, submitted, region)?;
         read |= 1 << part as u8;
     }

@@ -94,6 +94,11 @@ impl PartPlacement {
         let start = self.buf_offset + (self.data.offset - self.read.offset) as usize;
         start..start + self.data.len as usize
     }
+
+    /// Where the aligned read lands within the slot (covers [`PartPlacement::slot_range`]).
+    pub fn read_slot_range(&self) -> Range<usize> {
+        self.buf_offset..self.buf_offset + self.read.len as usize
+    }
 }
 
 /// How one expert fills a slot: its three parts in [`Part::ALL`] order.
@@ -348,6 +353,16 @@ impl ExpertLayout {
             .unwrap_or(0)
     }
 
+    /// Longest aligned read of `part` over every expert (what a buffer that receives that part
+    /// alone must hold).
+    pub fn max_read_len(&self, part: Part) -> u64 {
+        self.ranges
+            .iter()
+            .map(|r| r[part as usize].covering().len)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Last byte any expert needs (the file must be at least this long).
     pub fn end(&self) -> u64 {
         self.ranges
@@ -430,5 +445,33 @@ mod tests {
         );
         let bad = ExpertLayout::from_stacked(1, 3, |_, _| Ok(FileRange { offset: 0, len: 10 }));
         assert!(bad.is_err());
+    }
+
+    /// The longest read of a part is the largest of the slot layouts' own reads, and a read
+    /// lands in the slot where its data's range says.
+    #[test]
+    fn the_longest_part_read_matches_the_slot_layouts() {
+        // Expert 1's down matrix starts 100 bytes into an aligned block: its read spans one
+        // more block than expert 0's.
+        let r = |offset: u64, len: u64| FileRange { offset, len };
+        let l = ExpertLayout::new(
+            1,
+            2,
+            vec![
+                [r(0, 8192), r(8192, 8192), r(16_384, 8192)],
+                [r(32_768, 8192), r(40_960, 8192), r(49_252, 8192)],
+            ],
+        )
+        .unwrap();
+        let reads =
+            |e: u32| l.slot_layout(ExpertKey::new(0, e)).unwrap().parts[Part::Down as usize];
+        assert_eq!(reads(0).read.len, 8192);
+        assert_eq!(reads(1).read.len, 8192 + 4096);
+        assert_eq!(l.max_read_len(Part::Down), 8192 + 4096);
+        assert_eq!(l.max_read_len(Part::Gate), 8192);
+        let p = reads(1);
+        let (read, data) = (p.read_slot_range(), p.slot_range());
+        assert!(read.start <= data.start && data.end <= read.end);
+        assert_eq!(read.len() as u64, p.read.len);
     }
 }
